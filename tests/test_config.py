@@ -1,0 +1,40 @@
+import pytest
+
+from vitpose_scale.config import ConfigError, load_config
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.model.grid[0] * 16 <= cfg.model.image_size[0] + 4
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["model.depth=2", "optim.lr=1e-3", "model.image_size=[256,192]"])
+    assert cfg.model.depth == 2 and cfg.optim.lr == 1e-3 and cfg.model.image_size == [256, 192]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.dpeth=4", "unknown key model.dpeth"),
+    ("trian.epochs=3", "unknown key trian"),
+    ("model.depth=four", "model.depth: got 'four' (str), expected an int"),
+    ("model.activation_checkpointing=3", "model.activation_checkpointing: got 3 (int), expected true or false"),
+    ("model.image_size=[250,192]", "model.image_size: height 250 is not compatible with the patch grid"),
+    ("model.num_heads=5", "model.num_heads: 5 does not divide model.embed_dim 64"),
+    ("model.attention=flash", "model.attention: got 'flash', expected one of ['plain', 'sdpa', 'triton']"),
+    ("parallel.zero_stage=5", "parallel.zero_stage: got 5, expected one of [0, 1, 2, 3]"),
+    ("parallel.grad_accum=5", "train.batch_size: 32 is not divisible by parallel.grad_accum 5"),
+    ("model.preset=XL", "model.preset: got 'XL'"),
+    ("depth", "expected key=value"),
+])
+def test_bad_configs_name_key_value_and_expectation(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "demo.yaml", [override])
+    assert message in str(err.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")

@@ -1,0 +1,321 @@
+"""Typed, validated configuration: YAML file + dotted command-line overrides.
+
+The config tree is the single place where sizes live. Every section is a
+dataclass; loading checks unknown keys, types and shape constraints and stops
+with a message that names the key, the value and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type or impossible."""
+
+
+# ---------------------------------------------------------------- presets --
+# Backbone shapes of the official model zoo (REFERENCE.md §1). The G preset
+# follows the published ViT-g/14 shape (width 1408, depth 40, MLP 6144,
+# 16 heads): ViTAE-G's exact dimensions were never released, and ViT-g is the
+# documented plain-ViT shape of about 1 B parameters (1.01 B here).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0, drop_path=0.0, layer_decay=0.9),
+    "S": dict(embed_dim=384, depth=12, num_heads=12, mlp_ratio=4.0, drop_path=0.1, layer_decay=0.80),
+    "B": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, drop_path=0.3, layer_decay=0.75),
+    "L": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0, drop_path=0.5, layer_decay=0.80),
+    "H": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0, drop_path=0.55, layer_decay=0.85),
+    "G": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=6144 / 1408, drop_path=0.55, layer_decay=0.85),
+}
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "B"  # fills embed_dim/depth/num_heads/mlp_ratio/drop_path where those are null
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    drop_path: float | None = None
+    image_size: list[int] = field(default_factory=lambda: [256, 192])  # (height, width)
+    patch_size: int = 16
+    patch_stride: int = 16  # 8 = overlapping "finer feature" patches
+    patch_padding: int | None = None  # null: 2 for stride 16, 4 for stride 8 (REFERENCE §1)
+    pretrain_grid: list[int] | None = None  # pos_embed grid of the checkpoint; null: this model's grid
+    qkv_bias: bool = True
+    attention: str = "sdpa"  # plain | sdpa | triton
+    activation_checkpointing: bool = False
+    head: str = "classic"  # classic | simple
+    head_channels: int = 256
+    num_keypoints: int = 17
+
+    def resolved(self) -> "ModelConfig":
+        """A copy with preset values filled in."""
+        out = dataclasses.replace(self)
+        for key, value in PRESETS[self.preset].items():
+            if key != "layer_decay" and getattr(out, key) is None:
+                setattr(out, key, value)
+        if out.patch_padding is None:
+            out.patch_padding = {16: 2, 8: 4}.get(out.patch_stride, (out.patch_size - out.patch_stride) // 2)
+        return out
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        m = self.resolved()
+        h, w = m.image_size
+        return ((h + 2 * m.patch_padding - m.patch_size) // m.patch_stride + 1,
+                (w + 2 * m.patch_padding - m.patch_size) // m.patch_stride + 1)
+
+    @property
+    def heatmap_size(self) -> tuple[int, int]:
+        """(height, width) of the output heatmaps: always 1/4 of the input."""
+        h, w = self.image_size
+        return h // 4, w // 4
+
+
+@dataclass
+class DataConfig:
+    kind: str = "coco"  # coco | synthetic (synthetic: generated into root on first use)
+    root: str = "data/coco"
+    train_ann: str = "annotations/person_keypoints_train2017.json"
+    train_images: str = "train2017"
+    val_ann: str = "annotations/person_keypoints_val2017.json"
+    val_images: str = "val2017"
+    det_file: str | None = None  # person detections for validation; null: ground-truth boxes
+    det_score_thr: float = 0.0
+    extra_train: list[dict] = field(default_factory=list)  # more COCO-layout sets: {root, ann, images}
+    synthetic_train: int = 0  # images to generate when kind == synthetic
+    synthetic_val: int = 0
+    bbox_padding: float = 1.25
+    sigma: float = 2.0
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.3
+    half_body_min_joints: int = 8
+    scale_factor: float = 0.5
+    rot_factor: float = 40.0
+    rot_prob: float = 0.6
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.1
+    layer_decay: float | None = None  # null: the preset's value
+    grad_clip: float = 1.0
+    schedule: str = "step"  # step | cosine
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    step_epochs: list[int] = field(default_factory=lambda: [170, 200])
+    step_gamma: float = 0.1
+
+
+@dataclass
+class ParallelConfig:
+    backend: str = "deepspeed"  # deepspeed | fsdp | none
+    zero_stage: int = 3
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    grad_accum: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 210
+    max_steps: int | None = None  # stop after this many optimizer steps (demo, tests)
+    batch_size: int = 512  # global batch, all ranks and accumulation steps together
+    seed: int = 0
+    output_dir: str = "runs/default"
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0: at the end of every epoch
+    save_every: int = 0  # steps; 0: at the end of every epoch
+    keep_last: int = 3
+    init_from: str | None = None  # official ViTPose, MAE or our checkpoint to initialise from
+    resume: str | None = "auto"  # auto | path | null
+    peak_tflops: float = 989.0  # per device, for MFU (H100 SXM bf16 dense)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64  # per rank
+    flip_test: bool = True
+    use_udp: bool = True
+    dark: bool = True
+    oks_nms_thr: float = 0.9
+    rescore_thr: float = 0.2
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @property
+    def layer_decay(self) -> float:
+        if self.optim.layer_decay is not None:
+            return self.optim.layer_decay
+        return PRESETS[self.model.preset]["layer_decay"]
+
+
+# ------------------------------------------------------------- validation --
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp`; ints are accepted as floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected a list")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected a float")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected an int")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected a string")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}, expected a mapping")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: got {data!r}, expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!s}: expected one of {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: got {value!r}, expected one of {list(allowed)}")
+
+
+def validate(cfg: Config) -> Config:
+    m = cfg.model
+    _choice("model.preset", m.preset, tuple(PRESETS))
+    _choice("model.attention", m.attention, ("plain", "sdpa", "triton"))
+    _choice("model.head", m.head, ("classic", "simple"))
+    _choice("model.patch_stride", m.patch_stride, (8, 16))
+    r = m.resolved()
+    if len(m.image_size) != 2 or min(m.image_size) <= 0:
+        raise ConfigError(f"model.image_size: got {m.image_size!r}, expected [height, width] of positive ints")
+    for axis, size in zip(("height", "width"), m.image_size):
+        if size % 16:
+            raise ConfigError(
+                f"model.image_size: {axis} {size} is not compatible with the patch grid: "
+                f"expected a multiple of 16 (the 16-pixel patches and the 1/4-scale heatmaps)")
+    if r.embed_dim % r.num_heads:
+        raise ConfigError(
+            f"model.num_heads: {r.num_heads} does not divide model.embed_dim {r.embed_dim}: "
+            f"expected a divisor of the width")
+    if m.pretrain_grid is not None and len(m.pretrain_grid) != 2:
+        raise ConfigError(f"model.pretrain_grid: got {m.pretrain_grid!r}, expected [rows, cols]")
+    if not 0.0 <= r.drop_path < 1.0:
+        raise ConfigError(f"model.drop_path: got {r.drop_path}, expected 0 <= drop_path < 1")
+    if m.num_keypoints <= 0:
+        raise ConfigError(f"model.num_keypoints: got {m.num_keypoints}, expected a positive int")
+
+    p = cfg.parallel
+    _choice("parallel.backend", p.backend, ("deepspeed", "fsdp", "none"))
+    _choice("parallel.zero_stage", p.zero_stage, (0, 1, 2, 3))
+    _choice("parallel.precision", p.precision, ("fp32", "bf16", "fp16"))
+    if p.grad_accum < 1:
+        raise ConfigError(f"parallel.grad_accum: got {p.grad_accum}, expected >= 1")
+    if cfg.train.batch_size % p.grad_accum:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} is not divisible by parallel.grad_accum "
+            f"{p.grad_accum}: expected a multiple of it")
+    _choice("optim.schedule", cfg.optim.schedule, ("step", "cosine"))
+    _choice("data.kind", cfg.data.kind, ("coco", "synthetic"))
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas: got {cfg.optim.betas!r}, expected [beta1, beta2]")
+    return cfg
+
+
+# ---------------------------------------------------------------- loading --
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings (YAML-parsed values) to a raw dict."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. model.depth=4")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return raw
+
+
+def from_dict(raw: dict) -> Config:
+    return validate(_build(Config, raw or {}, ""))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+    return from_dict(apply_overrides(raw, overrides or []))

@@ -1,0 +1,273 @@
+"""Top-down training/eval transforms with UDP (unbiased data processing).
+
+Conventions
+-----------
+* ``center`` is the box centre in image pixels (x, y); ``scale`` is the box size
+  in pixels (w, h) *after* padding (mmpose stores the same thing divided by
+  200; we keep pixels so nothing needs the magic constant).
+* UDP (Huang et al., CVPR 2020) measures sizes in *pixel intervals*: an image
+  of W pixels spans W - 1 units, so the crop maps the box onto [0, W_in - 1] and
+  the heatmap grid onto [0, W_in - 1] with stride (W_in - 1) / (W_hm - 1).
+  With that convention flipping, cropping and resizing commute exactly, which is
+  why the flip test needs no half-pixel heatmap shift.
+* All randomness comes from a ``numpy.random.Generator`` made by
+  :func:`sample_rng` from (seed, epoch, index), so a sample is identical
+  whichever rank or worker loads it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+# ------------------------------------------------------------ COCO layout --
+COCO_KEYPOINT_NAMES = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+]
+# 1-based joint pairs, exactly as in the COCO annotation files.
+COCO_SKELETON = [
+    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7],
+    [6, 8], [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5],
+    [4, 6], [5, 7],
+]
+COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
+COCO_UPPER_BODY_IDS = list(range(11))  # nose .. right_wrist
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator for one sample: a pure function of (seed, epoch, index)."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+# ------------------------------------------------------------ geometry --
+def get_warp_matrix(theta_deg: float, center_xy, output_size_wh, scale_wh) -> np.ndarray:
+    """UDP affine (2x3) taking image pixels to crop pixels.
+
+    The box of size ``scale_wh`` (pixels) centred on ``center_xy`` lands on the
+    crop of ``output_size_wh`` pixels with its centre at ((W-1)/2, (H-1)/2) and
+    its extent on W - 1 by H - 1 units (the UDP pixel-interval measure), after
+    a rotation by ``theta_deg`` about the centre:
+    ``dst = diag((W-1)/s_w, (H-1)/s_h) @ R(theta) @ (src - center) + (size-1)/2``.
+    """
+    theta = math.radians(float(theta_deg))
+    cx, cy = float(center_xy[0]), float(center_xy[1])
+    out_w, out_h = float(output_size_wh[0]) - 1.0, float(output_size_wh[1]) - 1.0
+    sx, sy = out_w / float(scale_wh[0]), out_h / float(scale_wh[1])
+    cos, sin = math.cos(theta), math.sin(theta)
+    return np.array([
+        [cos * sx, -sin * sx, sx * (-cx * cos + cy * sin) + 0.5 * out_w],
+        [sin * sy, cos * sy, sy * (-cx * sin - cy * cos) + 0.5 * out_h],
+    ], dtype=np.float64)
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine matrix."""
+    full = np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 affine doing ``inner`` first, then ``outer``."""
+    a = np.vstack([outer, [0.0, 0.0, 1.0]])
+    b = np.vstack([inner, [0.0, 0.0, 1.0]])
+    return (a @ b)[:2]
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 affine to points of shape (..., 2)."""
+    pts = np.asarray(points, dtype=np.float64)
+    m = np.asarray(matrix, dtype=np.float64)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def warp_image(img: np.ndarray, matrix: np.ndarray, output_size_wh) -> np.ndarray:
+    """Crop with cv2.warpAffine (bilinear, zero border), as the reference does."""
+    return cv2.warpAffine(img, np.asarray(matrix, dtype=np.float64),
+                          (int(output_size_wh[0]), int(output_size_wh[1])),
+                          flags=cv2.INTER_LINEAR)
+
+
+def box_to_center_scale(box_xywh, aspect_ratio: float, padding: float = 1.25):
+    """(x, y, w, h) -> centre and padded size (pixels) with width/height = aspect_ratio."""
+    x, y, w, h = (float(v) for v in box_xywh[:4])
+    center = np.array([x + 0.5 * w, y + 0.5 * h], dtype=np.float32)
+    # Grow the short side so the crop is not distorted when resized.
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    scale = np.array([w, h], dtype=np.float32) * padding
+    return center, scale
+
+
+def flip_matrix(img_width: int) -> np.ndarray:
+    """Horizontal mirror of an image of ``img_width`` pixels: x -> W - 1 - x."""
+    return np.array([[-1.0, 0.0, img_width - 1.0], [0.0, 1.0, 0.0]])
+
+
+def flip_joints(joints: np.ndarray, img_width: int, flip_pairs) -> np.ndarray:
+    """Mirror (K, >=2) joints in an image of ``img_width`` and swap left/right rows."""
+    out = np.array(joints, dtype=np.float32, copy=True)
+    out[:, 0] = img_width - 1 - out[:, 0]
+    for a, b in flip_pairs:
+        out[[a, b]] = out[[b, a]]
+    return out
+
+
+def half_body_center_scale(joints: np.ndarray, visible: np.ndarray, upper_ids, aspect_ratio: float,
+                           rng: np.random.Generator, padding: float = 1.5):
+    """Box around the upper or lower body's visible joints (reference: padding 1.5).
+
+    Returns (center, scale) or None when fewer than two joints are usable.
+    """
+    k = len(joints)
+    upper_set = set(upper_ids)
+    upper = [j for j in range(k) if visible[j] > 0 and j in upper_set]
+    lower = [j for j in range(k) if visible[j] > 0 and j not in upper_set]
+    # One draw decides the half, as in the reference (upper when the coin says so
+    # and enough upper joints exist, otherwise lower if it has enough).
+    if rng.random() < 0.5 and len(upper) > 2:
+        sel = upper
+    else:
+        sel = lower if len(lower) > 2 else upper
+    if len(sel) < 2:
+        return None
+    pts = joints[sel, :2].astype(np.float32)
+    center = pts.mean(axis=0)
+    lt, rb = pts.min(axis=0), pts.max(axis=0)
+    w, h = float(rb[0] - lt[0]), float(rb[1] - lt[1])
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return center.astype(np.float32), np.array([w, h], dtype=np.float32) * padding
+
+
+def random_scale_rotation(rng: np.random.Generator, scale_factor: float, rot_factor: float,
+                          rot_prob: float):
+    """Scale multiplier clip(N(1, sf), 1-sf, 1+sf) and rotation clip(N(0, rf), +-2rf) w.p. rot_prob."""
+    s = float(np.clip(rng.standard_normal() * scale_factor + 1.0, 1.0 - scale_factor, 1.0 + scale_factor))
+    r_draw = float(np.clip(rng.standard_normal() * rot_factor, -2.0 * rot_factor, 2.0 * rot_factor))
+    r = r_draw if rng.random() <= rot_prob else 0.0  # both draws always made: fixed RNG stream layout
+    return s, r
+
+
+def normalize_image(img_rgb: np.ndarray) -> np.ndarray:
+    """uint8 HWC RGB -> float32 CHW with ImageNet mean/std."""
+    x = img_rgb.astype(np.float32) * (1.0 / 255.0)
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------ targets --
+def udp_heatmap_targets(joints_xy: np.ndarray, visible: np.ndarray, image_size_hw, heatmap_size_hw,
+                        sigma: float = 2.0):
+    """UDP Gaussian targets.
+
+    ``joints_xy`` (K, 2) are in *input-crop* pixels. The Gaussian sits at the
+    exact sub-pixel position ``joint / feat_stride`` with
+    ``feat_stride = (input - 1) / (heatmap - 1)`` and is cut to the 3-sigma
+    window around the rounded position (as the reference does). Weight is 0 for
+    unlabelled joints (v == 0) and for joints whose window misses the heatmap.
+    Returns target (K, h, w) float32 and target_weight (K, 1) float32.
+    """
+    in_h, in_w = image_size_hw
+    hm_h, hm_w = heatmap_size_hw
+    k = len(joints_xy)
+    stride = np.array([(in_w - 1.0) / (hm_w - 1.0), (in_h - 1.0) / (hm_h - 1.0)])
+    mu = np.asarray(joints_xy, dtype=np.float64)[:, :2] / stride  # sub-pixel heatmap coords
+    radius = sigma * 3
+    mu_int = np.floor(mu + 0.5)
+    ul = mu_int - radius
+    br = mu_int + radius + 1
+    weight = (np.asarray(visible).reshape(k) > 0).astype(np.float32)
+    outside = (ul[:, 0] >= hm_w) | (ul[:, 1] >= hm_h) | (br[:, 0] < 0) | (br[:, 1] < 0)
+    weight[outside] = 0.0
+    xs = np.arange(hm_w, dtype=np.float64)
+    ys = np.arange(hm_h, dtype=np.float64)
+    # Separable Gaussian, masked to the window |x - round(mu)| <= 3 sigma.
+    gx = np.exp(-((xs[None] - mu[:, :1]) ** 2) / (2 * sigma ** 2)) * (np.abs(xs[None] - mu_int[:, :1]) <= radius)
+    gy = np.exp(-((ys[None] - mu[:, 1:]) ** 2) / (2 * sigma ** 2)) * (np.abs(ys[None] - mu_int[:, 1:]) <= radius)
+    target = (gy[:, :, None] * gx[:, None, :]).astype(np.float32)
+    target *= weight[:, None, None]
+    return target, weight[:, None]
+
+
+# ------------------------------------------------------------ pipeline --
+@dataclass
+class TopDownTransform:
+    """Load-time pipeline: (flip) -> (half body) -> (scale, rotation) -> UDP crop -> targets.
+
+    Mirrors the reference order (RandomFlip, HalfBodyTransform,
+    GetRandomScaleRotation, Affine(use_udp), Normalize, GenerateTarget(UDP)).
+    The flip is folded into the crop's affine, so the image is resampled once.
+    """
+
+    image_size: tuple  # (H, W) of the network input
+    train: bool = True
+    sigma: float = 2.0
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.3
+    half_body_min_joints: int = 8
+    scale_factor: float = 0.5
+    rot_factor: float = 40.0
+    rot_prob: float = 0.6
+    flip_pairs: list = field(default_factory=lambda: list(COCO_FLIP_PAIRS))
+    upper_body_ids: list = field(default_factory=lambda: list(COCO_UPPER_BODY_IDS))
+
+    @property
+    def heatmap_size(self) -> tuple:
+        return self.image_size[0] // 4, self.image_size[1] // 4
+
+    @property
+    def aspect_ratio(self) -> float:
+        return self.image_size[1] / self.image_size[0]
+
+    def __call__(self, img_rgb: np.ndarray, joints: np.ndarray, center, scale,
+                 rng: np.random.Generator | None = None) -> dict:
+        """``joints`` (K, 3) as (x, y, v) in image pixels; returns numpy arrays."""
+        joints = np.array(joints, dtype=np.float32, copy=True)
+        center = np.array(center, dtype=np.float32, copy=True)
+        scale = np.array(scale, dtype=np.float32, copy=True)
+        pre = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # image -> (maybe flipped) image
+        rotation, flipped = 0.0, False
+        if self.train:
+            assert rng is not None, "training transforms need a generator (sample_rng)"
+            img_w = img_rgb.shape[1]
+            if rng.random() < self.flip_prob:
+                flipped = True
+                pre = flip_matrix(img_w)
+                joints = flip_joints(joints, img_w, self.flip_pairs)
+                center[0] = img_w - 1 - center[0]
+            vis = joints[:, 2] > 0
+            if vis.sum() > self.half_body_min_joints and rng.random() < self.half_body_prob:
+                hb = half_body_center_scale(joints, joints[:, 2], self.upper_body_ids, self.aspect_ratio, rng)
+                if hb is not None:
+                    center, scale = hb
+            s, rotation = random_scale_rotation(rng, self.scale_factor, self.rot_factor, self.rot_prob)
+            scale = scale * s
+        in_h, in_w = self.image_size
+        crop = get_warp_matrix(rotation, center, (in_w, in_h), scale)
+        matrix = compose_affine(crop, pre)
+        img = warp_image(img_rgb, matrix, (in_w, in_h))
+        joints_crop = transform_points(joints[:, :2], crop).astype(np.float32)
+        target, target_weight = udp_heatmap_targets(joints_crop, joints[:, 2], self.image_size,
+                                                    self.heatmap_size, self.sigma)
+        return {
+            "img": normalize_image(img),
+            "target": target,
+            "target_weight": target_weight,
+            "joints": np.concatenate([joints_crop, joints[:, 2:3]], axis=1),
+            "center": center.astype(np.float32),
+            "scale": scale.astype(np.float32),
+            "rotation": float(rotation),
+            "flipped": flipped,
+            "matrix": matrix,
+        }

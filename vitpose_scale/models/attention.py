@@ -1,0 +1,76 @@
+"""One attention entry point with interchangeable implementations.
+
+All implementations compute softmax(q k^T / sqrt(d)) v on (batch, heads,
+tokens, head_dim) tensors; `plain` is the official ViTPose math, `sdpa` is
+torch's fused kernel dispatcher, `triton` is our own fused kernel.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+IMPLEMENTATIONS = ("plain", "sdpa", "triton")
+_warned_fallback = False
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    attn = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)
+    return attn.softmax(dim=-1) @ v
+
+
+def _triton_or_fallback():
+    """The Triton kernel if it can run here, else None (after saying so once)."""
+    global _warned_fallback
+    from vitpose_scale.kernels import flash_attn
+
+    ok, reason = flash_attn.triton_available()
+    if ok:
+        return flash_attn.flash_attention
+    if not _warned_fallback:
+        log.warning("model.attention=triton is unavailable (%s); using sdpa instead", reason)
+        _warned_fallback = True
+    return None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "sdpa") -> torch.Tensor:
+    if impl == "plain":
+        return plain_attention(q, k, v)
+    if impl == "triton":
+        kernel = _triton_or_fallback()
+        if kernel is not None and q.device.type != "meta":
+            return kernel(q.contiguous(), k.contiguous(), v.contiguous())
+    elif impl != "sdpa":
+        raise ValueError(f"attention implementation {impl!r}: expected one of {IMPLEMENTATIONS}")
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; parameter names match the official checkpoints."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, impl: str = "sdpa"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads {num_heads} does not divide dim {dim}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.impl = impl
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = attention(qkv[0], qkv[1], qkv[2], self.impl)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def attention_flops(batch: int, heads: int, tokens: int, head_dim: int) -> float:
+    """Forward FLOPs of q k^T and attn v (two matmuls, 2 FLOPs per MAC)."""
+    return 4.0 * batch * heads * tokens * tokens * head_dim
+
+
+__all__ = ["Attention", "attention", "plain_attention", "attention_flops", "IMPLEMENTATIONS"]

@@ -1,0 +1,221 @@
+"""Checkpoint interop: official ViTPose (mmcv) files and Hugging Face `VitPoseForPoseEstimation`.
+
+Our module names equal the official keys, so the official format is our
+state_dict inside `{'meta', 'state_dict'}`. Files are loaded with
+`torch.load(weights_only=True)`: no pickled code is ever executed.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitpose_scale.config import ModelConfig
+from vitpose_scale.models.vit import resize_pos_embed
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not fit the model."""
+
+
+def safe_load(path: str | Path) -> dict:
+    """Load a torch file without executing pickled code (tensors, dicts, lists, numbers, strings only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return {"state_dict": load_file(str(path))}
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler names the refused global
+        raise CheckpointError(
+            f"checkpoint {path} could not be loaded safely (weights_only=True refuses pickled code): {exc}") from exc
+
+
+def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The tensor dict of an mmcv file, one of ours, or a bare state_dict."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(f"{path}: no state_dict found (expected an mmcv file {{'meta', 'state_dict'}} "
+                          f"or a mapping of parameter names to tensors)")
+
+
+def _grid_of(num_tokens: int, hint: tuple[int, int] | None) -> tuple[int, int]:
+    if hint and hint[0] * hint[1] == num_tokens:
+        return tuple(hint)
+    side = int(math.isqrt(num_tokens))
+    if side * side == num_tokens:  # MAE / ImageNet pretraining: 14x14
+        return side, side
+    k = int(math.isqrt(num_tokens // 12))
+    if 12 * k * k == num_tokens:  # ViTPose's 4:3 person crops: 16x12 at 256x192, 36x27 at 576x432
+        return 4 * k, 3 * k
+    raise CheckpointError(f"pos_embed has {num_tokens} grid tokens, neither square nor 4:3; set model.pretrain_grid "
+                          f"to the checkpoint's [rows, cols]")
+
+
+def adapt_state_dict(state: dict[str, torch.Tensor], model: nn.Module,
+                     source_grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Resize what differs only by input size: pos_embed (bicubic) and the patch-embed kernel."""
+    own = model.state_dict()
+    state = dict(state)
+    key = "backbone.pos_embed"
+    if key in state and key in own and state[key].shape != own[key].shape:
+        old = _grid_of(state[key].shape[1] - 1, source_grid)
+        new = _grid_of(own[key].shape[1] - 1, tuple(model.backbone.grid))
+        state[key] = resize_pos_embed(state[key], old, new)
+    key = "backbone.patch_embed.proj.weight"
+    if key in state and key in own and state[key].shape[-2:] != own[key].shape[-2:]:
+        # MAE with another patch size (e.g. 14 -> 16): resample the kernel.
+        w = state[key].float()
+        w = nn.functional.interpolate(w, size=own[key].shape[-2:], mode="bicubic", align_corners=False)
+        state[key] = (w * (w.new_tensor(state[key].shape[-1] ** 2) / own[key].shape[-1] ** 2)).to(state[key].dtype)
+    return state
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "<checkpoint>",
+                           prefixes: tuple[str, ...] | None = None) -> None:
+    """Load every key or fail with the lists of missing and unexpected keys (and shape mismatches)."""
+    own = model.state_dict()
+    if prefixes:
+        own = {k: v for k, v in own.items() if k.startswith(prefixes)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or mismatched:
+        parts = [f"{source} does not match the model:"]
+        if missing:
+            parts.append(f"  missing keys ({len(missing)}): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}"
+                         f"{' ...' if len(unexpected) > 20 else ''}")
+        if mismatched:
+            parts.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:10])}")
+        raise CheckpointError("\n".join(parts))
+    model.load_state_dict(state, strict=not prefixes)
+
+
+def load_official(model: nn.Module, path: str | Path, source_grid: tuple[int, int] | None = None) -> None:
+    """Load an official ViTPose checkpoint (or an export of ours) strictly."""
+    raw = safe_load(path)
+    state = extract_state_dict(raw, str(path))
+    if source_grid is None and isinstance(raw.get("meta"), dict) and raw["meta"].get("pos_embed_grid"):
+        source_grid = tuple(raw["meta"]["pos_embed_grid"])
+    state = adapt_state_dict(state, model, source_grid)
+    load_state_dict_strict(model, state, str(path))
+
+
+def export_official(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
+    """Write the mmcv layout `{'meta': ..., 'state_dict': ...}` with fp32 CPU tensors."""
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
+             for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    meta = dict(meta or {})
+    if hasattr(model, "backbone"):
+        meta.setdefault("pos_embed_grid", list(model.backbone.grid))
+    torch.save({"meta": meta, "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+# ------------------------------------------------------ Hugging Face layout --
+_HF_RENAMES = [  # (ours, theirs) as regular expressions on the key suffix
+    (r"backbone\.pos_embed", "backbone.embeddings.position_embeddings"),
+    (r"backbone\.patch_embed\.proj\.(weight|bias)", r"backbone.embeddings.patch_embeddings.projection.\1"),
+    (r"backbone\.blocks\.(\d+)\.norm1\.", r"backbone.encoder.layer.\1.layernorm_before."),
+    (r"backbone\.blocks\.(\d+)\.norm2\.", r"backbone.encoder.layer.\1.layernorm_after."),
+    (r"backbone\.blocks\.(\d+)\.attn\.proj\.", r"backbone.encoder.layer.\1.attention.output.dense."),
+    (r"backbone\.blocks\.(\d+)\.mlp\.", r"backbone.encoder.layer.\1.mlp."),
+    (r"backbone\.last_norm\.", "backbone.layernorm."),
+    (r"keypoint_head\.deconv_layers\.0\.", "head.deconv1."),
+    (r"keypoint_head\.deconv_layers\.1\.", "head.batchnorm1."),
+    (r"keypoint_head\.deconv_layers\.3\.", "head.deconv2."),
+    (r"keypoint_head\.deconv_layers\.4\.", "head.batchnorm2."),
+    (r"keypoint_head\.final_layer\.", "head.conv."),
+]
+_QKV = re.compile(r"backbone\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
+_HF_QKV = re.compile(r"backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
+
+
+def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
+    for pattern, repl in pairs:
+        new, n = re.subn("^" + pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        m = _QKV.fullmatch(key)
+        if m:
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                out[f"backbone.encoder.layer.{m[1]}.attention.attention.{name}.{m[2]}"] = part.clone()
+            continue
+        new = _rename(key, _HF_RENAMES)
+        if new is None:
+            raise CheckpointError(f"no Hugging Face name for key {key}")
+        out[new] = value
+    return out
+
+
+def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        m = _HF_QKV.fullmatch(key)
+        if m:
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = value
+            continue
+        new = _rename(key, _HF_INVERSE)
+        if new is None:
+            raise CheckpointError(f"unknown Hugging Face VitPose key {key}")
+        out[new] = value
+    for (layer, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise CheckpointError(f"layer {layer} {kind}: query/key/value incomplete ({sorted(parts)})")
+        out[f"backbone.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+_HF_INVERSE = [
+    (r"backbone\.embeddings\.position_embeddings", "backbone.pos_embed"),
+    (r"backbone\.embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
+    (r"backbone\.encoder\.layer\.(\d+)\.layernorm_before\.", r"backbone.blocks.\1.norm1."),
+    (r"backbone\.encoder\.layer\.(\d+)\.layernorm_after\.", r"backbone.blocks.\1.norm2."),
+    (r"backbone\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"backbone.blocks.\1.attn.proj."),
+    (r"backbone\.encoder\.layer\.(\d+)\.mlp\.", r"backbone.blocks.\1.mlp."),
+    (r"backbone\.layernorm\.", "backbone.last_norm."),
+    (r"head\.deconv1\.", "keypoint_head.deconv_layers.0."),
+    (r"head\.batchnorm1\.", "keypoint_head.deconv_layers.1."),
+    (r"head\.deconv2\.", "keypoint_head.deconv_layers.3."),
+    (r"head\.batchnorm2\.", "keypoint_head.deconv_layers.4."),
+    (r"head\.conv\.", "keypoint_head.final_layer."),
+]
+
+
+def hf_config(cfg: ModelConfig):
+    """A transformers `VitPoseConfig` with the same shape as `cfg` (built locally, no hub access)."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig
+
+    m = cfg.resolved()
+    if m.patch_stride != m.patch_size:
+        raise CheckpointError("the Hugging Face VitPose layout has no overlapping-patch variant (patch_stride 8)")
+    backbone = VitPoseBackboneConfig(
+        hidden_size=m.embed_dim, num_hidden_layers=m.depth, num_attention_heads=m.num_heads,
+        intermediate_size=int(round(m.embed_dim * m.mlp_ratio)), image_size=list(m.image_size),
+        patch_size=[m.patch_size, m.patch_size], qkv_bias=m.qkv_bias, layer_norm_eps=1e-6,
+        out_indices=[m.depth], num_labels=m.num_keypoints)
+    return VitPoseConfig(backbone_config=backbone, use_simple_decoder=m.head == "simple", num_labels=m.num_keypoints,
+                         scale_factor=4)
