@@ -122,6 +122,10 @@ class ParallelConfig:
     zero_stage: int = 3
     precision: str = "fp32"  # fp32 | bf16 | fp16
     grad_accum: int = 1
+    # ZeRO-3 keeps parameters below this many elements whole on every rank (DeepSpeed's
+    # default 1e5 saves tiny all-gathers on GPUs); 0 partitions everything.
+    zero3_persistence_threshold: int = 100000
+    zero_init: bool = False  # build under deepspeed.zero.Init (never materialise the full model per rank)
 
 
 @dataclass
@@ -185,6 +189,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own message is the clearest
+            return _coerce(value, real[0], key)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -275,6 +282,9 @@ def validate(cfg: Config) -> Config:
     _choice("parallel.precision", p.precision, ("fp32", "bf16", "fp16"))
     if p.grad_accum < 1:
         raise ConfigError(f"parallel.grad_accum: got {p.grad_accum}, expected >= 1")
+    if p.backend == "fsdp" and p.precision == "fp16":
+        raise ConfigError("parallel.precision: fp16 is not supported with parallel.backend fsdp "
+                          "(no loss scaling there): expected bf16 or fp32")
     if cfg.train.batch_size % p.grad_accum:
         raise ConfigError(
             f"train.batch_size: {cfg.train.batch_size} is not divisible by parallel.grad_accum "
@@ -288,7 +298,13 @@ def validate(cfg: Config) -> Config:
 
 # ---------------------------------------------------------------- loading --
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    value = yaml.safe_load(text) if text != "" else ""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string; on the command line it means a number
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -36,21 +36,47 @@ __all__ = ["FlashAttentionFn", "flash_attention", "triton_available"]
 _LOG2E = 1.4426950408889634
 
 
-def _interpreting() -> bool:
-    # Same truthy spellings triton.knobs accepts, so our UPCAST choice always
-    # matches whether triton.jit hands back an interpreted function.
+def _env_interpret() -> bool:
+    # Same truthy spellings triton.knobs accepts.
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _imported_interpret() -> bool | None:
+    """Mode triton was imported in (None if unknown).
+
+    Triton jits its own tl.* helpers (tl.cdiv, tl.max, ...) at import time, so
+    interpreted vs compiled is fixed per process then; flipping TRITON_INTERPRET
+    later breaks kernels in either direction.
+    """
+    if tl is None:
+        return None
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return isinstance(tl.standard.cdiv, InterpretedFunction)
+    except Exception:
+        return None
+
+
+def _interpreting() -> bool:
+    baked = _imported_interpret()
+    return _env_interpret() if baked is None else baked
 
 
 def triton_available() -> tuple[bool, str]:
     """(ok, reason). ok when triton imports and there is a CUDA device or the interpreter is on."""
     if triton is None:
         return False, f"triton is not importable ({_TRITON_IMPORT_ERROR})"
+    baked = _imported_interpret()
+    if baked is not None and baked != _env_interpret():
+        return False, (f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r} now, but triton was "
+                       f"imported {'with' if baked else 'without'} the interpreter; set it before "
+                       "anything imports triton")
     if _interpreting():
         return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1, CPU tensors)"
     if not torch.cuda.is_available():
-        return False, ("no CUDA device; set TRITON_INTERPRET=1 to run the Triton kernels "
-                       "on CPU through the (slow) interpreter")
+        return False, ("no CUDA device; set TRITON_INTERPRET=1 (before triton is imported) to run "
+                       "the Triton kernels on CPU through the (slow) interpreter")
     major, minor = torch.cuda.get_device_capability()
     if major < 8:
         # bf16 tensor-core dots (what training uses) need Ampere or newer.
@@ -59,10 +85,8 @@ def triton_available() -> tuple[bool, str]:
 
 
 # ----------------------------------------------------------------------------
-# Kernels.  Defined as plain functions and jitted lazily (see _kernels()): the
-# interpreter/compiled choice is made by triton.jit at decoration time, so
-# jitting on first use makes the module honour TRITON_INTERPRET even when it
-# was imported before the variable was set.
+# Kernels.  Defined as plain functions and jitted on first use (see _kernels()),
+# so importing this module costs nothing and needs no triton.
 #
 # UPCAST: the Triton 3.x interpreter stores bf16 as uint16 and tl.dot then
 # multiplies the raw bits, which is silently wrong.  In the interpreter we
@@ -356,7 +380,8 @@ def _kernels() -> dict:
             "dq": triton.jit(_attn_bwd_dq),
         }
         if not interp:
-            # Keyed on dtype too: the best tile for fp32 (ieee dots) differs from bf16.
+            # The autotuner also appends tensor dtypes to this key, so fp32 (ieee dots)
+            # and bf16 tune separately.
             key = ["N", "D"]
             ks["fwd_tuned"] = triton.autotune(_gpu_configs("fwd"), key=key)(ks["fwd"])
             ks["dkdv_tuned"] = triton.autotune(_gpu_configs("dkdv"), key=key)(ks["dkdv"])

@@ -1,0 +1,354 @@
+"""The vectorised COCO keypoint evaluator against pycocotools COCOeval."""
+import contextlib
+import copy
+import io
+import json
+import os
+import socket
+import tempfile
+
+import numpy as np
+import pytest
+
+from vitpose_scale.eval import coco_eval
+from vitpose_scale.eval.coco_eval import (STAT_NAMES, EvaluationInputError, KeypointEvaluator,
+                                          format_stats, gather_results, print_stats)
+from vitpose_scale.eval.oks import COCO_SIGMAS, compute_oks, oks_nms
+from vitpose_scale.eval.synthetic_eval import make_eval_set, results_from_detections
+
+pycocotools = pytest.importorskip("pycocotools")
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+
+def _reference(gt, results):
+    """pycocotools stats and its printed summary (inputs are deep-copied: loadRes mutates)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        dets = coco.loadRes(copy.deepcopy(results))
+        ev = COCOeval(coco, dets, "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+        start = len(out.getvalue())
+        ev.summarize()
+    return ev.stats, out.getvalue()[start:]
+
+
+def _assert_same(gt, results):
+    ref, _ = _reference(gt, results)
+    ours = KeypointEvaluator(gt).evaluate(results)
+    assert ours.shape == (10,)
+    diff = np.abs(np.asarray(ref) - ours)
+    assert diff.max() <= 1e-12, dict(zip(STAT_NAMES, zip(ref, ours)))
+    return ours
+
+
+def _sample(coco_sample):
+    gt = json.loads((coco_sample / "test_coco.json").read_text())
+    dets = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
+    return gt, dets
+
+
+# ---------------------------------------------------------------- equality
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bundled_sample_matches_pycocotools(coco_sample, seed):
+    gt, dets = _sample(coco_sample)
+    results = results_from_detections(gt, dets, seed=seed)
+    assert len(results) == 118
+    stats = _assert_same(gt, results)
+    assert 0.2 < stats[0] < 1.0
+    # results that carry the detector box: pycocotools then takes areas from it
+    with_box = [dict(r, bbox=d["bbox"]) for r, d in zip(results, dets)]
+    _assert_same(gt, with_box)
+
+
+def test_perfect_results_on_sample(coco_sample):
+    gt, _ = _sample(coco_sample)
+    results = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+               for a in gt["annotations"] if a["num_keypoints"] > 0]
+    stats = _assert_same(gt, results)
+    assert stats[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kw", [
+    {},
+    {"crowd_frac": 0.4, "zero_vis_frac": 0.2, "many_det_frac": 0.25, "tie_frac": 0.5, "empty_frac": 0.3},
+    {"with_bbox": True, "fp_rate": 3.0},
+], ids=["default", "hard", "bbox"])
+def test_synthetic_matches_pycocotools(seed, kw):
+    gt, results = make_eval_set(120, seed=seed, **kw)
+    anns = gt["annotations"]
+    assert any(a["iscrowd"] for a in anns) or not kw.get("crowd_frac")
+    _assert_same(gt, results)
+
+
+def _adversarial(seed, n_img=40):
+    """Degenerate cases: exact OKS ties, duplicate GT, crowd with joints, num_keypoints
+    disagreeing with the flags, areas on range borders, GT id 0, score ties,
+    two categories, integer keypoints, > maxDets detections."""
+    rng = np.random.default_rng(seed)
+    cats = [{"id": c, "name": f"c{c}", "keypoints": [f"k{j}" for j in range(17)]} for c in (1, 3)]
+    images, anns, results = [], [], []
+    aid = 0  # the first GT gets id 0 (a pycocotools quirk: it never counts as matched)
+    for i in range(n_img):
+        img_id = 1000 - 7 * i  # ids not in file order
+        images.append({"id": img_id, "width": 640, "height": 480})
+        gts = []
+        for _ in range(rng.integers(0, 7)):
+            cat = int(rng.choice([1, 3], p=[0.8, 0.2]))
+            if gts and rng.random() < 0.25:  # duplicate joints; another area makes GT ties matter
+                g = dict(gts[-1], id=aid, area=gts[-1]["area"] * float(rng.choice([1.0, 0.3, 3.0])))
+            else:
+                x, y = rng.uniform(0, 400, 2)
+                w, h = rng.uniform(10, 200, 2)
+                kp = np.zeros((17, 3))
+                kp[:, 0] = np.round(x + rng.uniform(0, w, 17))
+                kp[:, 1] = np.round(y + rng.uniform(0, h, 17))
+                kp[:, 2] = rng.choice([0, 1, 2], 17, p=[0.3, 0.2, 0.5])
+                if rng.random() < 0.15:
+                    kp[:, 2] = 0
+                nk = int((kp[:, 2] > 0).sum())
+                if rng.random() < 0.1:  # num_keypoints disagrees with the flags
+                    nk = 0 if nk else 3
+                area = float(rng.choice([32 ** 2, 96 ** 2, w * h * 0.6, 500.0, 20000.0]))
+                g = {"id": aid, "image_id": img_id, "category_id": cat,
+                     "iscrowd": int(rng.random() < 0.12), "keypoints": kp.reshape(-1).astype(int).tolist(),
+                     "num_keypoints": nk, "bbox": [x, y, w, h], "area": area}
+            gts.append(g)
+            anns.append(g)
+            aid += 1
+        n_det = int(rng.integers(0, 6)) if rng.random() < 0.8 else int(rng.integers(21, 30))
+        for _ in range(n_det):
+            if gts and rng.random() < 0.8:
+                g = gts[rng.integers(len(gts))]
+                kp = np.asarray(g["keypoints"], dtype=np.float64).reshape(17, 3)
+                cat = g["category_id"]
+                if rng.random() < 0.5:
+                    kp[:, :2] += rng.normal(0, rng.choice([0.0, 2.0, 8.0]), (17, 2))
+            else:
+                kp = np.zeros((17, 3))
+                kp[:, :2] = rng.uniform(0, 500, (17, 2))
+                cat = int(rng.choice([1, 3]))
+            kp[:, 2] = 1
+            vals = kp.reshape(-1)
+            vals = vals.astype(int).tolist() if rng.random() < 0.3 else vals.tolist()
+            results.append({"image_id": img_id, "category_id": cat, "keypoints": vals,
+                            "score": float(rng.choice([0.3, 0.5, 0.5, 0.9, rng.random()]))})
+    gt = {"images": images, "annotations": anns, "categories": cats}
+    return gt, results
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_adversarial_matches_pycocotools(seed):
+    gt, results = _adversarial(seed)
+    _assert_same(gt, results)
+
+
+def test_gt_tie_goes_to_the_last_gt_as_in_pycocotools():
+    """Two GT with the same joints but different areas: an exact copy ties at
+    OKS 1 (pycocotools keeps the later GT); a noisier second detection then
+    only fits the larger one, so the tie rule changes AP."""
+    rng = np.random.default_rng(0)
+    kp = np.zeros((17, 3))
+    kp[:, :2] = np.round(rng.uniform(100, 300, (17, 2)))
+    kp[:, 2] = 2
+    g = {"image_id": 1, "category_id": 1, "iscrowd": 0, "num_keypoints": 17,
+         "keypoints": kp.reshape(-1).astype(int).tolist(), "bbox": [100, 100, 200, 200]}
+    cats = [{"id": 1, "name": "person", "keypoints": [str(j) for j in range(17)]}]
+    noisy = kp.copy()
+    noisy[:, :2] += rng.normal(0, 6, (17, 2))
+    results = [{"image_id": 1, "category_id": 1, "keypoints": kp.reshape(-1).tolist(), "score": 0.9},
+               {"image_id": 1, "category_id": 1, "keypoints": noisy.reshape(-1).tolist(), "score": 0.8}]
+    for areas in ([40000.0, 2500.0], [2500.0, 40000.0]):
+        gt = {"images": [{"id": 1}], "categories": cats,
+              "annotations": [dict(g, id=i + 1, area=a) for i, a in enumerate(areas)]}
+        _assert_same(gt, results)
+
+
+def test_summary_lines_match_pycocotools(coco_sample):
+    gt, dets = _sample(coco_sample)
+    results = results_from_detections(gt, dets, seed=0)
+    _, printed = _reference(gt, results)
+    stats = KeypointEvaluator(gt).evaluate(results)
+    assert "\n".join(format_stats(stats)) + "\n" == printed
+    buf = io.StringIO()
+    print_stats(stats, file=buf)
+    assert buf.getvalue() == printed
+    assert printed.startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets= 20 ] = ")
+
+
+def test_empty_results_give_zero(coco_sample):
+    gt, _ = _sample(coco_sample)
+    stats = KeypointEvaluator(gt).evaluate([])
+    assert (stats == 0).all()
+
+
+# -------------------------------------------------------------------- OKS
+
+
+def test_oks_matrix_equals_compute_oks():
+    gt, results = make_eval_set(60, seed=5, zero_vis_frac=0.2, crowd_frac=0.3)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "keypoints")
+        ev.params.imgIds = sorted(coco.getImgIds())
+        ev._prepare()
+    checked = 0
+    for img in ev.params.imgIds:
+        gts, dts = ev._gts[img, 1], ev._dts[img, 1]
+        ref = ev.computeOks(img, 1)
+        if len(ref) == 0:
+            continue
+        dts = [dts[i] for i in np.argsort([-d["score"] for d in dts], kind="mergesort")][:20]
+        ours = compute_oks([d["keypoints"] for d in dts], [g["keypoints"] for g in gts],
+                           [g["area"] for g in gts], [g["bbox"] for g in gts])
+        assert np.array_equal(ours, ref)
+        checked += 1
+    assert checked > 20
+
+
+def test_oks_nms_drops_duplicates():
+    rng = np.random.default_rng(0)
+    base = np.concatenate([rng.uniform(0, 100, (17, 2)), np.ones((17, 1))], axis=1)
+    far = base.copy()
+    far[:, :2] += 300
+    kps = np.stack([base, base + [0.5, 0.5, 0], far, base + [40, 40, 0]])
+    keep = oks_nms(kps, scores=[0.8, 0.9, 0.7, 0.6], areas=[5000.0] * 4, thr=0.9)
+    assert keep.tolist() == [1, 2, 3]
+    assert oks_nms(np.zeros((0, 17, 3)), [], []).tolist() == []
+    assert len(COCO_SIGMAS) == 17 and COCO_SIGMAS[0] == pytest.approx(0.026)
+
+
+# ----------------------------------------------------------------- errors
+
+
+def _good(coco_sample):
+    gt, dets = _sample(coco_sample)
+    return gt, results_from_detections(gt, dets, seed=0)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda r: r[5].update(score=float("nan")), "results[5] (image_id="),
+    (lambda r: r[5].update(score=float("inf")), "'score' is NaN/inf"),
+    (lambda r: r[7]["keypoints"].__setitem__(4, float("nan")), "results[7] (image_id="),
+    (lambda r: r[7]["keypoints"].__setitem__(4, float("-inf")), "'keypoints' contains NaN/inf"),
+    (lambda r: r[3].update(image_id=123456), "results[3] (image_id=123456): image_id is not an image of the GT"),
+    (lambda r: r[2].update(keypoints=r[2]["keypoints"][:-3]), "'keypoints' has 48 values, expected 3*K = 51"),
+    (lambda r: r[9].pop("score"), "results[9] (image_id="),
+    (lambda r: r[9].pop("keypoints"), "is missing the 'keypoints' field"),
+    (lambda r: r[1].update(category_id=7), "category_id"),
+    (lambda r: r[1].update(score="high"), "'score' is not a number"),
+])
+def test_bad_results_are_reported(coco_sample, mutate, message):
+    gt, results = _good(coco_sample)
+    mutate(results)
+    with pytest.raises(EvaluationInputError, match=None) as exc:
+        KeypointEvaluator(gt).evaluate(results)
+    assert message in str(exc.value)
+    assert isinstance(exc.value, ValueError)
+
+
+def test_nan_message_names_entry_and_image(coco_sample):
+    gt, results = _good(coco_sample)
+    results[5]["score"] = float("nan")
+    with pytest.raises(EvaluationInputError) as exc:
+        KeypointEvaluator(gt).evaluate(results)
+    assert str(exc.value).startswith(f"results[5] (image_id={results[5]['image_id']}): 'score' is NaN/inf")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda g: g.pop("annotations"), "not a COCO keypoint annotation file: missing 'annotations'"),
+    (lambda g: g["categories"][0].pop("keypoints"), "has no 'keypoints' list"),
+    (lambda g: g["annotations"][2].pop("keypoints"), "annotations[2]"),
+    (lambda g: g["annotations"][1].update(keypoints=[1, 2, 3]), "has 3 keypoint values, expected 51"),
+])
+def test_bad_gt_is_reported(coco_sample, mutate, message):
+    gt, _ = _sample(coco_sample)
+    mutate(gt)
+    with pytest.raises(EvaluationInputError) as exc:
+        KeypointEvaluator(gt)
+    assert message in str(exc.value)
+
+
+def test_gt_not_a_dict(tmp_path):
+    p = tmp_path / "gt.json"
+    p.write_text("[1, 2]")
+    with pytest.raises(EvaluationInputError, match="not a COCO keypoint annotation file"):
+        KeypointEvaluator(p)
+
+
+# -------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_stats(coco_sample, tmp_path, capsys):
+    gt, results = _good(coco_sample)
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(results))
+    out = tmp_path / "sub" / "stats.json"
+    rc = coco_eval.main(["--gt", str(coco_sample / "test_coco.json"), "--results", str(res_path),
+                         "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 10 and printed[0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95")
+    stats = json.loads(out.read_text())
+    assert list(stats) == STAT_NAMES
+    ref, _ = _reference(gt, results)
+    assert np.abs(np.array([stats[k] for k in STAT_NAMES]) - ref).max() <= 1e-12
+
+
+def test_cli_bad_input_exit_code(coco_sample, tmp_path, capsys):
+    _, results = _good(coco_sample)
+    results[0]["image_id"] = -1
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(results))
+    rc = coco_eval.main(["--gt", str(coco_sample / "test_coco.json"), "--results", str(res_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "vitpose-scale coco-eval: error: results[0] (image_id=-1)" in err
+    assert coco_eval.main(["--gt", str(tmp_path / "missing.json"), "--results", str(res_path)]) == 2
+
+
+# ------------------------------------------------------------ distributed
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, gt, results, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        # contiguous shards keep the global order, like a sequential sampler
+        per = (len(results) + world - 1) // world
+        mine = results[rank * per:(rank + 1) * per]
+        merged = gather_results(mine)
+        stats = KeypointEvaluator(gt).evaluate(merged)
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.concatenate([stats, [len(merged)]]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_two_rank_gloo_gather_equals_single_rank():
+    torch_mp = pytest.importorskip("torch.multiprocessing")
+    gt, results = make_eval_set(150, seed=11, tie_frac=0.3, many_det_frac=0.1)
+    single = KeypointEvaluator(gt).evaluate(results)
+    assert gather_results(results) is results  # no process group: identity
+    with tempfile.TemporaryDirectory() as d:
+        torch_mp.spawn(_rank_main, args=(2, _free_port(), gt, results, d), nprocs=2, join=True)
+        for rank in range(2):
+            got = np.load(os.path.join(d, f"rank{rank}.npy"))
+            assert got[10] == len(results)
+            assert np.array_equal(got[:10], single)

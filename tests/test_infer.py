@@ -1,0 +1,134 @@
+"""`vitpose-scale infer` end to end on a bundled COCO image, plus the drawing helpers."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vitpose_scale.config import load_config
+from vitpose_scale.infer import image_id_from_name, load_boxes, main, run_inference
+from vitpose_scale.visualize import (COCO_SKELETON, draw_skeletons, plot_training_curves,
+                                     save_predictions_figure)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "demo.yaml"
+DET_THR = 0.5  # image 785 has one confident detection (1.00), then 0.30 and below
+
+
+@pytest.fixture(scope="module")
+def infer_out(coco_sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("infer") / "pose.png"
+    with pytest.warns(UserWarning, match="RANDOM weights"):  # no checkpoint: must say so loudly
+        rc = main(["--config", str(CONFIG), "--image", str(coco_sample / "000000000785.jpg"),
+                   "--boxes", str(coco_sample / "test_coco_det_AP_H_56.json"), "--det-thr", str(DET_THR),
+                   "--out", str(out), "--set", "model.activation_checkpointing=false"])
+    assert rc == 0
+    return out
+
+
+def test_infer_writes_png_and_json(infer_out, coco_sample):
+    image = cv2.imread(str(coco_sample / "000000000785.jpg"))
+    drawn = cv2.imread(str(infer_out))
+    assert drawn is not None and drawn.shape == image.shape
+    dets = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
+    expected = sum(1 for d in dets if d["image_id"] == 785 and d["score"] >= DET_THR)
+    results = json.loads(infer_out.with_suffix(".json").read_text())
+    assert len(results) == expected == 1
+    h, w = image.shape[:2]
+    for r in results:
+        assert r["image_id"] == 785 and r["category_id"] == 1 and np.isfinite(r["score"])
+        kp = np.asarray(r["keypoints"]).reshape(17, 3)
+        assert np.isfinite(kp).all()
+        assert (kp[:, 0] >= 0).all() and (kp[:, 0] <= w - 1).all()
+        assert (kp[:, 1] >= 0).all() and (kp[:, 1] <= h - 1).all()
+
+
+def test_missing_image_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        main(["--config", str(CONFIG), "--image", str(missing), "--out", str(tmp_path / "o.png")])
+
+
+def test_box_loading(coco_sample, tmp_path):
+    assert image_id_from_name("000000000785.jpg") == 785
+    boxes = load_boxes(coco_sample / "test_coco_det_AP_H_56.json", "000000000785.jpg", 0.2)
+    assert boxes.shape == (2, 5) and boxes[0, 4] > boxes[1, 4]
+    plain = tmp_path / "boxes.json"
+    plain.write_text(json.dumps([[10, 20, 30, 40], [0, 0, 5, 5, 0.5]]))
+    boxes = load_boxes(plain, "anything.png")
+    assert boxes.shape == (2, 5) and boxes[:, 4].tolist() == [1.0, 0.5]
+
+
+class _FixedPeak(torch.nn.Module):
+    """Fake model: every joint's heatmap is a Gaussian at heatmap pixel (hx, hy)."""
+
+    def __init__(self, hx, hy, k=17):
+        super().__init__()
+        self.hx, self.hy, self.k = hx, hy, k
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        ys, xs = torch.meshgrid(torch.arange(h // 4.0), torch.arange(w // 4.0), indexing="ij")
+        g = torch.exp(-((xs - self.hx) ** 2 + (ys - self.hy) ** 2) / (2 * 2.0 ** 2))
+        return g.expand(b, self.k, -1, -1).clone()
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_run_inference_maps_heatmaps_back_to_the_image(flip):
+    cfg = load_config(CONFIG)
+    in_h, in_w = cfg.model.image_size
+    hm_h, hm_w = in_h // 4, in_w // 4
+    # With flip test the peak must sit on the mirror axis ((hm_w - 1) / 2) to survive averaging.
+    hx, hy = ((hm_w - 1) / 2 if flip else 7.0), 20.0
+    box = [100.0, 50.0, 60.0, 80.0]  # aspect 0.75 = 96 / 128: no aspect fix, only padding
+    people = run_inference(_FixedPeak(hx, hy), np.zeros((300, 300, 3), np.uint8), [box], cfg, flip=flip)
+    assert len(people) == 1 and people[0].shape == (17, 3)
+    center = np.array([130.0, 90.0])
+    scale = np.array([60.0, 80.0]) * cfg.data.bbox_padding
+    crop = np.array([hx * (in_w - 1) / (hm_w - 1), hy * (in_h - 1) / (hm_h - 1)])
+    expected = center + (crop - np.array([in_w - 1, in_h - 1]) / 2) * scale / np.array([in_w - 1, in_h - 1])
+    np.testing.assert_allclose(people[0][:, :2], np.broadcast_to(expected, (17, 2)), atol=0.05)
+    assert (people[0][:, 2] > 0.9).all()  # the grid's highest value (the peak may fall between pixels)
+
+
+def _person(points: dict, k=17):
+    kp = np.zeros((k, 3))
+    for j, (x, y, s) in points.items():
+        kp[j] = (x, y, s)
+    return kp
+
+
+def test_draw_skeletons_draws_the_limb():
+    img = np.zeros((100, 100, 3), np.uint8)
+    assert (5, 7) in COCO_SKELETON and (5, 6) in COCO_SKELETON  # left shoulder-elbow, shoulders
+    # Shoulder -> elbow along y = 50; the right shoulder (6) is below the score threshold.
+    person = _person({5: (20, 50, 0.9), 7: (80, 50, 0.9), 6: (20, 10, 0.1)})
+    out = draw_skeletons(img, [person], score_thr=0.3)
+    assert out.shape == img.shape and not np.shares_memory(out, img) and img.max() == 0
+    assert out[50, 35:66].max(axis=1).min() > 0  # every pixel along the limb's middle is painted
+    assert out[10, 20].max() == 0 and out[30, 20].max() == 0  # nothing drawn towards the weak joint
+    assert out[90, 90].max() == 0
+
+
+def test_plot_training_curves(tmp_path):
+    lines = [json.dumps({"step": s, "loss": 1e-3 / (1 + s / 10)}) for s in range(0, 100, 10)]
+    lines += [json.dumps({"step": 50, "AP": 0.12}), json.dumps({"step": 100, "AP": 0.2}), '{"step": 10']
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = plot_training_curves(path, tmp_path / "curves.png")
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 100 and img.std() > 0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"step": 1}\n')
+    with pytest.raises(ValueError, match="no lines"):
+        plot_training_curves(empty, tmp_path / "none.png")
+
+
+def test_save_predictions_figure(infer_out, coco_sample, tmp_path):
+    results = json.loads(infer_out.with_suffix(".json").read_text())
+    gt = json.loads((coco_sample / "test_coco.json").read_text())
+    out = save_predictions_figure(coco_sample, results, gt["images"], tmp_path / "grid.png", score_thr=0.0)
+    assert cv2.imread(str(out)) is not None

@@ -1,0 +1,134 @@
+"""`vitpose-scale` command: train | eval | infer | coco-eval | convert | params | make-synthetic."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML under configs/")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, e.g. --set model.depth=4 (repeatable)")
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Shared by `vitpose-scale train` and launch/train.py (deepspeed, torchrun, python, srun)."""
+    parser = argparse.ArgumentParser(prog="vitpose-scale train", description="train a ViTPose model")
+    _config_args(parser)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    from vitpose_scale.config import ConfigError, load_config
+    from vitpose_scale.engine.distributed import init_distributed, prepare_environment, shutdown
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    prepare_environment()  # DS_ACCELERATOR=cpu etc. before deepspeed is imported
+    info = init_distributed(cfg.parallel.backend == "deepspeed")
+    from vitpose_scale.engine.trainer import PREEMPTED_EXIT_CODE, TrainingDiverged, run_training
+
+    code = 0
+    try:
+        result = run_training(cfg, info)
+        if result.get("preempted"):
+            code = PREEMPTED_EXIT_CODE
+        elif info.is_main:
+            print(f"done: {result['step']} steps, best AP {result['best_ap']:.4f}; outputs in "
+                  f"{cfg.train.output_dir}", flush=True)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        code = 2
+    except TrainingDiverged as exc:
+        print(f"training stopped: {exc}", file=sys.stderr)
+        code = 3
+    finally:
+        if code in (0, PREEMPTED_EXIT_CODE):
+            shutdown()
+    return code
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vitpose-scale convert",
+        description="consolidate a training checkpoint (ZeRO shards or FSDP) into one fp32 official-format file, "
+                    "or convert between the official and Hugging Face layouts")
+    parser.add_argument("--checkpoint", required=True,
+                        help="runs/X/checkpoints/step_N, an official .pth, or a HF .safetensors/.bin")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--to", choices=["official", "hf"], default="official")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    import torch
+
+    from vitpose_scale.models import interop
+
+    src = Path(args.checkpoint)
+    if src.is_dir():
+        from vitpose_scale.engine.checkpoint import consolidate
+
+        state = consolidate(src)
+    else:
+        state = interop.extract_state_dict(interop.safe_load(src), str(src))
+        if any(k.startswith("backbone.encoder.") for k in state):
+            state = interop.from_hf_state_dict(state)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.to == "hf":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in interop.to_hf_state_dict(state).items()}, str(out))
+    else:
+        torch.save({"meta": {"source": str(src)}, "state_dict": state}, out)
+    print(f"wrote {out} ({sum(v.numel() for v in state.values()) / 1e6:.1f} M values, {len(state)} tensors)")
+    return 0
+
+
+def params_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vitpose-scale params",
+                                     description="parameter counts and FLOPs of the presets (meta device)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[256, 192])
+    args = parser.parse_args(argv)
+    from vitpose_scale.config import PRESETS, ModelConfig
+    from vitpose_scale.models.pose import build_pose_model, count_parameters, forward_flops_per_image
+
+    print(f"{'preset':>6} {'backbone':>12} {'head':>10} {'GFLOPs/img':>11}")
+    for name in PRESETS:
+        size = [576, 432] if name == "G" else args.image_size
+        cfg = ModelConfig(preset=name, image_size=size)
+        model = build_pose_model(cfg, device="meta")
+        print(f"{name:>6} {count_parameters(model.backbone) / 1e6:>10.1f} M {count_parameters(model.keypoint_head) / 1e6:>8.2f} M "
+              f"{forward_flops_per_image(cfg) / 1e9:>11.1f}  ({size[0]}x{size[1]})")
+    return 0
+
+
+COMMANDS = {
+    "train": ("train a model (see also launch/train.py for multi-process launchers)", "vitpose_scale.cli:train_main"),
+    "eval": ("evaluate a checkpoint on the validation set, distributed", "vitpose_scale.evaluate:main"),
+    "infer": ("pose estimation on an image, drawing the skeletons", "vitpose_scale.infer:main"),
+    "coco-eval": ("evaluate a COCO keypoint results file (pycocotools-equal, faster)", "vitpose_scale.eval.coco_eval:main"),
+    "convert": ("consolidate ZeRO/FSDP checkpoints; official <-> Hugging Face", "vitpose_scale.cli:convert_main"),
+    "params": ("parameter count and FLOPs table of the presets", "vitpose_scale.cli:params_main"),
+    "make-synthetic": ("generate the synthetic-people COCO data set", "vitpose_scale.data.synthetic:main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: vitpose-scale <command> [options]\n\ncommands:")
+        for name, (text, _) in COMMANDS.items():
+            print(f"  {name:<15} {text}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module, func = COMMANDS[argv[0]][1].split(":")
+    import importlib
+
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

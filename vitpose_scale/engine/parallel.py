@@ -1,0 +1,253 @@
+"""The one place that wraps the model for distribution: DeepSpeed ZeRO 0-3 or torch FSDP2/DDP.
+
+Both wrappers give the trainer the same small interface, so the training loop
+never branches on the backend or the model size.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vitpose_scale.config import Config, ConfigError
+from vitpose_scale.engine.distributed import DistInfo
+from vitpose_scale.engine.optim import build_optimizer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_engine_config(cfg: Config, info: DistInfo, bf16_supported: bool | None = None) -> None:
+    """Stop before any work when the config cannot run on this world/hardware."""
+    p = cfg.parallel
+    per_step = info.world_size * p.grad_accum
+    if cfg.train.batch_size % per_step:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} is not divisible by world_size x parallel.grad_accum "
+            f"= {info.world_size} x {p.grad_accum}: expected a multiple of {per_step}")
+    if p.precision == "bf16":
+        if bf16_supported is None:
+            bf16_supported = torch.cuda.is_bf16_supported() if info.device.type == "cuda" else True
+        if not bf16_supported:
+            raise ConfigError(f"parallel.precision: bf16 is not supported on this device "
+                              f"({torch.cuda.get_device_name() if info.device.type == 'cuda' else info.device}): "
+                              f"expected fp16 or fp32")
+    if p.precision == "fp16" and info.device.type == "cpu":
+        raise ConfigError("parallel.precision: fp16 needs a GPU (CPU kernels lack fp16 loss scaling support): "
+                          "expected bf16 or fp32 on CPU")
+
+
+def micro_batch_size(cfg: Config, world_size: int) -> int:
+    return cfg.train.batch_size // (world_size * cfg.parallel.grad_accum)
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    p = cfg.parallel
+    zero = {"stage": p.zero_stage}
+    if p.zero_stage == 3:
+        zero.update(stage3_param_persistence_threshold=p.zero3_persistence_threshold,
+                    stage3_gather_16bit_weights_on_model_save=False)
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world_size),
+        "gradient_accumulation_steps": p.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": p.precision == "bf16"},
+        "fp16": {"enabled": p.precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10 ** 12,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedWrapper:
+    kind = "deepspeed"
+
+    def __init__(self, model: nn.Module, cfg: Config, info: DistInfo, load_universal: bool = False):
+        import deepspeed
+
+        self.cfg, self.info = cfg, info
+        ds_cfg = deepspeed_config(cfg, info.world_size)
+        if load_universal:
+            ds_cfg["checkpoint"] = {"load_universal": True}
+        optimizer = build_optimizer(model, cfg)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
+        self.module = self.engine.module
+        self.dtype = DTYPES[cfg.parallel.precision]
+        self._grad_norm = None
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.engine(images.to(self.info.device, self.dtype))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float | None:
+        """Call after every micro-batch; DeepSpeed steps on the accumulation boundary."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if boundary:
+            norm = self.engine.get_global_grad_norm()
+            return float(norm) if norm is not None else None
+        return None
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    @contextlib.contextmanager
+    def full_parameters(self):
+        """All parameters whole on every rank (ZeRO-3 gathers them)."""
+        if self.cfg.parallel.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+                yield self.module
+        else:
+            yield self.module
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
+                                              load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {directory}")
+
+    def local_param_numel(self) -> tuple[int, int]:
+        """(elements this rank stores, elements of the full model)."""
+        local = full = 0
+        for p in self.module.parameters():
+            if hasattr(p, "ds_tensor"):
+                local += p.ds_tensor.numel()
+                full += p.ds_numel
+            else:
+                local += p.numel()
+                full += p.numel()
+        return local, full
+
+
+class TorchWrapper:
+    """torch FSDP2 (`fully_shard` per block, then the root), or DDP/plain for backend `none`."""
+
+    def __init__(self, model: nn.Module, cfg: Config, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        self.kind = cfg.parallel.backend
+        self.dtype = DTYPES[cfg.parallel.precision]
+        model = model.to(info.device)
+        if self.kind == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+            for block in model.backbone.blocks:
+                fully_shard(block, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)
+            self.model = self.module = model
+        elif info.world_size > 1:
+            self.module = model
+            self.model = nn.parallel.DistributedDataParallel(model)
+        else:
+            self.model = self.module = model
+        self.optimizer = build_optimizer(self.module, cfg)
+        self.micro = 0
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.info.device)
+        if self.kind == "fsdp":
+            return self.model(images.to(self.dtype))
+        with torch.autocast(self.info.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.model(images)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.cfg.parallel.grad_accum).backward()
+
+    def step(self) -> float | None:
+        self.micro += 1
+        if self.micro % self.cfg.parallel.grad_accum:
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    @contextlib.contextmanager
+    def full_parameters(self):
+        if self.kind == "fsdp":
+            self.module.unshard()
+            try:
+                yield self.module
+            finally:
+                self.module.reshard()
+        else:
+            yield self.module
+
+    def _options(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def save(self, directory: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=self._options())
+        if self.info.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model_sd, "optimizer": optim_sd}, directory / "model_and_optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = torch.load(directory / "model_and_optimizer.pt", map_location="cpu", weights_only=True)
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=self._options())
+
+    def local_param_numel(self) -> tuple[int, int]:
+        local = full = 0
+        for p in self.module.parameters():
+            local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+            full += p.numel()
+        return local, full
+
+
+def build_model_for_backend(cfg: Config, info: DistInfo) -> nn.Module:
+    """Build identical initial weights on every rank (same seed), under zero.Init if asked."""
+    from vitpose_scale.models.pose import build_pose_model
+
+    torch.manual_seed(cfg.train.seed)
+    if cfg.parallel.backend == "deepspeed" and cfg.parallel.zero_stage == 3 and cfg.parallel.zero_init:
+        import deepspeed
+
+        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, info.world_size)):
+            model = build_pose_model(cfg.model)
+        # Modules initialised themselves after partitioning began; redo it with the
+        # parameters gathered so every rank gets the seeded values.
+        torch.manual_seed(cfg.train.seed)
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+            if info.is_main:
+                model.init_weights()
+        return model
+    return build_pose_model(cfg.model)
+
+
+def wrap(model: nn.Module, cfg: Config, info: DistInfo, load_universal: bool = False):
+    if cfg.parallel.backend == "deepspeed":
+        return DeepSpeedWrapper(model, cfg, info, load_universal=load_universal)
+    return TorchWrapper(model, cfg, info)
+
+
+def is_distributed() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1

@@ -1,0 +1,328 @@
+"""The training loop: the same code for a tiny model on 2 CPU ranks and a 1 B model on many GPUs.
+
+step -> log -> evaluate -> checkpoint, with exact resume (RNG states and data
+position), preemption handling (SIGTERM/SIGUSR1 -> checkpoint -> exit 143 for
+requeue) and a NaN/inf guard that stops without touching the last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vitpose_scale.config import Config
+from vitpose_scale.engine import checkpoint as ckpt
+from vitpose_scale.engine.distributed import DistInfo, all_reduce_max, average_buffers, broadcast_object
+from vitpose_scale.engine.metrics import MetricsLog, peak_memory_mb, training_tflops
+from vitpose_scale.engine.optim import lr_factor, set_lr
+from vitpose_scale.engine.parallel import build_model_for_backend, check_engine_config, micro_batch_size, wrap
+
+PREEMPTED_EXIT_CODE = 143
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MSE with target weight (mean over joints and pixels), computed in fp32."""
+    w = weight.unsqueeze(-1)  # (B, K, 1, 1)
+    return ((pred.float() - target) * w).pow(2).mean()
+
+
+class _Preemption:
+    """Sets a flag on SIGTERM/SIGUSR1; the loop checkpoints and exits at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. under some test runners)
+                pass
+
+    def _handler(self, signum, _frame):
+        self.requested = True
+
+
+def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
+    from vitpose_scale.models.interop import load_official
+    from vitpose_scale.models.mae_transfer import load_pretrained_backbone
+
+    path = cfg.train.init_from
+    try:
+        load_official(model, path)
+        source = "official/ViTPose checkpoint"
+    except Exception as full_error:  # not a full pose model: try a backbone-only (MAE) file
+        try:
+            load_pretrained_backbone(model, path)
+            source = "pretrained backbone (MAE)"
+        except Exception as backbone_error:
+            raise ValueError(f"train.init_from={path}: neither a ViTPose checkpoint ({full_error}) nor a "
+                             f"backbone checkpoint ({backbone_error})") from backbone_error
+    if info.is_main:
+        print(f"initialised from {path} ({source})", flush=True)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, info: DistInfo):
+        from vitpose_scale.data.coco import build_datasets
+
+        check_engine_config(cfg, info)
+        self.cfg, self.info = cfg, info
+        self.out = Path(cfg.train.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        if info.is_main:
+            cfg.save(self.out / "config.yaml")
+            train_set, val_set, self.val_ann = build_datasets(cfg)  # rank 0 generates synthetic data first
+        if dist.is_initialized():
+            dist.barrier()
+        if not info.is_main:
+            train_set, val_set, self.val_ann = build_datasets(cfg)
+        self.train_set, self.val_set = train_set, val_set
+        self.micro_bs = micro_batch_size(cfg, info.world_size)
+        self.steps_per_epoch = (len(train_set) // info.world_size) // (self.micro_bs * cfg.parallel.grad_accum)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"training set of {len(train_set)} samples is smaller than one global batch "
+                             f"({cfg.train.batch_size})")
+        total = cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+
+        resume_dir = self._find_resume()
+        meta = json.loads((resume_dir / "meta.json").read_text()) if resume_dir else None
+        load_universal = False
+        if meta and meta["world_size"] != info.world_size and cfg.parallel.backend == "deepspeed":
+            resume_dir = self._to_universal(resume_dir)
+            load_universal = True
+
+        model = build_model_for_backend(cfg, info)
+        if cfg.train.init_from and resume_dir is None:
+            _init_weights_from(model, cfg, info)
+        self.wrapper = wrap(model, cfg, info, load_universal=load_universal)
+        self.lr_scales = [g.get("lr_scale", 1.0) for g in self.wrapper.param_groups]
+        self.flops_per_image = self._forward_flops()
+        self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main)
+        self.step, self.best_ap = 0, -1.0
+        self.history: list[dict] = []
+        if resume_dir is not None:
+            loaded = ckpt.load_training_checkpoint(self.wrapper, resume_dir, info.rank)
+            self.step, self.best_ap = loaded["step"], loaded.get("best_ap", -1.0)
+            if info.is_main:
+                print(f"resumed from {resume_dir} at step {self.step} "
+                      f"(written by {meta['world_size']} ranks, now {info.world_size})", flush=True)
+        self.preemption = _Preemption()
+
+    # ------------------------------------------------------------ helpers --
+    def _forward_flops(self) -> float:
+        from vitpose_scale.models.pose import forward_flops_per_image
+
+        return forward_flops_per_image(self.cfg.model)
+
+    def _find_resume(self) -> Path | None:
+        r = self.cfg.train.resume
+        if r in (None, "", "none"):
+            return None
+        if r == "auto":
+            return ckpt.latest_checkpoint(self.ckpt_root)
+        path = Path(r)
+        if not ckpt.is_complete(path):
+            raise FileNotFoundError(f"train.resume={r}: not a complete checkpoint directory (no meta.json)")
+        return path
+
+    def _to_universal(self, directory: Path) -> Path:
+        """DeepSpeed's universal format lets ZeRO states load at another world size."""
+        target = directory.parent / (directory.name + "_universal")
+        if self.info.is_main and not (target / "zero").is_dir():
+            import subprocess
+
+            print(f"converting {directory} to DeepSpeed's universal checkpoint for a new world size", flush=True)
+            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                            str(directory), "--output_folder", str(target), "--num_extract_workers", "1",
+                            "--num_merge_workers", "1", "--no_strict"], check=True)
+            for f in directory.glob("rng_rank*.pt"):
+                (target / f.name).write_bytes(f.read_bytes())
+            (target / "meta.json").write_text((directory / "meta.json").read_text())
+        if dist.is_initialized():
+            dist.barrier()
+        return target
+
+    def _meta(self) -> dict:
+        return {"step": self.step, "epoch": self.step // self.steps_per_epoch, "world_size": self.info.world_size,
+                "best_ap": self.best_ap, "samples_seen": self.step * self.cfg.train.batch_size,
+                "backend": self.cfg.parallel.backend, "config": self.cfg.to_dict()}
+
+    def save(self) -> Path:
+        average_buffers(self.wrapper.module)
+        return ckpt.save_training_checkpoint(self.wrapper, self.ckpt_root, self.step, self._meta(),
+                                             self.info.rank, self.cfg.train.keep_last)
+
+    def export_weights(self, path: Path, meta: dict) -> None:
+        """Official-format fp32 file of the current weights (rank 0 writes)."""
+        from vitpose_scale.models.interop import export_official
+
+        with self.wrapper.full_parameters() as module:
+            if self.info.is_main:
+                export_official(module, path, meta=meta)
+        if dist.is_initialized():
+            dist.barrier()
+
+    # --------------------------------------------------------- evaluation --
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        from vitpose_scale.data.loader import build_eval_loader
+        from vitpose_scale.data.transforms import COCO_FLIP_PAIRS
+        from vitpose_scale.eval.coco_eval import STAT_NAMES, KeypointEvaluator, gather_results
+        from vitpose_scale.eval.postprocess import postprocess_people, predict_dataset
+
+        cfg, info = self.cfg, self.info
+        average_buffers(self.wrapper.module)
+        self.wrapper.train(False)
+        loader = build_eval_loader(self.val_set, cfg.eval.batch_size, info.rank, info.world_size,
+                                   cfg.data.num_workers)
+        calls = [0]
+
+        def forward(images):
+            calls[0] += 1
+            return self.wrapper.forward(images).float()
+
+        people = predict_dataset(forward, loader, cfg.eval, COCO_FLIP_PAIRS, progress=info.is_main,
+                                 postprocess=False)
+        # ZeRO-3/FSDP forwards are collective: ranks with a shorter shard run dummy
+        # forwards so every rank makes the same number of calls.
+        n = len(self.val_set)
+        max_batches = math.ceil(math.ceil(n / info.world_size) / cfg.eval.batch_size)
+        per_batch = 2 if cfg.eval.flip_test else 1
+        dummy = torch.zeros(1, 3, *cfg.model.image_size)
+        for _ in range(max_batches * per_batch - calls[0]):
+            forward(dummy)
+        people = gather_results(people)
+        self.wrapper.train(True)
+        results = postprocess_people(people, cfg.eval.rescore_thr, cfg.eval.oks_nms_thr)
+        stats = KeypointEvaluator(self.val_ann).evaluate(results) if info.is_main else None
+        stats = broadcast_object(None if stats is None else [float(s) for s in stats])
+        if info.is_main:
+            (self.out / "eval").mkdir(parents=True, exist_ok=True)
+            (self.out / "eval" / f"results_step{self.step:08d}.json").write_text(json.dumps(results))
+        return dict(zip(STAT_NAMES, stats))
+
+    def _maybe_eval(self, force: bool = False) -> None:
+        every = self.cfg.train.eval_every or self.steps_per_epoch
+        if not force and self.step % every:
+            return
+        t0 = time.time()
+        metrics = self.evaluate()
+        self.log.write(step=self.step, kind="eval", seconds=time.time() - t0, **metrics)
+        if self.info.is_main:
+            print(f"step {self.step}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AR {metrics['AR']:.4f}",
+                  flush=True)
+        if metrics["AP"] > self.best_ap:
+            self.best_ap = metrics["AP"]
+            self.export_weights(self.out / "best.pth", {"step": self.step, "AP": self.best_ap})
+
+    # --------------------------------------------------------------- loop --
+    def _loader(self, epoch: int, start_batch: int):
+        from vitpose_scale.data.loader import build_train_loader
+
+        return build_train_loader(self.train_set, self.micro_bs, self.info.rank, self.info.world_size,
+                                  self.cfg.train.seed, epoch, self.cfg.data.num_workers,
+                                  start_index=start_batch * self.micro_bs)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = 0.0 if torch.isfinite(loss).all() else 1.0
+        if all_reduce_max(bad, loss.device if loss.device.type != "meta" else self.info.device):
+            last = ckpt.latest_checkpoint(self.ckpt_root)
+            raise TrainingDiverged(f"loss is {loss.item()} at step {self.step + 1}: stopping; the last good "
+                                   f"checkpoint ({last or 'none written yet'}) is left as it was")
+
+    def train(self) -> dict:
+        from tqdm import tqdm
+
+        cfg, info = self.cfg, self.info
+        accum = cfg.parallel.grad_accum
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not info.is_main,
+                   dynamic_ncols=True)
+        self.wrapper.train(True)
+        window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
+        preempted = False
+        while self.step < self.total_steps:
+            epoch = self.step // self.steps_per_epoch
+            start = (self.step % self.steps_per_epoch) * accum
+            batches = iter(self._loader(epoch, start))
+            for _ in range(self.steps_per_epoch - self.step % self.steps_per_epoch):
+                set_lr(self.wrapper.optimizer, cfg.optim.lr,
+                       lr_factor(self.step, cfg, self.steps_per_epoch, self.total_steps), self.lr_scales)
+                step_loss = 0.0
+                for _micro in range(accum):
+                    batch = next(batches)
+                    pred = self.wrapper.forward(batch["img"])
+                    loss = heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
+                    self._check_finite(loss)
+                    self.wrapper.backward(loss)
+                    grad_norm = self.wrapper.step()
+                    step_loss += loss.item() / accum
+                self.step += 1
+                window_images += cfg.train.batch_size
+                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
+                self.history.append({"step": self.step, "loss": step_loss})
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.3e}", epoch=epoch)
+                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                    self._log_train(window_t, window_images, loss_sum / loss_n, grad_norm, epoch)
+                    window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
+                save_every = cfg.train.save_every or self.steps_per_epoch
+                if self.step % save_every == 0 and self.step < self.total_steps:
+                    self.save()
+                if cfg.train.eval_every and self.step < self.total_steps:
+                    self._maybe_eval()
+                if all_reduce_max(float(self.preemption.requested), info.device):
+                    preempted = True
+                    break
+                if self.step >= self.total_steps:
+                    break
+            if preempted:
+                break
+            if not cfg.train.eval_every and self.step < self.total_steps:
+                self._maybe_eval(force=True)
+        bar.close()
+        if preempted:
+            path = self.save()
+            if info.is_main:
+                print(f"preempted: checkpoint {path} written; exiting {PREEMPTED_EXIT_CODE} for requeue", flush=True)
+            return {"preempted": True, "step": self.step}
+        self.save()
+        final = self._maybe_eval(force=True) if cfg.train.eval_every >= 0 else None
+        del final
+        self.export_weights(self.out / "final.pth", {"step": self.step})
+        return {"preempted": False, "step": self.step, "best_ap": self.best_ap}
+
+    def _log_train(self, t0: float, images: int, loss: float, grad_norm, epoch: int) -> None:
+        elapsed = max(time.time() - t0, 1e-9)
+        ips = images / elapsed
+        tflops = training_tflops(self.flops_per_image, ips)
+        mem = peak_memory_mb(self.info.device)
+        mems = [mem]
+        if dist.is_initialized() and self.info.world_size > 1:
+            mems = [None] * self.info.world_size
+            dist.all_gather_object(mems, mem)
+        lr = self.wrapper.optimizer.param_groups[-1]["lr"]
+        self.log.write(step=self.step, kind="train", epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm,
+                       images_per_s=ips, seconds_per_step=elapsed * self.cfg.train.batch_size / max(images, 1),
+                       tflops=tflops, mfu=tflops / self.info.world_size / self.cfg.train.peak_tflops,
+                       peak_mem_mb_per_rank=mems)
+
+
+def run_training(cfg: Config, info: DistInfo) -> dict:
+    trainer = Trainer(cfg, info)
+    result = trainer.train()
+    result["history"] = trainer.history
+    return result
+
+
+__all__ = ["Trainer", "run_training", "heatmap_loss", "TrainingDiverged", "PREEMPTED_EXIT_CODE", "np"]
