@@ -151,6 +151,9 @@ class TopDownCocoDataset(Dataset):
             self.det_file = _resolve(root, det_file)
             if not self.det_file.is_file() and Path(det_file).is_file():
                 self.det_file = Path(det_file)
+            if not self.det_file.is_file():
+                raise FileNotFoundError(f"detection file {det_file} not found (looked in {self.det_file} and "
+                                        f"{Path(det_file).resolve()}); expected a COCO results json of person boxes")
             self.records = self._load_detections(self.det_file)
         else:
             self.records = self._load_gt(coco)

@@ -127,6 +127,9 @@ def build_train_loader(dataset, batch_size_per_rank: int, rank: int, world_size:
         dataset, batch_size=batch_size_per_rank, sampler=sampler, num_workers=num_workers,
         collate_fn=collate, drop_last=True, pin_memory=torch.cuda.is_available(),
         worker_init_fn=_worker_init if num_workers > 0 else None, persistent_workers=False,
+        # Its own generator: creating an iterator must not draw from the global torch RNG,
+        # or a resumed run (new iterator mid-epoch) would see other dropout/drop-path draws.
+        generator=torch.Generator().manual_seed(seed + epoch),
     )
     loader.set_epoch(epoch, start_index)
     return loader

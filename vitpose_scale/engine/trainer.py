@@ -103,6 +103,7 @@ class Trainer:
             load_universal = True
 
         model = build_model_for_backend(cfg, info)
+        torch.manual_seed(cfg.train.seed + 1000 * info.rank + 1)  # per-rank stochastic depth draws
         if cfg.train.init_from and resume_dir is None:
             _init_weights_from(model, cfg, info)
         self.wrapper = wrap(model, cfg, info, load_universal=load_universal)
@@ -118,6 +119,17 @@ class Trainer:
                 print(f"resumed from {resume_dir} at step {self.step} "
                       f"(written by {meta['world_size']} ranks, now {info.world_size})", flush=True)
         self.preemption = _Preemption()
+        self._log_setup()
+
+    def _log_setup(self) -> None:
+        local, full = self.wrapper.local_param_numel()
+        per_rank = [local]
+        if dist.is_initialized() and self.info.world_size > 1:
+            per_rank = [None] * self.info.world_size
+            dist.all_gather_object(per_rank, local)
+        self.log.write(step=self.step, kind="setup", world_size=self.info.world_size, params_full=full,
+                       params_local_per_rank=per_rank, steps_per_epoch=self.steps_per_epoch,
+                       total_steps=self.total_steps, forward_gflops_per_image=self.flops_per_image / 1e9)
 
     # ------------------------------------------------------------ helpers --
     def _forward_flops(self) -> float:
@@ -234,12 +246,19 @@ class Trainer:
                                   self.cfg.train.seed, epoch, self.cfg.data.num_workers,
                                   start_index=start_batch * self.micro_bs)
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        bad = 0.0 if torch.isfinite(loss).all() else 1.0
-        if all_reduce_max(bad, loss.device if loss.device.type != "meta" else self.info.device):
+    def _global_loss(self, loss: torch.Tensor) -> float:
+        """Mean of the ranks' losses (equal batch sizes: the global batch's loss); stops on NaN/inf."""
+        value = loss.detach().float().reshape(1)
+        if dist.is_initialized() and self.info.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value)  # a NaN or inf anywhere makes the sum non-finite on every rank
+            value /= self.info.world_size
+        value = value.item()
+        if not math.isfinite(value):
             last = ckpt.latest_checkpoint(self.ckpt_root)
-            raise TrainingDiverged(f"loss is {loss.item()} at step {self.step + 1}: stopping; the last good "
+            raise TrainingDiverged(f"loss is {value} at step {self.step + 1}: stopping; the last good "
                                    f"checkpoint ({last or 'none written yet'}) is left as it was")
+        return value
 
     def train(self) -> dict:
         from tqdm import tqdm
@@ -263,10 +282,9 @@ class Trainer:
                     batch = next(batches)
                     pred = self.wrapper.forward(batch["img"])
                     loss = heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
-                    self._check_finite(loss)
+                    step_loss += self._global_loss(loss) / accum
                     self.wrapper.backward(loss)
                     grad_norm = self.wrapper.step()
-                    step_loss += loss.item() / accum
                 self.step += 1
                 window_images += cfg.train.batch_size
                 loss_sum, loss_n = loss_sum + step_loss, loss_n + 1

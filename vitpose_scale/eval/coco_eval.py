@@ -185,7 +185,7 @@ class KeypointEvaluator:
 
     # ------------------------------------------------------------------- results
 
-    def _scan_results(self, results):
+    def _scan_results(self, results, res_bbox):
         """Slow path: find the first malformed entry and raise a precise error."""
         k3 = 3 * self.num_joints
         for i, r in enumerate(results):
@@ -223,7 +223,7 @@ class KeypointEvaluator:
                 raise EvaluationInputError(f"{at}: 'score' is not a number ({s!r})")
             if not math.isfinite(float(s)):
                 raise EvaluationInputError(f"{at}: 'score' is NaN/inf ({s!r})")
-            if self._res_bbox:
+            if res_bbox:
                 bb = r.get("bbox")
                 try:
                     bb = np.asarray(bb, dtype=np.float64)
@@ -252,7 +252,7 @@ class KeypointEvaluator:
         k = self.num_joints
         # pycocotools takes result areas from 'bbox' if the first entry has one
         first = results[0] if n else None
-        self._res_bbox = bool(n and isinstance(first, dict) and "bbox" in first
+        res_bbox = bool(n and isinstance(first, dict) and "bbox" in first
                               and hasattr(first["bbox"], "__len__") and len(first["bbox"]) > 0)
         try:
             img_raw = [r["image_id"] for r in results]
@@ -265,7 +265,7 @@ class KeypointEvaluator:
             if score.shape != (n,):
                 raise ValueError
         except (KeyError, TypeError, ValueError, AttributeError):
-            self._scan_results(results)
+            self._scan_results(results, res_bbox)
             raise EvaluationInputError("results are malformed") from None
         if (img < 0).any():
             self._bad(results, img < 0, "image_id is not an image of the GT")
@@ -281,18 +281,18 @@ class KeypointEvaluator:
             # lengths are checked, so a flat iterator is exact and ~3x faster
             kp = np.fromiter(chain.from_iterable(kps), np.float64, n * 3 * k).reshape(n, k, 3)
         except (TypeError, ValueError):
-            self._scan_results(results)
+            self._scan_results(results, res_bbox)
             raise EvaluationInputError("results keypoints are malformed") from None
         finite = np.isfinite(kp.reshape(n, 3 * k)).all(axis=1)
         if not finite.all():
             self._bad(results, ~finite, "'keypoints' contains NaN/inf")
-        if self._res_bbox:
+        if res_bbox:
             try:
                 bb = np.array([r["bbox"] for r in results], dtype=np.float64)
                 if bb.shape != (n, 4) or not np.isfinite(bb).all():
                     raise ValueError
             except (KeyError, TypeError, ValueError):
-                self._scan_results(results)
+                self._scan_results(results, res_bbox)
                 raise EvaluationInputError("results bboxes are malformed") from None
             area = bb[:, 2] * bb[:, 3]
         else:

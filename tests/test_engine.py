@@ -1,0 +1,118 @@
+"""Engine behaviour in one process: layer-decay lrs, schedules, engine config errors, checkpoint discovery."""
+import json
+
+import pytest
+import torch
+
+from vitpose_scale.config import ConfigError, load_config
+from vitpose_scale.engine import checkpoint as ckpt
+from vitpose_scale.engine.distributed import DistInfo
+from vitpose_scale.engine.optim import build_optimizer, layer_id, lr_factor, param_groups, set_lr
+from vitpose_scale.engine.parallel import check_engine_config
+from vitpose_scale.engine.trainer import heatmap_loss
+from vitpose_scale.models.pose import build_pose_model
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _cfg(*sets):
+    return load_config(ROOT / "configs" / "demo.yaml", list(sets))
+
+
+def test_every_group_lr_equals_the_layer_decay_formula():
+    cfg = _cfg("optim.layer_decay=0.75", "optim.lr=5e-4", "model.depth=4")
+    model = build_pose_model(cfg.model)
+    opt = build_optimizer(model, cfg)
+    factor = 0.37
+    set_lr(opt, cfg.optim.lr, factor, [g["lr_scale"] for g in opt.param_groups])
+    names = {id(p): n for n, p in model.named_parameters()}
+    depth = 4
+    seen = set()
+    for group in opt.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            seen.add(name)
+            lid = 0 if name.startswith(("backbone.patch_embed", "backbone.pos_embed")) else (
+                int(name.split(".")[2]) + 1 if name.startswith("backbone.blocks.") else depth + 1)
+            assert group["lr"] == pytest.approx(5e-4 * factor * 0.75 ** (depth + 1 - lid), rel=1e-12), name
+            decays = p.ndim > 1 and not name.endswith("bias") and "pos_embed" not in name
+            assert group["weight_decay"] == (cfg.optim.weight_decay if decays else 0.0), name
+    assert seen == set(names.values())
+
+
+def test_layer_ids():
+    assert layer_id("backbone.pos_embed", 12) == 0
+    assert layer_id("backbone.patch_embed.proj.weight", 12) == 0
+    assert layer_id("backbone.blocks.0.attn.qkv.weight", 12) == 1
+    assert layer_id("backbone.blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id("backbone.last_norm.weight", 12) == 13
+    assert layer_id("keypoint_head.final_layer.weight", 12) == 13
+
+
+def test_head_and_last_norm_get_full_lr_and_pos_embed_no_decay():
+    cfg = _cfg()
+    groups = param_groups(build_pose_model(cfg.model), cfg)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["keypoint_head.final_layer.weight"]["lr_scale"] == 1.0
+    assert by_name["backbone.pos_embed"]["weight_decay"] == 0.0
+
+
+def test_warmup_then_step_schedule():
+    cfg = _cfg("optim.schedule=step", "optim.warmup_iters=10", "optim.warmup_ratio=0.001",
+               "optim.step_epochs=[2,3]")
+    assert lr_factor(0, cfg, 100, 1000) == pytest.approx(0.001)
+    assert lr_factor(5, cfg, 100, 1000) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert lr_factor(150, cfg, 100, 1000) == 1.0
+    assert lr_factor(250, cfg, 100, 1000) == pytest.approx(0.1)
+    assert lr_factor(350, cfg, 100, 1000) == pytest.approx(0.01)
+
+
+def test_cosine_schedule_ends_at_zero():
+    cfg = _cfg("optim.schedule=cosine", "optim.warmup_iters=10")
+    assert lr_factor(10, cfg, 100, 110) == pytest.approx(1.0)
+    assert lr_factor(60, cfg, 100, 110) == pytest.approx(0.5)
+    assert lr_factor(110, cfg, 100, 110) == pytest.approx(0.0, abs=1e-12)
+
+
+CPU2 = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+
+
+def test_zero_stage_5_is_refused():
+    with pytest.raises(ConfigError, match=r"parallel.zero_stage: got 5, expected one of \[0, 1, 2, 3\]"):
+        _cfg("parallel.zero_stage=5")
+
+
+def test_bf16_without_support_is_refused():
+    cfg = _cfg("parallel.precision=bf16")
+    with pytest.raises(ConfigError, match="parallel.precision: bf16 is not supported on this device"):
+        check_engine_config(cfg, CPU2, bf16_supported=False)
+    check_engine_config(cfg, CPU2, bf16_supported=True)
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        check_engine_config(_cfg("parallel.precision=fp16"), CPU2)
+
+
+def test_batch_not_divisible_by_accumulation_or_world():
+    with pytest.raises(ConfigError, match="train.batch_size: 32 is not divisible by parallel.grad_accum 3"):
+        _cfg("parallel.grad_accum=3")
+    with pytest.raises(ConfigError, match=r"world_size x parallel.grad_accum = 2 x 4: expected a multiple of 8"):
+        check_engine_config(_cfg("parallel.grad_accum=4", "train.batch_size=12"), CPU2)
+
+
+def test_heatmap_loss_ignores_zero_weight_joints():
+    pred, target = torch.zeros(1, 2, 4, 4), torch.ones(1, 2, 4, 4)
+    weight = torch.tensor([[[1.0], [0.0]]])
+    assert heatmap_loss(pred, target, weight).item() == pytest.approx(0.5)
+
+
+def test_incomplete_checkpoints_are_never_latest(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = ckpt.step_dir(tmp_path, step)
+        d.mkdir()
+        if complete:
+            (d / "meta.json").write_text(json.dumps({"step": step}))
+    (tmp_path / ".tmp-step_00000008").mkdir()  # interrupted while writing
+    (tmp_path / ".tmp-step_00000008" / "meta.json").write_text("{}")
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000004"
