@@ -67,7 +67,7 @@ class DeepSpeedWrapper:
     def __init__(self, model: nn.Module, cfg: Config, info: DistInfo, load_universal: bool = False):
         import deepspeed
 
-        self.cfg, self.info = cfg, info
+        self.cfg, self.info, self.load_universal = cfg, info, load_universal
         ds_cfg = deepspeed_config(cfg, info.world_size)
         if load_universal:
             ds_cfg["checkpoint"] = {"load_universal": True}
@@ -114,10 +114,23 @@ class DeepSpeedWrapper:
         self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
 
     def load(self, directory: Path) -> None:
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         path, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
                                               load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint in {directory}")
+        if self.load_universal:
+            # ZeRO-3's universal loader copies group 0's hyperparameters onto every group,
+            # which would give no-decay groups weight decay: put each group's own back.
+            for group, own in zip(self.optimizer.param_groups, hyper):
+                group.update(own)
+            # It also stores one shared `step` tensor in every sub-group's Adam state; torch's
+            # AdamW increments it in place, so it would advance once per group per step
+            # (bias correction goes wrong from the second resumed step on). Unshare it.
+            inner = self.optimizer.optimizer
+            for state in inner.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
 
     def local_param_numel(self) -> tuple[int, int]:
         """(elements this rank stores, elements of the full model)."""
