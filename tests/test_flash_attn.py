@@ -166,3 +166,28 @@ def test_gpu_kernels_compile_for_sm90():
     if proc.stdout.startswith("SKIP"):
         pytest.skip(proc.stdout.strip())
     assert proc.stdout.count(" ok,") == 3, proc.stdout
+
+
+def test_model_with_triton_attention_matches_sdpa():
+    """The whole ViTPose block stack with model.attention=triton (interpreter) equals sdpa."""
+    from vitpose_scale.config import ModelConfig
+    from vitpose_scale.models.pose import build_pose_model
+
+    ok, reason = triton_available()
+    assert ok, reason  # conftest turns the interpreter on before triton is imported
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset="tiny", depth=2, image_size=[64, 48], attention="sdpa")
+    model = build_pose_model(cfg).train()
+    x = torch.randn(2, 3, 64, 48, requires_grad=True)
+    ref = model(x)
+    ref.square().mean().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
+    model.zero_grad()
+    x.grad = None
+    model.backbone.set_attention("triton")
+    out = model(x)
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()] + [x.grad]
+    assert (out - ref).abs().max() < 1e-5
+    for a, b in zip(grads, ref_grads):
+        assert (a - b).abs().max() < 1e-5

@@ -137,7 +137,8 @@ class DeepSpeedWrapper:
         local = full = 0
         for p in self.module.parameters():
             if hasattr(p, "ds_tensor"):
-                local += p.ds_tensor.numel()
+                # Parameters under the persistence threshold stay whole on every rank.
+                local += p.ds_numel if getattr(p, "ds_persist", False) else p.ds_tensor.numel()
                 full += p.ds_numel
             else:
                 local += p.numel()

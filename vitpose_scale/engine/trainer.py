@@ -188,41 +188,18 @@ class Trainer:
     # --------------------------------------------------------- evaluation --
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from vitpose_scale.data.loader import build_eval_loader
-        from vitpose_scale.data.transforms import COCO_FLIP_PAIRS
-        from vitpose_scale.eval.coco_eval import STAT_NAMES, KeypointEvaluator, gather_results
-        from vitpose_scale.eval.postprocess import postprocess_people, predict_dataset
+        from vitpose_scale.eval.runner import evaluate_model
 
-        cfg, info = self.cfg, self.info
         average_buffers(self.wrapper.module)
         self.wrapper.train(False)
-        loader = build_eval_loader(self.val_set, cfg.eval.batch_size, info.rank, info.world_size,
-                                   cfg.data.num_workers)
-        calls = [0]
-
-        def forward(images):
-            calls[0] += 1
-            return self.wrapper.forward(images).float()
-
-        people = predict_dataset(forward, loader, cfg.eval, COCO_FLIP_PAIRS, progress=info.is_main,
-                                 postprocess=False)
-        # ZeRO-3/FSDP forwards are collective: ranks with a shorter shard run dummy
-        # forwards so every rank makes the same number of calls.
-        n = len(self.val_set)
-        max_batches = math.ceil(math.ceil(n / info.world_size) / cfg.eval.batch_size)
-        per_batch = 2 if cfg.eval.flip_test else 1
-        dummy = torch.zeros(1, 3, *cfg.model.image_size)
-        for _ in range(max_batches * per_batch - calls[0]):
-            forward(dummy)
-        people = gather_results(people)
+        stats, results = evaluate_model(lambda images: self.wrapper.forward(images).float(), self.val_set,
+                                        self.val_ann, self.cfg, self.info.rank, self.info.world_size,
+                                        progress=self.info.is_main)
         self.wrapper.train(True)
-        results = postprocess_people(people, cfg.eval.rescore_thr, cfg.eval.oks_nms_thr)
-        stats = KeypointEvaluator(self.val_ann).evaluate(results) if info.is_main else None
-        stats = broadcast_object(None if stats is None else [float(s) for s in stats])
-        if info.is_main:
+        if self.info.is_main:
             (self.out / "eval").mkdir(parents=True, exist_ok=True)
             (self.out / "eval" / f"results_step{self.step:08d}.json").write_text(json.dumps(results))
-        return dict(zip(STAT_NAMES, stats))
+        return broadcast_object(stats)
 
     def _maybe_eval(self, force: bool = False) -> None:
         every = self.cfg.train.eval_every or self.steps_per_epoch

@@ -42,7 +42,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "sd
     if impl == "triton":
         kernel = _triton_or_fallback()
         if kernel is not None and q.device.type != "meta":
-            return kernel(q.contiguous(), k.contiguous(), v.contiguous())
+            return kernel(q, k, v)  # strided views of qkv are fine: only the head dim must be unit-stride
     elif impl != "sdpa":
         raise ValueError(f"attention implementation {impl!r}: expected one of {IMPLEMENTATIONS}")
     return F.scaled_dot_product_attention(q, k, v)

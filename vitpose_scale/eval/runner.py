@@ -1,0 +1,41 @@
+"""Distributed evaluation of a model: each rank predicts its shard, people are gathered,
+OKS-NMS and rescoring run on the whole set, rank 0 scores with the pycocotools-equal evaluator."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from vitpose_scale.config import Config
+
+
+def evaluate_model(forward, val_set, val_ann: str, cfg: Config, rank: int, world_size: int,
+                   progress: bool = True) -> tuple[dict | None, list[dict]]:
+    """`forward(images) -> heatmaps`. Returns (stats by name on rank 0 else None, COCO results)."""
+    from vitpose_scale.data.loader import build_eval_loader
+    from vitpose_scale.data.transforms import COCO_FLIP_PAIRS
+    from vitpose_scale.eval.coco_eval import STAT_NAMES, KeypointEvaluator, gather_results
+    from vitpose_scale.eval.postprocess import postprocess_people, predict_dataset
+
+    loader = build_eval_loader(val_set, cfg.eval.batch_size, rank, world_size, cfg.data.num_workers)
+    calls = [0]
+
+    def counted(images):
+        calls[0] += 1
+        return forward(images)
+
+    people = predict_dataset(counted, loader, cfg.eval, COCO_FLIP_PAIRS, progress=progress, postprocess=False)
+    # Sharded models (ZeRO-3, FSDP) make every forward a collective: ranks with a
+    # shorter shard run dummy forwards so all ranks make the same number of calls.
+    max_batches = math.ceil(math.ceil(len(val_set) / world_size) / cfg.eval.batch_size)
+    per_batch = 2 if cfg.eval.flip_test else 1
+    dummy = torch.zeros(1, 3, *cfg.model.image_size)
+    for _ in range(max_batches * per_batch - calls[0]):
+        forward(dummy)
+    people = gather_results(people)
+    results = postprocess_people(people, cfg.eval.rescore_thr, cfg.eval.oks_nms_thr)
+    if rank != 0:
+        return None, results
+    stats = KeypointEvaluator(val_ann).evaluate(results)
+    return dict(zip(STAT_NAMES, (float(s) for s in np.asarray(stats)))), results
