@@ -22,7 +22,7 @@ def test_dotted_overrides_are_typed():
     ("model.depth=four", "model.depth: got 'four' (str), expected an int"),
     ("model.activation_checkpointing=3", "model.activation_checkpointing: got 3 (int), expected true or false"),
     ("model.image_size=[250,192]", "model.image_size: height 250 is not compatible with the patch grid"),
-    ("model.num_heads=5", "model.num_heads: 5 does not divide model.embed_dim 64"),
+    ("model.num_heads=5", "model.num_heads: 5 does not divide model.embed_dim 96"),
     ("model.attention=flash", "model.attention: got 'flash', expected one of ['plain', 'sdpa', 'triton']"),
     ("parallel.zero_stage=5", "parallel.zero_stage: got 5, expected one of [0, 1, 2, 3]"),
     ("parallel.grad_accum=5", "train.batch_size: 32 is not divisible by parallel.grad_accum 5"),

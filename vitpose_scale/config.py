@@ -136,7 +136,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/default"
     log_every: int = 10
-    eval_every: int = 0  # steps; 0: at the end of every epoch
+    eval_every: int = 0  # steps; 0: at the end of every epoch; -1: never (benchmarks)
     save_every: int = 0  # steps; 0: at the end of every epoch
     keep_last: int = 3
     init_from: str | None = None  # official ViTPose, MAE or our checkpoint to initialise from

@@ -274,7 +274,7 @@ class Trainer:
                 save_every = cfg.train.save_every or self.steps_per_epoch
                 if self.step % save_every == 0 and self.step < self.total_steps:
                     self.save()
-                if cfg.train.eval_every and self.step < self.total_steps:
+                if cfg.train.eval_every > 0 and self.step < self.total_steps:
                     self._maybe_eval()
                 if all_reduce_max(float(self.preemption.requested), info.device):
                     preempted = True
@@ -283,7 +283,7 @@ class Trainer:
                     break
             if preempted:
                 break
-            if not cfg.train.eval_every and self.step < self.total_steps:
+            if cfg.train.eval_every == 0 and self.step < self.total_steps:
                 self._maybe_eval(force=True)
         bar.close()
         if preempted:
@@ -292,8 +292,8 @@ class Trainer:
                 print(f"preempted: checkpoint {path} written; exiting {PREEMPTED_EXIT_CODE} for requeue", flush=True)
             return {"preempted": True, "step": self.step}
         self.save()
-        final = self._maybe_eval(force=True) if cfg.train.eval_every >= 0 else None
-        del final
+        if cfg.train.eval_every >= 0:  # -1: never evaluate (benchmarks)
+            self._maybe_eval(force=True)
         self.export_weights(self.out / "final.pth", {"step": self.step})
         return {"preempted": False, "step": self.step, "best_ap": self.best_ap}
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# README command 2: set up, then the test suite (about 10 minutes on 2 CPU cores).
+#   bash scripts/test.sh            the default suite (everything not marked slow)
+#   bash scripts/test.sh --slow     only the slow checks (the full demo run and its AP rise)
+#   bash scripts/test.sh --all      both
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+export TRITON_INTERPRET=1   # the Triton kernels run in the interpreter on CPU (set before import)
+marker=("-m" "not slow")
+case "${1:-}" in
+  --slow) marker=("-m" "slow"); shift ;;
+  --all) marker=("-m" "slow or not slow"); shift ;;
+esac
+# pytest exits 5 when no test ran; set -e turns that into a failure.
+python -m pytest "${marker[@]}" "$@"
