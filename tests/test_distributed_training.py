@@ -73,16 +73,23 @@ def losses(out: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def reference_two_ranks(tmp_path_factory, synthetic_root):
+    """2 ranks, ZeRO-3, stochastic depth on: the run the resume tests must reproduce."""
     out = tmp_path_factory.mktemp("ref2")
     train(2, out, synthetic_root)
     return out
 
 
-def test_zero3_two_ranks_follow_one_rank_and_partition_parameters(synthetic_root, tmp_path):
-    # Stochastic depth draws per rank, so it is off here (on in the resume tests).
-    one, two_dir = tmp_path / "one", tmp_path / "two"
+@pytest.fixture(scope="module")
+def reference_no_drop_path(tmp_path_factory, synthetic_root):
+    """2 ranks, ZeRO-3, no stochastic depth (it draws per rank): for cross-configuration comparisons."""
+    out = tmp_path_factory.mktemp("ref2nodrop")
+    train(2, out, synthetic_root, "model.drop_path=0.0")
+    return out
+
+
+def test_zero3_two_ranks_follow_one_rank_and_partition_parameters(reference_no_drop_path, synthetic_root, tmp_path):
+    one, two_dir = tmp_path / "one", reference_no_drop_path
     train(1, one, synthetic_root, "model.drop_path=0.0")
-    train(2, two_dir, synthetic_root, "model.drop_path=0.0")
     two = losses(two_dir)
     ref = losses(one)
     assert sorted(two) == sorted(ref) == [1, 2, 3, 4, 5, 6]
@@ -104,9 +111,8 @@ def test_resume_is_bitwise_identical(reference_two_ranks, synthetic_root, tmp_pa
         assert got[step] == ref[step], (step, got[step], ref[step])  # bitwise: same floats
 
 
-def test_world_size_change_on_resume(synthetic_root, tmp_path):
-    out, ref_dir = tmp_path / "shrink", tmp_path / "ref"
-    train(2, ref_dir, synthetic_root, "model.drop_path=0.0")
+def test_world_size_change_on_resume(reference_no_drop_path, synthetic_root, tmp_path):
+    out, ref_dir = tmp_path / "shrink", reference_no_drop_path
     train(2, out, synthetic_root, "train.max_steps=3", "model.drop_path=0.0")
     proc = train(1, out, synthetic_root, "model.drop_path=0.0")
     assert "written by 2 ranks, now 1" in proc.stdout
@@ -143,10 +149,10 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(synthetic_root
     assert max(losses(out)) == saved_step + 2
 
 
-def test_fsdp2_agrees_with_deepspeed_zero3(reference_two_ranks, synthetic_root, tmp_path):
+def test_fsdp2_agrees_with_deepspeed_zero3(reference_no_drop_path, synthetic_root, tmp_path):
     out = tmp_path / "fsdp"
-    train(2, out, synthetic_root, "parallel.backend=fsdp", launcher="torchrun")
-    ref, got = losses(reference_two_ranks), losses(out)
+    train(2, out, synthetic_root, "parallel.backend=fsdp", "model.drop_path=0.0", launcher="torchrun")
+    ref, got = losses(reference_no_drop_path), losses(out)
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=CURVE_RTOL), step
 
@@ -171,3 +177,43 @@ def test_bad_engine_config_stops_before_launching_work(tmp_path):
                            "parallel.zero_stage=5"], cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 2
     assert "parallel.zero_stage: got 5, expected one of [0, 1, 2, 3]" in proc.stderr
+
+
+def test_gradient_accumulation_matches_the_same_global_batch(reference_no_drop_path, synthetic_root, tmp_path):
+    out = tmp_path / "accum"
+    train(2, out, synthetic_root, "parallel.grad_accum=2", "model.drop_path=0.0")
+    ref, got = losses(reference_no_drop_path), losses(out)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=CURVE_RTOL), step
+
+
+def test_convert_consolidates_zero3_shards_into_the_official_format(reference_two_ranks, tmp_path):
+    from vitpose_scale.cli import main
+
+    out = tmp_path / "consolidated.pth"
+    assert main(["convert", "--checkpoint", str(reference_two_ranks / "checkpoints" / "step_00000006"),
+                 "--out", str(out)]) == 0
+    got = torch.load(out, weights_only=True)["state_dict"]
+    final = torch.load(reference_two_ranks / "final.pth", weights_only=True)["state_dict"]  # gathered in-run
+    assert set(got) == set(final)
+    for key, value in final.items():
+        assert torch.equal(got[key], value), key
+
+
+def test_preemption_signal_checkpoints_and_exits_for_requeue(synthetic_root, tmp_path):
+    out = tmp_path / "preempt"
+    cmd = _command(1, "python", out, synthetic_root, ["train.max_steps=400", "train.save_every=1000",
+                                                        "parallel.backend=none"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.jsonl").is_file() and len(losses(out)) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout[-2000:]
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    saved = json.loads((latest / "meta.json").read_text())["step"]
+    assert saved == max(losses(out)) and saved < 400  # nothing done after the signal is lost
+    proc = train(1, out, synthetic_root, f"train.max_steps={saved + 2}", "parallel.backend=none",
+                 launcher="python")
+    assert f"at step {saved}" in proc.stdout

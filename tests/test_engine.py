@@ -116,3 +116,43 @@ def test_incomplete_checkpoints_are_never_latest(tmp_path):
     (tmp_path / ".tmp-step_00000008").mkdir()  # interrupted while writing
     (tmp_path / ".tmp-step_00000008" / "meta.json").write_text("{}")
     assert ckpt.latest_checkpoint(tmp_path).name == "step_00000004"
+
+
+def test_training_can_start_from_official_and_mae_checkpoints(tmp_path):
+    from vitpose_scale.engine.trainer import _init_weights_from
+    from vitpose_scale.models.interop import export_official
+
+    cfg = _cfg(f"train.init_from={tmp_path / 'official.pth'}")
+    torch.manual_seed(1)
+    source = build_pose_model(cfg.model)
+    export_official(source, tmp_path / "official.pth")
+    target = build_pose_model(cfg.model)
+    _init_weights_from(target, cfg, CPU2)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+    # An MAE encoder at 14x14 patches of 16 px (224x224), with its cls token, decoder and final norm.
+    torch.manual_seed(2)
+    mae = build_pose_model(load_config(ROOT / "configs" / "demo.yaml", ["model.image_size=[224,224]"]).model).backbone
+    state = {k: v for k, v in mae.state_dict().items() if not k.startswith("last_norm")}
+    state.update({"cls_token": torch.zeros(1, 1, 96), "mask_token": torch.zeros(1, 1, 96),
+                  "norm.weight": torch.ones(96), "norm.bias": torch.zeros(96),
+                  "decoder_embed.weight": torch.zeros(64, 96), "decoder_pos_embed": torch.zeros(1, 197, 64)})
+    torch.save({"model": state}, tmp_path / "mae.pth")
+    cfg = _cfg(f"train.init_from={tmp_path / 'mae.pth'}")
+    target = build_pose_model(cfg.model)
+    before_norm = target.backbone.last_norm.weight.clone()
+    _init_weights_from(target, cfg, CPU2)
+    assert torch.equal(target.backbone.blocks[0].attn.qkv.weight, mae.blocks[0].attn.qkv.weight)
+    assert target.backbone.pos_embed.shape == (1, 1 + 8 * 6, 96)  # 14x14 resized to the 8x6 grid of 128x96
+    assert torch.equal(target.backbone.pos_embed[:, :1], mae.pos_embed[:, :1])
+    assert torch.equal(target.backbone.last_norm.weight, before_norm)  # MAE's norm is not last_norm
+
+
+def test_init_from_a_file_that_fits_nothing_names_both_failures(tmp_path):
+    from vitpose_scale.engine.trainer import _init_weights_from
+
+    torch.save({"state_dict": {"foo": torch.zeros(1)}}, tmp_path / "junk.pth")
+    cfg = _cfg(f"train.init_from={tmp_path / 'junk.pth'}")
+    with pytest.raises(ValueError, match="(?s)neither a ViTPose checkpoint .* nor a backbone checkpoint"):
+        _init_weights_from(build_pose_model(cfg.model), cfg, CPU2)

@@ -243,7 +243,7 @@ class Trainer:
         cfg, info = self.cfg, self.info
         accum = cfg.parallel.grad_accum
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not info.is_main,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
         self.wrapper.train(True)
         window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
         preempted = False

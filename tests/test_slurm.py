@@ -1,0 +1,294 @@
+"""The sbatch scripts on a real, private, one-host Slurm: multi-rank training and preemption -> requeue -> resume.
+
+A module fixture starts munged, slurmctld and slurmd for this host only (own config, ports, state and
+munge socket under a temporary folder; nothing under /etc is touched), installing Debian's `slurm-wlm`
+and `munge` with apt-get when the binaries are missing and we are root. Run with `pytest -m slow
+tests/test_slurm.py`; see docs/slurm.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+ROOT = Path(__file__).resolve().parents[1]
+SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+BINARIES = ("sbatch", "scancel", "scontrol", "sinfo", "srun", "slurmctld", "slurmd", "munged")
+CRED_EXPIRE_S = 10  # a requeued job waits cred_expire + 1 s before it may start again (default 120)
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _install_slurm() -> str | None:
+    """apt-get install slurm-wlm munge; returns why not, or None."""
+    if os.geteuid() != 0:
+        return "Slurm is not installed and installing it (apt-get install slurm-wlm munge) needs root"
+    if not shutil.which("apt-get"):
+        return "Slurm is not installed and there is no apt-get to install Debian's slurm-wlm"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"]):
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            return f"`{' '.join(cmd)}` did not finish in 15 minutes"
+        if r.returncode:
+            return f"`{' '.join(cmd)}` failed ({r.returncode}): {(r.stderr or r.stdout)[-500:]}"
+    missing = [b for b in BINARIES if not _which(b)]
+    return f"after apt-get install slurm-wlm munge, still missing: {missing}" if missing else None
+
+
+def _tail(path: Path, n: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+class LocalSlurm:
+    """munged + slurmctld + slurmd in the foreground (-D/-F), owned by this process."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.host = socket.gethostname().split(".")[0]
+        self.procs: list[subprocess.Popen] = []
+        self.conf = base / "slurm.conf"
+        self.sock = base / "munge" / "munge.sock"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))
+               and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TRITON_INTERPRET")}
+        env.update(SLURM_CONF=str(self.conf), PATH=os.pathsep.join([str(Path(sys.executable).parent),
+                                                                    env.get("PATH", ""), *SBIN]),
+                   OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu",
+                   TORCH_EXTENSIONS_DIR=str(ROOT / ".cache" / "torch_extensions"))
+        try:
+            socket.gethostbyname(self.host)
+        except OSError:  # the scripts take the first node's name as MASTER_ADDR; here it does not resolve
+            env["MASTER_ADDR"] = "127.0.0.1"
+        self.env = env
+
+    def write_config(self) -> None:
+        for d in ("state", "spool", "log", "munge"):
+            (self.base / d).mkdir(parents=True, exist_ok=True)
+        key = self.base / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o600)
+        cpus = max(2, os.cpu_count() or 1)
+        mem_mb = 4096
+        try:
+            kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+            mem_mb = max(1024, int(kb / 1024 * 0.8))
+        except (OSError, AttributeError):
+            pass
+        b = self.base
+        self.conf.write_text(f"""\
+ClusterName=vitposetest
+SlurmctldHost={self.host}(127.0.0.1)
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={self.sock},cred_expire={CRED_EXPIRE_S}
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+ReturnToService=2
+SlurmdParameters=config_overrides
+StateSaveLocation={b}/state
+SlurmdSpoolDir={b}/spool
+SlurmctldPidFile={b}/slurmctld.pid
+SlurmdPidFile={b}/slurmd.pid
+SlurmctldLogFile={b}/log/slurmctld.log
+SlurmdLogFile={b}/log/slurmd.log
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+KillWait=10
+MinJobAge=600
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+""")
+
+    def _start(self, cmd: list[str], log: str) -> subprocess.Popen:
+        with open(self.base / "log" / log, "ab") as f:
+            p = subprocess.Popen(cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def start(self) -> str | None:
+        """Starts the daemons and waits for an idle node; returns why not, or None."""
+        m = self.base / "munge"
+        self._start([_which("munged"), "-F", "--force", f"--socket={self.sock}", f"--key-file={m}/munge.key",
+                     f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed"],
+                    "munged.out")
+        for _ in range(50):
+            if self.sock.exists():
+                break
+            time.sleep(0.1)
+        else:
+            return f"munged did not create its socket: {_tail(self.base / 'log' / 'munged.out')}"
+        self._start([_which("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld.out")
+        self._start([_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.host], "slurmd.out")
+        state = ""
+        for _ in range(60):
+            r = self.run(["sinfo", "-h", "-N", "-o", "%t"], check=False)
+            state = r.stdout.strip()
+            if state == "idle":
+                return None
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(1)
+        logs = {n: _tail(self.base / "log" / n, 600) for n in ("slurmctld.log", "slurmd.log", "slurmctld.out",
+                                                                "slurmd.out")}
+        return f"the local Slurm did not come up (sinfo: {state!r}); logs: {logs}"
+
+    def run(self, cmd: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+        r = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+        if check and r.returncode:
+            raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def job(self, job_id: str) -> dict[str, str]:
+        r = self.run(["scontrol", "show", "job", "-o", job_id], check=False)
+        return dict(re.findall(r"(\w+)=(\S*)", r.stdout))
+
+    def stop(self) -> None:
+        import pwd
+
+        self.run(["scancel", f"--user={pwd.getpwuid(os.getuid()).pw_name}"], check=False)
+        time.sleep(1)
+        for p in reversed(self.procs):  # slurmd, slurmctld, munged
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if any(not _which(b) for b in BINARIES):
+        reason = _install_slurm()
+        if reason:
+            pytest.skip(f"no local Slurm: {reason}")
+    if os.geteuid() != 0:
+        pytest.skip("no local Slurm: slurmd must run as root to launch job steps")
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster.write_config()
+    try:
+        reason = cluster.start()
+        if reason:
+            pytest.skip(f"no local Slurm: {reason}")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _train_args(out: Path, *sets: str) -> list[str]:
+    base = ["train.max_steps=6", "data.synthetic_train=48", "data.synthetic_val=8", "data.extra_train=[]",
+            "train.batch_size=8", f"data.root={out / 'data'}", f"train.output_dir={out / 'run'}",
+            "parallel.backend=fsdp", "train.log_every=1", "eval.flip_test=false", *sets]
+    args = ["--config", "configs/demo.yaml"]
+    for s in base:
+        args += ["--set", s]
+    return args
+
+
+def _sbatch(out: Path) -> list[str]:
+    """The CPU overrides of the 8-GPU defaults: 1 node, 2 tasks, no GRES."""
+    return ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
+            "--time=10", f"--output={out}/slurm-%j.out", "--job-name=vitpose-test"]
+
+
+def _log(out: Path, job_id: str) -> str:
+    return _tail(out / f"slurm-{job_id}.out", 10**6)
+
+
+def _setup_lines(run: Path) -> list[dict]:
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    return [d for d in lines if d.get("kind") == "setup"]
+
+
+@pytest.mark.timeout(300)
+def test_sbatch_two_ranks_trains_to_the_end(slurm, tmp_path):
+    r = slurm.run([*_sbatch(tmp_path), "--wait", "slurm/train_b.sh", *_train_args(tmp_path)], check=False,
+                  timeout=240)
+    job_id = r.stdout.strip().split(";")[0]
+    log = _log(tmp_path, job_id)
+    assert r.returncode == 0, f"sbatch --wait -> {r.returncode}\n{r.stderr}\n{log[-3000:]}"
+    run = tmp_path / "run"
+    assert (run / "final.pth").is_file(), log[-3000:]
+    setup = _setup_lines(run)
+    assert setup and setup[0]["world_size"] == 2, setup
+    assert "done: 6 steps" in log
+    assert "1 node(s) x 2 task(s)" in log  # _common.sh's banner: srun ran 2 tasks of the allocation
+    info = slurm.job(job_id)
+    assert info.get("JobState") == "COMPLETED" and info.get("ExitCode") == "0:0", info
+
+
+@pytest.mark.timeout(360)
+def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    steps = 100
+    r = slurm.run([*_sbatch(tmp_path), "slurm/train_b.sh",
+                   *_train_args(tmp_path, f"train.max_steps={steps}", "train.save_every=2", "train.keep_last=2",
+                                "train.log_every=10", "train.eval_every=1000")])
+    job_id = r.stdout.strip().split(";")[0]
+    ckpts = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while not list(ckpts.glob("step_*/meta.json")):  # the trainer (and its signal handlers) is up
+        assert time.time() < deadline, f"no checkpoint within 120 s:\n{_log(tmp_path, job_id)[-3000:]}"
+        assert slurm.job(job_id).get("JobState") in ("PENDING", "RUNNING"), _log(tmp_path, job_id)[-3000:]
+        time.sleep(0.5)
+
+    # What Slurm does 180 s before the time limit (#SBATCH --signal=USR1@180): USR1 to every task.
+    slurm.run(["scancel", "--signal=USR1", job_id])
+    deadline = time.time() + 200
+    seen = set()
+    while True:
+        info = slurm.job(job_id)
+        seen.add((info.get("JobState"), info.get("Restarts")))
+        if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            break
+        assert time.time() < deadline, f"job not finished in 200 s: {info}\n{_log(tmp_path, job_id)[-3000:]}"
+        time.sleep(1)
+
+    log = _log(tmp_path, job_id)
+    assert info["JobState"] == "COMPLETED" and info.get("ExitCode") == "0:0", f"{info}\n{log[-4000:]}"
+    assert int(info.get("Restarts", 0)) == 1, f"{info}, states seen {seen}"
+    assert ("PENDING", "1") in seen or ("RUNNING", "1") in seen, seen  # back in the queue after the requeue
+    preempted = re.search(r"preempted: checkpoint \S+step_(\d+) written; exiting 143", log)
+    assert preempted, log[-4000:]
+    assert f"requeueing job {job_id}" in log
+    resumed = re.search(r"resumed from \S+step_(\d+) at step (\d+)", log)
+    assert resumed, log[-4000:]
+    step = int(resumed.group(2))
+    assert step == int(preempted.group(1)) and 2 <= step < steps, (preempted.group(0), resumed.group(0))
+    assert f"job {job_id} restart 1:" in log
+    assert f"done: {steps} steps" in log
+    assert (tmp_path / "run" / "final.pth").is_file()
+    setup = _setup_lines(tmp_path / "run")
+    assert [d["step"] for d in setup] == [0, step] and all(d["world_size"] == 2 for d in setup), setup
