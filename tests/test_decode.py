@@ -128,3 +128,13 @@ def test_oracle_predictions_score_near_perfect_ap(coco_sample):
         ev.accumulate()
         ev.summarize()
     assert ev.stats[0] > 0.95, ev.stats
+
+
+def test_dark_never_moves_more_than_one_pixel_on_flat_or_saddle_maps():
+    from vitpose_scale.eval.decode import dark_refine, get_max_preds
+
+    rng = np.random.default_rng(0)
+    heatmaps = (rng.random((4, 17, 32, 24)) * 1e-3).astype(np.float32)  # an untrained model's noise
+    preds, _ = get_max_preds(heatmaps)
+    refined = dark_refine(heatmaps, preds[..., :2] if preds.shape[-1] > 2 else preds)
+    assert np.abs(refined - preds[..., :2]).max() <= 1.0 + 1e-6

@@ -69,11 +69,14 @@ def dark_refine(heatmaps: np.ndarray, preds: np.ndarray, kernel: int = 11) -> np
         dyy = 0.25 * (at(2, 0) - 2 * at(0, 0) + at(-2, 0))
         dxy = 0.25 * (at(1, 1) - at(-1, 1) - at(1, -1) + at(-1, -1))
         det = dxx * dyy - dxy ** 2
-        good = det != 0
+        # A Newton step only moves toward a maximum where the Hessian is negative definite;
+        # on flat or saddle-shaped maps (untrained models, occluded joints) it can jump far
+        # away, so those keep the argmax, and the step is bounded to one heatmap pixel.
+        good = (dxx < 0) & (det > 0)
         safe = np.where(good, det, 1.0)
         # offset = -H^-1 g with the closed-form 2x2 inverse.
-        off_x = -(dyy * dx - dxy * dy) / safe
-        off_y = -(-dxy * dx + dxx * dy) / safe
+        off_x = np.clip(-(dyy * dx - dxy * dy) / safe, -1.0, 1.0)
+        off_y = np.clip(-(-dxy * dx + dxx * dy) / safe, -1.0, 1.0)
         coords[i, 0] += np.where(good, off_x, 0.0)
         coords[i, 1] += np.where(good, off_y, 0.0)
     return coords.reshape(n, k, 2).astype(np.float32)
