@@ -33,7 +33,8 @@ def evaluate_model(forward, val_set, val_ann: str, cfg: Config, rank: int, world
     dummy = torch.zeros(1, 3, *cfg.model.image_size)
     for _ in range(max_batches * per_batch - calls[0]):
         forward(dummy)
-    people = gather_results(people)
+    # Dataset order, whatever the world size: OKS-NMS breaks score ties by position.
+    people = sorted(gather_results(people), key=lambda p: p["index"])
     results = postprocess_people(people, cfg.eval.rescore_thr, cfg.eval.oks_nms_thr)
     if rank != 0:
         return None, results
