@@ -155,6 +155,20 @@ class EvalConfig:
 
 
 @dataclass
+class MAEConfig:
+    """MAE pretraining (REFERENCE §4); the encoder is `model` (its preset, patch size, image_size)."""
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True
+    # Images: "folder" = every image under data_root (e.g. ImageNet train), or "person_crops" =
+    # the persons of the COCO-layout sets of `data` (train + extra_train), cropped from their boxes.
+    source: str = "person_crops"
+    data_root: str | None = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -162,6 +176,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -291,6 +306,12 @@ def validate(cfg: Config) -> Config:
             f"{p.grad_accum}: expected a multiple of it")
     _choice("optim.schedule", cfg.optim.schedule, ("step", "cosine"))
     _choice("data.kind", cfg.data.kind, ("coco", "synthetic"))
+    _choice("mae.source", cfg.mae.source, ("folder", "person_crops"))
+    if not 0.0 < cfg.mae.mask_ratio < 1.0:
+        raise ConfigError(f"mae.mask_ratio: got {cfg.mae.mask_ratio}, expected 0 < mask_ratio < 1")
+    if cfg.mae.decoder_dim % cfg.mae.decoder_heads:
+        raise ConfigError(f"mae.decoder_heads: {cfg.mae.decoder_heads} does not divide mae.decoder_dim "
+                          f"{cfg.mae.decoder_dim}: expected a divisor of the width")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas: got {cfg.optim.betas!r}, expected [beta1, beta2]")
     return cfg
