@@ -88,3 +88,31 @@ def test_meta_model_materialises_and_initialises():
     model.init_weights()
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
     assert model.backbone.pos_embed.std() > 0
+
+
+def test_triton_attention_falls_back_to_sdpa_once_with_a_message(tmp_path):
+    """Without a GPU and without the interpreter the model says so once and computes with sdpa."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from vitpose_scale.config import ModelConfig
+from vitpose_scale.models.pose import build_pose_model
+torch.manual_seed(0)
+model = build_pose_model(ModelConfig(preset="tiny", attention="triton")).eval()
+x = torch.randn(1, 3, 256, 192)
+with torch.no_grad():
+    a = model(x); a = model(x)
+    model.backbone.set_attention("sdpa")
+    b = model(x)
+print("MAXDIFF", (a - b).abs().max().item())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.split("MAXDIFF")[1]) == 0.0
+    assert proc.stderr.count("model.attention=triton is unavailable") == 1
+    assert "using sdpa instead" in proc.stderr
