@@ -129,27 +129,36 @@ def export_official(model: nn.Module, path: str | Path, meta: dict | None = None
 
 
 # ------------------------------------------------------ Hugging Face layout --
-_HF_RENAMES = [  # (ours, theirs) as regular expressions on the key suffix
-    (r"backbone\.pos_embed", "backbone.embeddings.position_embeddings"),
-    (r"backbone\.patch_embed\.proj\.(weight|bias)", r"backbone.embeddings.patch_embeddings.projection.\1"),
-    (r"backbone\.blocks\.(\d+)\.norm1\.", r"backbone.encoder.layer.\1.layernorm_before."),
-    (r"backbone\.blocks\.(\d+)\.norm2\.", r"backbone.encoder.layer.\1.layernorm_after."),
-    (r"backbone\.blocks\.(\d+)\.attn\.proj\.", r"backbone.encoder.layer.\1.attention.output.dense."),
-    (r"backbone\.blocks\.(\d+)\.mlp\.", r"backbone.encoder.layer.\1.mlp."),
-    (r"backbone\.last_norm\.", "backbone.layernorm."),
-    (r"keypoint_head\.deconv_layers\.0\.", "head.deconv1."),
-    (r"keypoint_head\.deconv_layers\.1\.", "head.batchnorm1."),
-    (r"keypoint_head\.deconv_layers\.3\.", "head.deconv2."),
-    (r"keypoint_head\.deconv_layers\.4\.", "head.batchnorm2."),
-    (r"keypoint_head\.final_layer\.", "head.conv."),
+# (ours, theirs) key prefixes; {i} stands for a block index. One table serves both directions.
+_HF_NAMES = [
+    ("backbone.pos_embed", "backbone.embeddings.position_embeddings"),
+    ("backbone.patch_embed.proj.", "backbone.embeddings.patch_embeddings.projection."),
+    ("backbone.blocks.{i}.norm1.", "backbone.encoder.layer.{i}.layernorm_before."),
+    ("backbone.blocks.{i}.norm2.", "backbone.encoder.layer.{i}.layernorm_after."),
+    ("backbone.blocks.{i}.attn.proj.", "backbone.encoder.layer.{i}.attention.output.dense."),
+    ("backbone.blocks.{i}.mlp.", "backbone.encoder.layer.{i}.mlp."),
+    ("backbone.last_norm.", "backbone.layernorm."),
+    ("keypoint_head.deconv_layers.0.", "head.deconv1."),
+    ("keypoint_head.deconv_layers.1.", "head.batchnorm1."),
+    ("keypoint_head.deconv_layers.3.", "head.deconv2."),
+    ("keypoint_head.deconv_layers.4.", "head.batchnorm2."),
+    ("keypoint_head.final_layer.", "head.conv."),
 ]
+
+
+def _prefix_rule(src: str, dst: str) -> tuple[re.Pattern, str]:
+    return re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)")), dst.replace("{i}", r"\1")
+
+
+_HF_RENAMES = [_prefix_rule(ours, theirs) for ours, theirs in _HF_NAMES]
+_HF_INVERSE = [_prefix_rule(theirs, ours) for ours, theirs in _HF_NAMES]
 _QKV = re.compile(r"backbone\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
 _HF_QKV = re.compile(r"backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
 
 
-def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
-    for pattern, repl in pairs:
-        new, n = re.subn("^" + pattern, repl, key)
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, repl in rules:
+        new, n = pattern.subn(repl, key)
         if n:
             return new
     return None
@@ -187,22 +196,6 @@ def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             raise CheckpointError(f"layer {layer} {kind}: query/key/value incomplete ({sorted(parts)})")
         out[f"backbone.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     return out
-
-
-_HF_INVERSE = [
-    (r"backbone\.embeddings\.position_embeddings", "backbone.pos_embed"),
-    (r"backbone\.embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
-    (r"backbone\.encoder\.layer\.(\d+)\.layernorm_before\.", r"backbone.blocks.\1.norm1."),
-    (r"backbone\.encoder\.layer\.(\d+)\.layernorm_after\.", r"backbone.blocks.\1.norm2."),
-    (r"backbone\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"backbone.blocks.\1.attn.proj."),
-    (r"backbone\.encoder\.layer\.(\d+)\.mlp\.", r"backbone.blocks.\1.mlp."),
-    (r"backbone\.layernorm\.", "backbone.last_norm."),
-    (r"head\.deconv1\.", "keypoint_head.deconv_layers.0."),
-    (r"head\.batchnorm1\.", "keypoint_head.deconv_layers.1."),
-    (r"head\.deconv2\.", "keypoint_head.deconv_layers.3."),
-    (r"head\.batchnorm2\.", "keypoint_head.deconv_layers.4."),
-    (r"head\.conv\.", "keypoint_head.final_layer."),
-]
 
 
 def hf_config(cfg: ModelConfig):
