@@ -47,10 +47,13 @@ def run(name: str, nproc: int, config: str, sets: list[str], data_root: Path, st
     per_step = [r["seconds_per_step"] for r in train[1:]]  # the first step pays for warm-up
     result = {"name": name, "ranks": nproc, "config": config, "overrides": sets,
               "seconds_per_step": statistics.median(per_step), "steps_timed": len(per_step),
-              "peak_mem_mb_per_rank": train[-1]["peak_mem_mb_per_rank"], "wall_s": time.time() - t0,
+              "peak_mem_mb_per_rank": train[-1]["peak_mem_mb_per_rank"],
+              "model_state_mb_per_rank": train[-1]["model_state_mb_per_rank"],
+              "activation_mb_per_rank": train[-1]["activation_mb_per_rank"], "wall_s": time.time() - t0,
               "params_local_per_rank": next(r for r in records if r["kind"] == "setup")["params_local_per_rank"]}
-    print(f"{name:<28} {result['seconds_per_step']:8.3f} s/step   peak MB/rank "
-          f"{[round(m) for m in result['peak_mem_mb_per_rank']]}", flush=True)
+    print(f"{name:<24} {result['seconds_per_step']:7.3f} s/step  peak RSS MB {[round(m) for m in result['peak_mem_mb_per_rank']]}"
+          f"  model states MB {[round(m) for m in result['model_state_mb_per_rank']]}"
+          f"  activations MB {[round(m) for m in result['activation_mb_per_rank']]}", flush=True)
     return result
 
 
@@ -62,7 +65,9 @@ def main() -> None:
     data_root = Path(tempfile.mkdtemp(prefix="bench-data-"))
     tiny, b = "configs/demo.yaml", "configs/vitpose_b_256x192.yaml"
     tiny_sets = ["train.batch_size=16", "parallel.zero_stage=3", "model.activation_checkpointing=true"]
-    b_sets = ["train.batch_size=4", "model.image_size=[256,192]"]
+    # 5 M-element buckets (20 MB): at 2 ranks DeepSpeed's fixed-size buffers would otherwise hide
+    # the halving of the sharded states; they do not grow with the model or the world size.
+    b_sets = ["train.batch_size=4", "model.image_size=[256,192]", "parallel.bucket_size=5000000"]
     runs = [
         run("tiny_1rank_zero3", 1, tiny, tiny_sets, data_root, args.steps),
         run("tiny_2rank_zero3", 2, tiny, tiny_sets, data_root, args.steps),
@@ -76,10 +81,18 @@ def main() -> None:
             data_root, args.steps),
     ]
     by = {r["name"]: r for r in runs}
-    peak = lambda n: max(by[n]["peak_mem_mb_per_rank"])  # noqa: E731
+    def mem(name: str, key: str) -> float:
+        return max(by[name][key])
+
+    states, acts, peak = "model_state_mb_per_rank", "activation_mb_per_rank", "peak_mem_mb_per_rank"
+    total = lambda n: mem(n, states) + mem(n, acts)  # noqa: E731
     ratios = {
-        "B_peak_mem_zero3_over_zero0": peak("B_2rank_zero3_nockpt") / peak("B_2rank_zero0_nockpt"),
-        "B_peak_mem_ckpt_over_nockpt": peak("B_2rank_zero3_ckpt") / peak("B_2rank_zero3_nockpt"),
+        "B_model_states_zero3_over_zero0": mem("B_2rank_zero3_nockpt", states) / mem("B_2rank_zero0_nockpt", states),
+        "B_activations_ckpt_over_nockpt": mem("B_2rank_zero3_ckpt", acts) / mem("B_2rank_zero3_nockpt", acts),
+        "B_states_plus_activations_zero3_ckpt_over_zero0_nockpt": total("B_2rank_zero3_ckpt")
+        / total("B_2rank_zero0_nockpt"),
+        "B_peak_rss_zero3_over_zero0": mem("B_2rank_zero3_nockpt", peak) / mem("B_2rank_zero0_nockpt", peak),
+        "B_peak_rss_ckpt_over_nockpt": mem("B_2rank_zero3_ckpt", peak) / mem("B_2rank_zero3_nockpt", peak),
         "B_step_time_ckpt_over_nockpt": by["B_2rank_zero3_ckpt"]["seconds_per_step"]
         / by["B_2rank_zero3_nockpt"]["seconds_per_step"],
         "B_step_time_2rank_over_1rank": by["B_2rank_zero3_ckpt"]["seconds_per_step"]
@@ -89,8 +102,11 @@ def main() -> None:
     }
     report = {"command": "python bench/train_step.py " + " ".join(sys.argv[1:]),
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-              "note": "CPU, fp32, gloo; global batch fixed per preset (tiny 16, B 4), so 2 ranks split it; "
-                      "peak memory is the peak RSS of each rank process (includes Python/torch runtime)",
+              "note": "CPU, fp32, gloo; global batch fixed per preset (tiny 16, B 4), so 2 ranks split it. "
+                      "model_state_mb: tensors each rank holds for parameters, gradients, optimizer states and "
+                      "ZeRO buffers; activation_mb: tensors saved for backward in one micro-batch (exact, "
+                      "allocator-independent); peak RSS includes the Python/torch runtime and, on CPU, the full "
+                      "model every rank builds before DeepSpeed partitions it",
               "runs": runs, "ratios": ratios}
     Path(args.out).write_text(json.dumps(report, indent=1))
     for k, v in ratios.items():

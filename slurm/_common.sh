@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared body of the slurm/*.sh batch scripts (sourced, not submitted). See docs/slurm.md.
 #
 # Expects CONFIG (default config) and, for vitpose_eval, CHECKPOINT. Sets up the environment,

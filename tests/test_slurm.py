@@ -292,3 +292,47 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert (tmp_path / "run" / "final.pth").is_file()
     setup = _setup_lines(tmp_path / "run")
     assert [d["step"] for d in setup] == [0, step] and all(d["world_size"] == 2 for d in setup), setup
+
+
+@pytest.mark.timeout(360)
+def test_submitit_slurm_preemption_requeues_and_resumes(slurm, tmp_path):
+    """launch/submit.py: submitit's USR2 -> trainer checkpoint -> TrainJob.checkpoint() -> requeue -> resume."""
+    import pickle
+
+    steps = 60
+    sets = []
+    for s in _train_args(tmp_path, f"train.max_steps={steps}", "train.save_every=2", "train.keep_last=2",
+                         "train.log_every=10", "train.eval_every=1000")[2:]:
+        if s != "--set":
+            sets += ["--set", s]
+    r = slurm.run([sys.executable, "launch/submit.py", "--config", "configs/demo.yaml", "--nodes", "1",
+                   "--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "10",
+                   "--folder", str(tmp_path / "submitit" / "%j"), *sets], timeout=120)
+    job_id = re.search(r"submitted job (\d+)", r.stdout).group(1)
+    folder = tmp_path / "submitit" / job_id
+    log0 = folder / f"{job_id}_0_log.out"
+    script = (folder / f"{job_id}_submission.sh").read_text()
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=USR2@180" in script, script
+    assert "gpus-per-node" not in script and "--ntasks-per-node=2" in script, script
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while not list(ckpts.glob("step_*/meta.json")):
+        assert time.time() < deadline, f"no checkpoint within 120 s:\n{_tail(log0, 3000)}"
+        time.sleep(0.5)
+    slurm.run(["scancel", "--signal=USR2", job_id])  # what --signal=USR2@180 sends before the time limit
+    deadline = time.time() + 200
+    while (info := slurm.job(job_id)).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        assert time.time() < deadline, f"job not finished in 200 s: {info}\n{_tail(log0, 3000)}"
+        time.sleep(1)
+    log = _tail(log0, 10**6)
+    assert info["JobState"] == "COMPLETED" and int(info.get("Restarts", 0)) == 1, f"{info}\n{log[-4000:]}"
+    assert "Calling checkpoint method" in log and f"Requeued job {job_id}" in log, log[-4000:]
+    preempted = re.search(r"preempted: checkpoint \S+step_(\d+) written", log)
+    resumed = re.search(r"resumed from \S+step_(\d+) at step (\d+)", log)
+    assert preempted and resumed and resumed.group(2) == str(int(preempted.group(1))), log[-4000:]
+    assert f"done: {steps} steps" in log
+    with open(folder / f"{job_id}_0_result.pkl", "rb") as f:
+        status, result = pickle.load(f)
+    assert status == "success" and result["preempted"] is False, (status, result)
+    assert Path(result["final"]).is_file() and Path(result["final"]) == tmp_path / "run" / "final.pth"

@@ -126,6 +126,7 @@ class ParallelConfig:
     # default 1e5 saves tiny all-gathers on GPUs); 0 partitions everything.
     zero3_persistence_threshold: int = 100000
     zero_init: bool = False  # build under deepspeed.zero.Init (never materialise the full model per rank)
+    bucket_size: int = 50_000_000  # elements per ZeRO reduce/all-gather/prefetch bucket (capped at the model size)
 
 
 @dataclass

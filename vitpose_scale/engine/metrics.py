@@ -40,3 +40,72 @@ class MetricsLog:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class SavedActivationMeter:
+    """Bytes of activations autograd keeps for the backward pass during one forward.
+
+    A `saved_tensors_hooks` pack hook sees every tensor saved outside checkpointed
+    regions; inside them, non-reentrant checkpointing installs its own hooks and
+    keeps nothing, which is exactly the saving this measures. Storages are counted once.
+    """
+
+    def __init__(self):
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def _pack(self, tensor: torch.Tensor):
+        if tensor.device.type != "meta":
+            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+            storage = local.untyped_storage()
+            if storage.data_ptr() not in self._seen:
+                self._seen.add(storage.data_ptr())
+                self.bytes += storage.nbytes()
+        return tensor
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def held_tensor_bytes(*roots, max_depth: int = 6) -> int:
+    """Bytes of the distinct tensor storages reachable from `roots` (modules, optimizers and
+    the objects they hold: DeepSpeed's flat fp32 partitions, gradient partitions, Adam moments)."""
+    seen_objects: set[int] = set()
+    storages: dict[int, int] = {}
+
+    def visit(obj, depth: int) -> None:
+        if depth > max_depth or id(obj) in seen_objects:
+            return
+        seen_objects.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            for t in (obj, getattr(obj, "ds_tensor", None), obj.grad if obj.is_leaf else None):
+                if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                    continue
+                if hasattr(t, "to_local"):  # FSDP2 DTensor: this rank's shard
+                    t = t.to_local()
+                s = t.untyped_storage()
+                storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
+            return
+        if isinstance(obj, torch.nn.Module):
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                visit(t, depth + 1)
+            return
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                visit(k, depth + 1)
+                visit(v, depth + 1)
+        elif isinstance(obj, (list, tuple, set)):
+            for v in obj:
+                visit(v, depth + 1)
+        elif type(obj).__module__.startswith(("deepspeed", "torch.optim", "torch.distributed")):
+            for v in vars(obj).values() if hasattr(obj, "__dict__") else ():
+                visit(v, depth + 1)
+
+    for root in roots:
+        visit(root, 0)
+    return sum(storages.values())

@@ -43,12 +43,15 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
     return cfg.train.batch_size // (world_size * cfg.parallel.grad_accum)
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict:
+def deepspeed_config(cfg: Config, world_size: int, num_params: int | None = None) -> dict:
     p = cfg.parallel
-    zero = {"stage": p.zero_stage}
+    # Communication buckets: DeepSpeed's default (5e8 elements, 2 GB in fp32 per rank)
+    # is larger than most models here; never allocate more than the model itself.
+    bucket = min(p.bucket_size, num_params) if num_params else p.bucket_size
+    zero = {"stage": p.zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     if p.zero_stage == 3:
         zero.update(stage3_param_persistence_threshold=p.zero3_persistence_threshold,
-                    stage3_gather_16bit_weights_on_model_save=False)
+                    stage3_prefetch_bucket_size=bucket, stage3_gather_16bit_weights_on_model_save=False)
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world_size),
         "gradient_accumulation_steps": p.grad_accum,
@@ -68,7 +71,8 @@ class DeepSpeedWrapper:
         import deepspeed
 
         self.cfg, self.info, self.load_universal = cfg, info, load_universal
-        ds_cfg = deepspeed_config(cfg, info.world_size)
+        num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        ds_cfg = deepspeed_config(cfg, info.world_size, num_params)
         if load_universal:
             ds_cfg["checkpoint"] = {"load_universal": True}
         optimizer = build_optimizer(model, cfg)

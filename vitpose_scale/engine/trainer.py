@@ -20,7 +20,8 @@ import torch.distributed as dist
 from vitpose_scale.config import Config
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.engine.distributed import DistInfo, all_reduce_max, average_buffers, broadcast_object
-from vitpose_scale.engine.metrics import MetricsLog, peak_memory_mb, training_tflops
+from vitpose_scale.engine.metrics import (MetricsLog, SavedActivationMeter, held_tensor_bytes, peak_memory_mb,
+                                          training_tflops)
 from vitpose_scale.engine.optim import lr_factor, set_lr
 from vitpose_scale.engine.parallel import build_model_for_backend, check_engine_config, micro_batch_size, wrap
 
@@ -257,7 +258,9 @@ class Trainer:
                 step_loss = 0.0
                 for _micro in range(accum):
                     batch = next(batches)
-                    pred = self.wrapper.forward(batch["img"])
+                    with SavedActivationMeter() as meter:
+                        pred = self.wrapper.forward(batch["img"])
+                    self.activation_bytes = meter.bytes
                     loss = heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
                     step_loss += self._global_loss(loss) / accum
                     self.wrapper.backward(loss)
@@ -301,7 +304,12 @@ class Trainer:
         elapsed = max(time.time() - t0, 1e-9)
         ips = images / elapsed
         tflops = training_tflops(self.flops_per_image, ips)
-        mem = peak_memory_mb(self.info.device)
+        # Peak memory (accelerator allocator, or RSS on CPU), and two exact accountings that do
+        # not depend on the allocator: tensors held for model states (parameters, gradients,
+        # optimizer states, ZeRO buffers) and activations saved for backward in one micro-batch.
+        mem = {"peak": peak_memory_mb(self.info.device),
+               "model_states": held_tensor_bytes(self.wrapper.module, self.wrapper.optimizer) / 2 ** 20,
+               "activations": self.activation_bytes / 2 ** 20}
         mems = [mem]
         if dist.is_initialized() and self.info.world_size > 1:
             mems = [None] * self.info.world_size
@@ -310,7 +318,9 @@ class Trainer:
         self.log.write(step=self.step, kind="train", epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm,
                        images_per_s=ips, seconds_per_step=elapsed * self.cfg.train.batch_size / max(images, 1),
                        tflops=tflops, mfu=tflops / self.info.world_size / self.cfg.train.peak_tflops,
-                       peak_mem_mb_per_rank=mems)
+                       peak_mem_mb_per_rank=[m["peak"] for m in mems],
+                       model_state_mb_per_rank=[m["model_states"] for m in mems],
+                       activation_mb_per_rank=[m["activations"] for m in mems])
 
 
 def run_training(cfg: Config, info: DistInfo) -> dict:
