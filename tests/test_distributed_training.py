@@ -46,7 +46,8 @@ def _command(nproc: int, launcher: str, out: Path, data: Path, sets: list[str]) 
     base = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=48", "data.synthetic_val=8",
             "data.extra_train=[]", "train.batch_size=8", "train.max_steps=6", "train.log_every=1",
             "train.eval_every=1000", "train.save_every=3", "model.head=simple", "model.drop_path=0.1",
-            "eval.flip_test=false", "optim.warmup_iters=2", "parallel.zero3_persistence_threshold=0"]
+            "eval.flip_test=false", "optim.warmup_iters=2", "optim.lr=1e-3",
+            "parallel.zero3_persistence_threshold=0"]
     args = ["launch/train.py", "--config", "configs/demo.yaml"]
     for s in base + sets:
         args += ["--set", s]
@@ -217,3 +218,12 @@ def test_preemption_signal_checkpoints_and_exits_for_requeue(synthetic_root, tmp
     proc = train(1, out, synthetic_root, f"train.max_steps={saved + 2}", "parallel.backend=none",
                  launcher="python")
     assert f"at step {saved}" in proc.stdout
+
+
+def test_zero_init_builds_the_same_model_without_materialising_it_per_rank(reference_no_drop_path, synthetic_root,
+                                                                          tmp_path):
+    out = tmp_path / "zero_init"
+    train(2, out, synthetic_root, "parallel.zero_init=true", "model.drop_path=0.0")
+    ref, got = losses(reference_no_drop_path), losses(out)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=CURVE_RTOL), step

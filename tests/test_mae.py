@@ -130,14 +130,12 @@ def _env():
 
 @pytest.mark.distributed
 def test_deepspeed_two_ranks_resume_exactly_and_the_export_initialises_a_pose_model(tmp_path):
-    from vitpose_scale.data.synthetic import generate_synthetic_coco
     from vitpose_scale.engine.distributed import DistInfo
     from vitpose_scale.engine.metrics import read_jsonl
     from vitpose_scale.engine.trainer import _init_weights_from
     from vitpose_scale.models.pose import build_pose_model
 
-    data, out = tmp_path / "synthetic", tmp_path / "run"
-    generate_synthetic_coco(data, 24, 4, seed=3)
+    data, out = tmp_path / "synthetic", tmp_path / "run"  # rank 0 generates the synthetic people
     sets = [f"data.root={data}", "data.synthetic_train=24", "data.synthetic_val=4", "data.extra_train=[]",
             f"train.output_dir={out}", "train.batch_size=8", "train.max_steps=4", "train.save_every=2",
             "train.log_every=1", "optim.warmup_iters=2", "parallel.zero3_persistence_threshold=0",

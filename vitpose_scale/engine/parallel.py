@@ -245,20 +245,38 @@ def build_model_for_backend(cfg: Config, info: DistInfo) -> nn.Module:
     """Build identical initial weights on every rank (same seed), under zero.Init if asked."""
     from vitpose_scale.models.pose import build_pose_model
 
-    torch.manual_seed(cfg.train.seed)
-    if cfg.parallel.backend == "deepspeed" and cfg.parallel.zero_stage == 3 and cfg.parallel.zero_init:
+    if uses_zero_init(cfg):
         import deepspeed
 
         with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, info.world_size)):
             model = build_pose_model(cfg.model)
-        # Modules initialised themselves after partitioning began; redo it with the
-        # parameters gathered so every rank gets the seeded values.
-        torch.manual_seed(cfg.train.seed)
+        # Modules initialised themselves while being partitioned; draw the weights again
+        # with the parameters gathered (rank 0 draws, DeepSpeed broadcasts its values).
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
             if info.is_main:
+                torch.manual_seed(cfg.train.seed)
                 model.init_weights()
         return model
-    return build_pose_model(cfg.model)
+    model = build_pose_model(cfg.model)
+    torch.manual_seed(cfg.train.seed)  # the same draws as the zero.Init path
+    model.init_weights()
+    return model
+
+
+def uses_zero_init(cfg: Config) -> bool:
+    return cfg.parallel.backend == "deepspeed" and cfg.parallel.zero_stage == 3 and cfg.parallel.zero_init
+
+
+@contextlib.contextmanager
+def whole_parameters_for_loading(model: nn.Module, cfg: Config):
+    """Parameters whole while a checkpoint is copied in before wrapping (zero.Init partitions them)."""
+    if uses_zero_init(cfg):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+            yield
+    else:
+        yield
 
 
 def wrap(model: nn.Module, cfg: Config, info: DistInfo, load_universal: bool = False):

@@ -31,9 +31,8 @@ import torch.distributed as dist
 
 from vitpose_scale.config import Config
 from vitpose_scale.engine import checkpoint as ckpt
-from vitpose_scale.engine import metrics as metrics_mod
 from vitpose_scale.engine.distributed import DistInfo, all_reduce_max
-from vitpose_scale.engine.metrics import MetricsLog
+from vitpose_scale.engine.metrics import MetricsLog, SavedActivationMeter
 from vitpose_scale.engine.optim import lr_factor, set_lr
 from vitpose_scale.engine.parallel import check_engine_config, deepspeed_config, micro_batch_size, wrap
 from vitpose_scale.engine.trainer import PREEMPTED_EXIT_CODE, Trainer, _Preemption
@@ -49,18 +48,21 @@ def build_mae_for_backend(cfg: Config, info: DistInfo):
     """Identical initial weights on every rank (same seed); under zero.Init when asked."""
     from vitpose_scale.models.mae import build_mae
 
-    torch.manual_seed(cfg.train.seed)
+    # init_weights() draws every parameter, so seeding right before it gives the same weights
+    # with and without zero.Init (there rank 0 draws, DeepSpeed broadcasts).
     if _zero3(cfg) and cfg.parallel.zero_init:
         import deepspeed
 
         with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, info.world_size)):
             model = build_mae(cfg)  # skips its own init: the parameters are partitioned already
-        torch.manual_seed(cfg.train.seed)
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
             if info.is_main:
+                torch.manual_seed(cfg.train.seed)
                 model.init_weights()
     else:
         model = build_mae(cfg)
+        torch.manual_seed(cfg.train.seed)
+        model.init_weights()
     if _zero3(cfg):
         import deepspeed
 
@@ -111,7 +113,7 @@ class MAEPretrainer(Trainer):
         self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main)
         self.step, self.best_ap = 0, -1.0
         self.history: list[dict] = []
-        self.activation_bytes = 0  # read by the inherited _log_train where it reports activation memory
+        self.activation_bytes = 0  # read by the inherited _log_train
         if resume_dir is not None:
             loaded = ckpt.load_training_checkpoint(self.wrapper, resume_dir, info.rank)
             self.step = loaded["step"]
@@ -136,7 +138,6 @@ class MAEPretrainer(Trainer):
 
         cfg, info = self.cfg, self.info
         accum = cfg.parallel.grad_accum
-        meter_cls = getattr(metrics_mod, "SavedActivationMeter", None)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="mae", disable=not info.is_main,
                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
         self.wrapper.train(True)
@@ -151,12 +152,9 @@ class MAEPretrainer(Trainer):
                 step_loss = 0.0
                 for _micro in range(accum):
                     batch = next(batches)
-                    if meter_cls is not None:  # saved-activation bytes, as the pose loop measures them
-                        with meter_cls() as meter:
-                            loss, _pred, _mask = self.wrapper.forward(batch["img"])
-                        self.activation_bytes = meter.bytes
-                    else:
+                    with SavedActivationMeter() as meter:  # saved-activation bytes, as the pose loop logs
                         loss, _pred, _mask = self.wrapper.forward(batch["img"])
+                    self.activation_bytes = meter.bytes
                     step_loss += self._global_loss(loss) / accum  # stops on NaN/inf on every rank
                     self.wrapper.backward(loss)
                     grad_norm = self.wrapper.step()

@@ -23,7 +23,8 @@ from vitpose_scale.engine.distributed import DistInfo, all_reduce_max, average_b
 from vitpose_scale.engine.metrics import (MetricsLog, SavedActivationMeter, held_tensor_bytes, peak_memory_mb,
                                           training_tflops)
 from vitpose_scale.engine.optim import lr_factor, set_lr
-from vitpose_scale.engine.parallel import build_model_for_backend, check_engine_config, micro_batch_size, wrap
+from vitpose_scale.engine.parallel import (build_model_for_backend, check_engine_config, micro_batch_size,
+                                           whole_parameters_for_loading, wrap)
 
 PREEMPTED_EXIT_CODE = 143
 
@@ -106,7 +107,8 @@ class Trainer:
         model = build_model_for_backend(cfg, info)
         torch.manual_seed(cfg.train.seed + 1000 * info.rank + 1)  # per-rank stochastic depth draws
         if cfg.train.init_from and resume_dir is None:
-            _init_weights_from(model, cfg, info)
+            with whole_parameters_for_loading(model, cfg):
+                _init_weights_from(model, cfg, info)
         self.wrapper = wrap(model, cfg, info, load_universal=load_universal)
         self.lr_scales = [g.get("lr_scale", 1.0) for g in self.wrapper.param_groups]
         self.flops_per_image = self._forward_flops()

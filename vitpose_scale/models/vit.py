@@ -80,6 +80,10 @@ class ViT(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
+        """Every parameter drawn here, so the weights depend only on the RNG state at this call
+        (not on how construction consumed it: zero.Init, meta device)."""
+        if self.patch_embed.proj.weight.dim() == 4:  # under zero.Init it is an empty placeholder until gathered
+            self.patch_embed.proj.reset_parameters()
         trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
