@@ -156,3 +156,12 @@ def test_init_from_a_file_that_fits_nothing_names_both_failures(tmp_path):
     cfg = _cfg(f"train.init_from={tmp_path / 'junk.pth'}")
     with pytest.raises(ValueError, match="(?s)neither a ViTPose checkpoint .* nor a backbone checkpoint"):
         _init_weights_from(build_pose_model(cfg.model), cfg, CPU2)
+
+
+def test_no_weight_decay_reads_the_real_shape_of_partitioned_parameters():
+    from vitpose_scale.engine.optim import no_weight_decay
+
+    placeholder = torch.nn.Parameter(torch.empty(0))  # what zero.Init leaves in a module
+    placeholder.ds_shape = torch.Size([96, 96])
+    assert not no_weight_decay("backbone.blocks.0.attn.qkv.weight", placeholder)
+    assert no_weight_decay("mask_token", torch.nn.Parameter(torch.zeros(1, 1, 96)))

@@ -11,9 +11,10 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="dotted override, e.g. --set model.depth=4 (repeatable)")
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    """Shared by `vitpose-scale train` and launch/train.py (deepspeed, torchrun, python, srun)."""
-    parser = argparse.ArgumentParser(prog="vitpose-scale train", description="train a ViTPose model")
+def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_path: str) -> int:
+    """Parse, set up the process group and run a Trainer class; exit codes 0 / 2 config / 3 diverged /
+    143 preempted (checkpoint written: requeue to resume). Shared by every launcher."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     _config_args(parser)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -28,16 +29,22 @@ def train_main(argv: list[str] | None = None) -> int:
         return 2
     prepare_environment()  # DS_ACCELERATOR=cpu etc. before deepspeed is imported
     info = init_distributed(cfg.parallel.backend == "deepspeed")
-    from vitpose_scale.engine.trainer import PREEMPTED_EXIT_CODE, TrainingDiverged, run_training
+    import importlib
 
+    from vitpose_scale.engine.trainer import PREEMPTED_EXIT_CODE, TrainingDiverged
+
+    module, name = trainer_path.split(":")
+    trainer_class = getattr(importlib.import_module(module), name)
     code = 0
     try:
-        result = run_training(cfg, info)
+        trainer = trainer_class(cfg, info)
+        result = trainer.train()
         if result.get("preempted"):
             code = PREEMPTED_EXIT_CODE
         elif info.is_main:
-            print(f"done: {result['step']} steps, best AP {result['best_ap']:.4f}; outputs in "
-                  f"{cfg.train.output_dir}", flush=True)
+            last = trainer.history[-1]["loss"] if trainer.history else float("nan")
+            best = f", best AP {result['best_ap']:.4f}" if trainer.val_set is not None else ""
+            print(f"done: {result['step']} steps, last loss {last:.4g}{best}; weights: {result['final']}", flush=True)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         code = 2
@@ -48,6 +55,18 @@ def train_main(argv: list[str] | None = None) -> int:
         if code in (0, PREEMPTED_EXIT_CODE):
             shutdown()
     return code
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`vitpose-scale train` and launch/train.py (deepspeed, torchrun, python, srun)."""
+    return _run_trainer(argv, "vitpose-scale train", "train a ViTPose model",
+                        "vitpose_scale.engine.trainer:Trainer")
+
+
+def pretrain_main(argv: list[str] | None = None) -> int:
+    """`vitpose-scale pretrain` and launch/pretrain_mae.py: MAE pretraining of the backbone."""
+    return _run_trainer(argv, "vitpose-scale pretrain", "MAE pretraining of the ViTPose backbone (docs/mae.md)",
+                        "vitpose_scale.engine.pretrain:MAEPretrainer")
 
 
 def convert_main(argv: list[str] | None = None) -> int:
@@ -108,6 +127,7 @@ def params_main(argv: list[str] | None = None) -> int:
 
 COMMANDS = {
     "train": ("train a model (see also launch/train.py for multi-process launchers)", "vitpose_scale.cli:train_main"),
+    "pretrain": ("MAE pretraining of the backbone (see launch/pretrain_mae.py)", "vitpose_scale.cli:pretrain_main"),
     "eval": ("evaluate a checkpoint on the validation set, distributed", "vitpose_scale.evaluate:main"),
     "infer": ("pose estimation on an image, drawing the skeletons", "vitpose_scale.infer:main"),
     "coco-eval": ("evaluate a COCO keypoint results file (pycocotools-equal, faster)", "vitpose_scale.eval.coco_eval:main"),

@@ -19,7 +19,9 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name
+    # Under zero.Init a parameter is an empty 1-D placeholder: its real shape is ds_shape.
+    ndim = len(getattr(param, "ds_shape", param.shape))
+    return ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:

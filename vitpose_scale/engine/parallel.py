@@ -192,7 +192,9 @@ class TorchWrapper:
         self.micro += 1
         if self.micro % self.cfg.parallel.grad_accum:
             return None
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
+        # max_norm inf measures without clipping (0 would zero every gradient); DeepSpeed treats 0 as off.
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
         self.optimizer.step()
@@ -241,15 +243,17 @@ class TorchWrapper:
         return local, full
 
 
-def build_model_for_backend(cfg: Config, info: DistInfo) -> nn.Module:
-    """Build identical initial weights on every rank (same seed), under zero.Init if asked."""
-    from vitpose_scale.models.pose import build_pose_model
+def build_model_for_backend(cfg: Config, info: DistInfo, builder) -> nn.Module:
+    """`builder(cfg)` with identical initial weights on every rank (same seed), under zero.Init if asked.
 
+    The model's `init_weights()` must draw every parameter, so seeding right before it gives
+    the same weights with and without zero.Init.
+    """
     if uses_zero_init(cfg):
         import deepspeed
 
         with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, info.world_size)):
-            model = build_pose_model(cfg.model)
+            model = builder(cfg)
         # Modules initialised themselves while being partitioned; draw the weights again
         # with the parameters gathered (rank 0 draws, DeepSpeed broadcasts its values).
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
@@ -257,7 +261,7 @@ def build_model_for_backend(cfg: Config, info: DistInfo) -> nn.Module:
                 torch.manual_seed(cfg.train.seed)
                 model.init_weights()
         return model
-    model = build_pose_model(cfg.model)
+    model = builder(cfg)
     torch.manual_seed(cfg.train.seed)  # the same draws as the zero.Init path
     model.init_weights()
     return model

@@ -74,25 +74,28 @@ def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, info: DistInfo):
-        from vitpose_scale.data.coco import build_datasets
+    """Pose training. Subclasses (MAE pretraining) override the hooks: `build_datasets`,
+    `build_model`, `optim_config`, `forward_loss`, `forward_flops`, `final_meta`."""
 
+    desc = "train"
+
+    def __init__(self, cfg: Config, info: DistInfo):
         check_engine_config(cfg, info)
         self.cfg, self.info = cfg, info
         self.out = Path(cfg.train.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         if info.is_main:
             cfg.save(self.out / "config.yaml")
-            train_set, val_set, self.val_ann = build_datasets(cfg)  # rank 0 generates synthetic data first
+            sets = self.build_datasets()  # rank 0 first: it may generate the synthetic set
         if dist.is_initialized():
             dist.barrier()
         if not info.is_main:
-            train_set, val_set, self.val_ann = build_datasets(cfg)
-        self.train_set, self.val_set = train_set, val_set
+            sets = self.build_datasets()
+        self.train_set, self.val_set, self.val_ann = sets
         self.micro_bs = micro_batch_size(cfg, info.world_size)
-        self.steps_per_epoch = (len(train_set) // info.world_size) // (self.micro_bs * cfg.parallel.grad_accum)
+        self.steps_per_epoch = (len(self.train_set) // info.world_size) // (self.micro_bs * cfg.parallel.grad_accum)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"training set of {len(train_set)} samples is smaller than one global batch "
+            raise ValueError(f"training set of {len(self.train_set)} samples is smaller than one global batch "
                              f"({cfg.train.batch_size})")
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
@@ -104,16 +107,13 @@ class Trainer:
             resume_dir = self._to_universal(resume_dir)
             load_universal = True
 
-        model = build_model_for_backend(cfg, info)
-        torch.manual_seed(cfg.train.seed + 1000 * info.rank + 1)  # per-rank stochastic depth draws
-        if cfg.train.init_from and resume_dir is None:
-            with whole_parameters_for_loading(model, cfg):
-                _init_weights_from(model, cfg, info)
-        self.wrapper = wrap(model, cfg, info, load_universal=load_universal)
+        model = self.build_model(fresh=resume_dir is None)
+        torch.manual_seed(cfg.train.seed + 1000 * info.rank + 1)  # per-rank stochastic depth / mask draws
+        self.wrapper = wrap(model, self.optim_config(), info, load_universal=load_universal)
         self.lr_scales = [g.get("lr_scale", 1.0) for g in self.wrapper.param_groups]
-        self.flops_per_image = self._forward_flops()
+        self.flops_per_image = self.forward_flops()
         self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main)
-        self.step, self.best_ap = 0, -1.0
+        self.step, self.best_ap, self.activation_bytes = 0, -1.0, 0
         self.history: list[dict] = []
         if resume_dir is not None:
             loaded = ckpt.load_training_checkpoint(self.wrapper, resume_dir, info.rank)
@@ -123,6 +123,37 @@ class Trainer:
                       f"(written by {meta['world_size']} ranks, now {info.world_size})", flush=True)
         self.preemption = _Preemption()
         self._log_setup()
+
+    # -------------------------------------------------------------- hooks --
+    def build_datasets(self):
+        """(train set, validation set or None, validation annotation file or None)."""
+        from vitpose_scale.data.coco import build_datasets
+
+        return build_datasets(self.cfg)
+
+    def build_model(self, fresh: bool):
+        from vitpose_scale.models.pose import build_pose_model
+
+        model = build_model_for_backend(self.cfg, self.info, lambda cfg: build_pose_model(cfg.model))
+        if self.cfg.train.init_from and fresh:
+            with whole_parameters_for_loading(model, self.cfg):
+                _init_weights_from(model, self.cfg, self.info)
+        return model
+
+    def optim_config(self) -> Config:
+        return self.cfg
+
+    def forward_loss(self, batch: dict) -> torch.Tensor:
+        pred = self.wrapper.forward(batch["img"])
+        return heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
+
+    def forward_flops(self) -> float:
+        from vitpose_scale.models.pose import forward_flops_per_image
+
+        return forward_flops_per_image(self.cfg.model)
+
+    def final_meta(self) -> dict:
+        return {"step": self.step}
 
     def _log_setup(self) -> None:
         local, full = self.wrapper.local_param_numel()
@@ -135,11 +166,6 @@ class Trainer:
                        total_steps=self.total_steps, forward_gflops_per_image=self.flops_per_image / 1e9)
 
     # ------------------------------------------------------------ helpers --
-    def _forward_flops(self) -> float:
-        from vitpose_scale.models.pose import forward_flops_per_image
-
-        return forward_flops_per_image(self.cfg.model)
-
     def _find_resume(self) -> Path | None:
         r = self.cfg.train.resume
         if r in (None, "", "none"):
@@ -245,7 +271,7 @@ class Trainer:
 
         cfg, info = self.cfg, self.info
         accum = cfg.parallel.grad_accum
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not info.is_main,
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, disable=not info.is_main,
                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
         self.wrapper.train(True)
         window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
@@ -261,9 +287,8 @@ class Trainer:
                 for _micro in range(accum):
                     batch = next(batches)
                     with SavedActivationMeter() as meter:
-                        pred = self.wrapper.forward(batch["img"])
+                        loss = self.forward_loss(batch)
                     self.activation_bytes = meter.bytes
-                    loss = heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
                     step_loss += self._global_loss(loss) / accum
                     self.wrapper.backward(loss)
                     grad_norm = self.wrapper.step()
@@ -279,7 +304,7 @@ class Trainer:
                 save_every = cfg.train.save_every or self.steps_per_epoch
                 if self.step % save_every == 0 and self.step < self.total_steps:
                     self.save()
-                if cfg.train.eval_every > 0 and self.step < self.total_steps:
+                if self.val_set is not None and cfg.train.eval_every > 0 and self.step < self.total_steps:
                     self._maybe_eval()
                 if all_reduce_max(float(self.preemption.requested), info.device):
                     preempted = True
@@ -288,7 +313,7 @@ class Trainer:
                     break
             if preempted:
                 break
-            if cfg.train.eval_every == 0 and self.step < self.total_steps:
+            if self.val_set is not None and cfg.train.eval_every == 0 and self.step < self.total_steps:
                 self._maybe_eval(force=True)
         bar.close()
         if preempted:
@@ -297,10 +322,11 @@ class Trainer:
                 print(f"preempted: checkpoint {path} written; exiting {PREEMPTED_EXIT_CODE} for requeue", flush=True)
             return {"preempted": True, "step": self.step}
         self.save()
-        if cfg.train.eval_every >= 0:  # -1: never evaluate (benchmarks)
+        if self.val_set is not None and cfg.train.eval_every >= 0:  # -1: never evaluate (benchmarks)
             self._maybe_eval(force=True)
-        self.export_weights(self.out / "final.pth", {"step": self.step})
-        return {"preempted": False, "step": self.step, "best_ap": self.best_ap}
+        self.export_weights(self.out / "final.pth", self.final_meta())
+        return {"preempted": False, "step": self.step, "best_ap": self.best_ap,
+                "final": str(self.out / "final.pth")}
 
     def _log_train(self, t0: float, images: int, loss: float, grad_norm, epoch: int) -> None:
         elapsed = max(time.time() - t0, 1e-9)
@@ -325,11 +351,4 @@ class Trainer:
                        activation_mb_per_rank=[m["activations"] for m in mems])
 
 
-def run_training(cfg: Config, info: DistInfo) -> dict:
-    trainer = Trainer(cfg, info)
-    result = trainer.train()
-    result["history"] = trainer.history
-    return result
-
-
-__all__ = ["Trainer", "run_training", "heatmap_loss", "TrainingDiverged", "PREEMPTED_EXIT_CODE", "np"]
+__all__ = ["Trainer", "heatmap_loss", "TrainingDiverged", "PREEMPTED_EXIT_CODE", "np"]
