@@ -56,10 +56,11 @@ vitpose_srun() {
 }
 
 # vitpose_train [--config C] [--set k=v ...]: the default --config comes first, so a --config in
-# the arguments wins (argparse keeps the last one).
+# the arguments wins (argparse keeps the last one). TRAIN_ENTRY picks the entry point
+# (launch/train.py, or launch/pretrain_mae.py for MAE pretraining).
 vitpose_train() {
     local rc
-    vitpose_srun python launch/train.py --config "$CONFIG" "$@"
+    vitpose_srun python "${TRAIN_ENTRY:-launch/train.py}" --config "$CONFIG" "$@"
     rc=$?
     echo "[$(date '+%F %T')] training exited with code $rc"
     if [[ $rc -eq 143 ]]; then

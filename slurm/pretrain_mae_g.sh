@@ -1,0 +1,32 @@
+#!/bin/bash
+# MAE pretraining of the G backbone on COCO + AIC person crops (Slurm): one task per GPU, 8 node(s) x 8 GPUs.
+#
+#   mkdir -p runs && sbatch slurm/pretrain_mae_g.sh [--config C] [--set key=value ...]
+#   CONFIG=configs/other.yaml sbatch slurm/pretrain_mae_g.sh
+#   sbatch --nodes=4 --time=12:00:00 --partition=P slurm/pretrain_mae_g.sh --set train.batch_size=1024
+#
+# Every #SBATCH line below is a default that the same option on the sbatch command line overrides.
+# On a machine without GPUs (no GRES): sbatch --gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1 ...
+# Preemption: the tasks get SIGUSR1 180 s before the time limit (no "B:": srun's tasks are signalled,
+# not this shell), write a checkpoint and exit 143; the script then runs `scontrol requeue` and the
+# next start resumes from the latest checkpoint (train.resume: auto). See docs/slurm.md.
+#SBATCH --job-name=vitpose-mae-g
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --time=72:00:00
+#SBATCH --signal=USR1@180
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=runs/slurm-%j.out
+
+CONFIG=${CONFIG:-configs/mae_vitg_person_crops.yaml}
+TRAIN_ENTRY=launch/pretrain_mae.py
+if [[ -n "${VITPOSE_ROOT:-}" ]]; then _c=$VITPOSE_ROOT/slurm/_common.sh
+elif [[ -n "${SLURM_SUBMIT_DIR:-}" && -f $SLURM_SUBMIT_DIR/slurm/_common.sh ]]; then _c=$SLURM_SUBMIT_DIR/slurm/_common.sh
+else _c=$(dirname "$0")/_common.sh; fi
+# shellcheck source=slurm/_common.sh
+source "$_c" || { echo "slurm/_common.sh not found: submit from the repository root or set VITPOSE_ROOT" >&2; exit 1; }
+vitpose_setup
+vitpose_train "$@"
