@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import re
@@ -178,7 +177,7 @@ def bench_train_steps(torch, args) -> dict:
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                     target = torch.rand_like(model(images[:1]).float()).expand(batch, -1, -1, -1).contiguous()
 
-                def step():
+                def step(model=model, images=images, target=target, opt=opt):
                     with torch.autocast("cuda", dtype=torch.bfloat16):
                         loss = torch.nn.functional.mse_loss(model(images).float(), target)
                     loss.backward()
@@ -191,7 +190,7 @@ def bench_train_steps(torch, args) -> dict:
                                    "images_per_s": batch / (ms * 1e-3),
                                    "activation_checkpointing": mcfg.activation_checkpointing,
                                    "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
-                del model, opt, images, target
+                del model, opt, images, target, step  # free before the next implementation builds
             except Exception as exc:
                 out[name][impl] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             torch.cuda.empty_cache()

@@ -16,10 +16,9 @@
 #SBATCH --output=runs/slurm-%j.out
 
 CONFIG=${CONFIG:-configs/vitpose_b_256x192.yaml}
-if [[ -n "${VITPOSE_ROOT:-}" ]]; then _c=$VITPOSE_ROOT/slurm/_common.sh
-elif [[ -n "${SLURM_SUBMIT_DIR:-}" && -f $SLURM_SUBMIT_DIR/slurm/_common.sh ]]; then _c=$SLURM_SUBMIT_DIR/slurm/_common.sh
-else _c=$(dirname "$0")/_common.sh; fi
+# sbatch runs a spool copy of this file: find the repository through the submit directory.
 # shellcheck source=slurm/_common.sh
-source "$_c" || { echo "slurm/_common.sh not found: submit from the repository root or set VITPOSE_ROOT" >&2; exit 1; }
+source "${VITPOSE_ROOT:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}/slurm/_common.sh" ||
+    { echo "slurm/_common.sh not found: submit from the repository root or set VITPOSE_ROOT" >&2; exit 1; }
 vitpose_setup
 vitpose_eval "$@"

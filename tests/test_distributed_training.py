@@ -17,6 +17,7 @@ import torch
 
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.engine.metrics import read_jsonl
+from launch_env import launcher_env  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,14 +33,6 @@ def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     generate_synthetic_coco(root, 48, 8, seed=3)
     return root
-
-
-def _env():
-    env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(ROOT / ".cache" / "torch_extensions"),
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("TRITON_INTERPRET", None)
-    return env
 
 
 def _command(nproc: int, launcher: str, out: Path, data: Path, sets: list[str]) -> list[str]:
@@ -61,7 +54,7 @@ def _command(nproc: int, launcher: str, out: Path, data: Path, sets: list[str]) 
 
 
 def train(nproc, out, data, *sets, launcher="deepspeed", check=True, timeout=600):
-    proc = subprocess.run(_command(nproc, launcher, out, data, list(sets)), cwd=ROOT, env=_env(),
+    proc = subprocess.run(_command(nproc, launcher, out, data, list(sets)), cwd=ROOT, env=launcher_env(),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -128,7 +121,7 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(synthetic_root
     out = tmp_path / "killed"
     cmd = _command(2, "deepspeed", out, synthetic_root,
                    ["train.max_steps=400", "train.save_every=2", "train.keep_last=2"])
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -175,7 +168,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_p
 
 def test_bad_engine_config_stops_before_launching_work(tmp_path):
     proc = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/demo.yaml", "--set",
-                           "parallel.zero_stage=5"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+                           "parallel.zero_stage=5"], cwd=ROOT, env=launcher_env(), capture_output=True, text=True)
     assert proc.returncode == 2
     assert "parallel.zero_stage: got 5, expected one of [0, 1, 2, 3]" in proc.stderr
 
@@ -205,7 +198,7 @@ def test_preemption_signal_checkpoints_and_exits_for_requeue(synthetic_root, tmp
     out = tmp_path / "preempt"
     cmd = _command(1, "python", out, synthetic_root, ["train.max_steps=400", "train.save_every=1000",
                                                         "parallel.backend=none"])
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "metrics.jsonl").is_file() and len(losses(out)) >= 3):
         time.sleep(0.2)

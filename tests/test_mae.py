@@ -1,7 +1,6 @@
 """MAE pretraining: masking, the loss against a loop reference, learning, data, and the
 2-rank DeepSpeed run whose exported encoder initialises a pose model."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from vitpose_scale.config import load_config
 from vitpose_scale.models.mae import build_mae, patchify, unpatchify
+from launch_env import launcher_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -120,14 +120,6 @@ def test_person_crops_take_every_non_crowd_person_and_are_deterministic(coco_sam
     assert torch.equal(folder[2]["img"], folder[2]["img"])
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(ROOT / ".cache" / "torch_extensions"),
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("TRITON_INTERPRET", None)
-    return env
-
-
 @pytest.mark.distributed
 def test_deepspeed_two_ranks_resume_exactly_and_the_export_initialises_a_pose_model(tmp_path):
     from vitpose_scale.engine.distributed import DistInfo
@@ -146,7 +138,7 @@ def test_deepspeed_two_ranks_resume_exactly_and_the_export_initialises_a_pose_mo
         cmd += ["--set", s]
 
     def run():
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         return proc
 

@@ -5,28 +5,36 @@ import argparse
 import sys
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """--config, repeatable --set, and the --local_rank that the deepspeed launcher passes."""
     parser.add_argument("--config", required=True, help="YAML under configs/")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. --set model.depth=4 (repeatable)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def load_config_or_report(args: argparse.Namespace):
+    """The validated config, or None after printing the error (callers exit with 2)."""
+    from vitpose_scale.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.set)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
 
 
 def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_path: str) -> int:
     """Parse, set up the process group and run a Trainer class; exit codes 0 / 2 config / 3 diverged /
     143 preempted (checkpoint written: requeue to resume). Shared by every launcher."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    _config_args(parser)
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    from vitpose_scale.config import ConfigError, load_config
+    add_config_args(parser)
+    cfg = load_config_or_report(parser.parse_args(argv))
+    if cfg is None:
+        return 2
+    from vitpose_scale.config import ConfigError
     from vitpose_scale.engine.distributed import init_distributed, prepare_environment, shutdown
 
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
     prepare_environment()  # DS_ACCELERATOR=cpu etc. before deepspeed is imported
     info = init_distributed(cfg.parallel.backend == "deepspeed")
     import importlib

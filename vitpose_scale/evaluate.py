@@ -16,25 +16,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from vitpose_scale.cli import add_config_args, load_config_or_report
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vitpose-scale eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
+    add_config_args(parser)
     parser.add_argument("--checkpoint", required=True, help="official-format .pth (best.pth, final.pth, convert output)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="folder for results.json, stats.json, predictions.png "
                                                   "(default: <train.output_dir>/eval)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    from vitpose_scale.config import ConfigError, load_config
+    cfg = load_config_or_report(args)
+    if cfg is None:
+        return 2
     from vitpose_scale.engine.distributed import init_distributed, shutdown
 
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
     info = init_distributed(use_deepspeed=False)
     from vitpose_scale.data.coco import build_datasets
     from vitpose_scale.eval.coco_eval import print_stats

@@ -110,7 +110,7 @@ class KeypointEvaluator:
         self.img_ids = img_list
         self._img_index = {v: i for i, v in enumerate(img_list)}
         self._cat_index = {v: i for i, v in enumerate(self.cat_ids)}
-        n_img, n_cat = len(img_list), len(self.cat_ids)
+        n_img = len(img_list)
         self._n_img = n_img
 
         # pycocotools evaluates the GT of listed images and categories only
