@@ -165,3 +165,38 @@ def test_no_weight_decay_reads_the_real_shape_of_partitioned_parameters():
     placeholder.ds_shape = torch.Size([96, 96])
     assert not no_weight_decay("backbone.blocks.0.attn.qkv.weight", placeholder)
     assert no_weight_decay("mask_token", torch.nn.Parameter(torch.zeros(1, 1, 96)))
+
+
+def test_saved_activation_meter_counts_activations_not_parameters():
+    from vitpose_scale.engine.metrics import SavedActivationMeter
+
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    with SavedActivationMeter(layer) as meter:
+        layer(x)
+    assert meter.bytes == x.numel() * 4  # the input; the weight is a model state
+    with SavedActivationMeter() as all_saved:
+        layer(x)
+    assert all_saved.bytes == (x.numel() + layer.weight.numel()) * 4
+
+    model = build_pose_model(_cfg("model.activation_checkpointing=false").model).train()
+    images = torch.randn(2, 3, 128, 96)
+    with SavedActivationMeter(model) as plain:
+        model(images)
+    model.backbone.activation_checkpointing = True
+    with SavedActivationMeter(model) as checkpointed:
+        model(images)
+    assert 0 < checkpointed.bytes < plain.bytes
+
+
+def test_plan_arithmetic_matches_the_reference_formula():
+    from vitpose_scale.plan import model_state_bytes_per_rank, plan
+
+    p = 1_000_000
+    assert model_state_bytes_per_rank(p, 3, 8, "bf16") == 16 * p / 8  # REFERENCE §6: 16 bytes/param / ranks
+    assert model_state_bytes_per_rank(p, 0, 8, "bf16") == 16 * p
+    assert model_state_bytes_per_rank(p, 1, 8, "bf16") == 4 * p + 12 * p / 8
+    g = load_config(ROOT / "configs" / "vitpose_g_576x432.yaml")
+    result = plan(g, world=8, samples_per_epoch=1000, peak_tflops=989.0, mfu=0.4)
+    assert 1.9 < result["model_states_gb_per_rank"] < 2.1  # "1 B params on 8 ranks: about 2 GB each"
+    assert result["tokens"] == 36 * 27

@@ -141,6 +141,7 @@ COMMANDS = {
     "coco-eval": ("evaluate a COCO keypoint results file (pycocotools-equal, faster)", "vitpose_scale.eval.coco_eval:main"),
     "convert": ("consolidate ZeRO/FSDP checkpoints; official <-> Hugging Face", "vitpose_scale.cli:convert_main"),
     "params": ("parameter count and FLOPs table of the presets", "vitpose_scale.cli:params_main"),
+    "plan": ("memory per rank, FLOPs and time of a config at a given number of GPUs", "vitpose_scale.plan:main"),
     "make-synthetic": ("generate the synthetic-people COCO data set", "vitpose_scale.data.synthetic:main"),
 }
 

@@ -47,20 +47,22 @@ class SavedActivationMeter:
 
     A `saved_tensors_hooks` pack hook sees every tensor saved outside checkpointed
     regions; inside them, non-reentrant checkpointing installs its own hooks and
-    keeps nothing, which is exactly the saving this measures. Storages are counted once.
+    keeps nothing, which is exactly the saving this measures. Storages are counted
+    once, and storages that are still the module's own parameters after the forward
+    are left out (they are model states). Weights that ZeRO-3 gathered and released
+    but autograd still holds for the backward do count: that memory is extra.
     """
 
-    def __init__(self):
+    def __init__(self, module: torch.nn.Module | None = None):
+        self.module = module
         self.bytes = 0
-        self._seen: set[int] = set()
+        self._saved: dict[int, int] = {}
 
     def _pack(self, tensor: torch.Tensor):
         if tensor.device.type != "meta":
             local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
             storage = local.untyped_storage()
-            if storage.data_ptr() not in self._seen:
-                self._seen.add(storage.data_ptr())
-                self.bytes += storage.nbytes()
+            self._saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     def __enter__(self):
@@ -69,7 +71,13 @@ class SavedActivationMeter:
         return self
 
     def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        result = self._ctx.__exit__(*exc)
+        if self.module is not None:
+            for p in self.module.parameters():
+                local = p.to_local() if hasattr(p, "to_local") else p
+                self._saved.pop(local.untyped_storage().data_ptr(), None)
+        self.bytes = sum(self._saved.values())
+        return result
 
 
 def held_tensor_bytes(*roots, max_depth: int = 6) -> int:

@@ -286,7 +286,7 @@ class Trainer:
                 step_loss = 0.0
                 for _micro in range(accum):
                     batch = next(batches)
-                    with SavedActivationMeter() as meter:
+                    with SavedActivationMeter(self.wrapper.module) as meter:
                         loss = self.forward_loss(batch)
                     self.activation_bytes = meter.bytes
                     step_loss += self._global_loss(loss) / accum
