@@ -33,9 +33,8 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
     if cfg is None:
         return 2
     from vitpose_scale.config import ConfigError
-    from vitpose_scale.engine.distributed import init_distributed, prepare_environment, shutdown
+    from vitpose_scale.engine.distributed import init_distributed, shutdown
 
-    prepare_environment()  # DS_ACCELERATOR=cpu etc. before deepspeed is imported
     info = init_distributed(cfg.parallel.backend == "deepspeed")
     import importlib
 

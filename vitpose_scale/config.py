@@ -208,14 +208,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         real = [a for a in args if a is not type(None)]
         if len(real) == 1:  # Optional[X]: X's own message is the clearest
             return _coerce(value, real[0], key)
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in real:
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from vitpose_scale.config import Config, load_config
-from vitpose_scale.data.transforms import (COCO_FLIP_PAIRS, box_to_center_scale, get_warp_matrix,
-                                           normalize_image, warp_image)
+from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, box_to_center_scale, crop_box, normalize_image
 from vitpose_scale.eval.decode import decode_heatmaps
 from vitpose_scale.eval.postprocess import predict_batch, rescore, to_coco_results
 from vitpose_scale.models.interop import load_official
@@ -88,7 +87,7 @@ def run_inference(model: torch.nn.Module, image_bgr: np.ndarray, boxes, cfg: Con
     centers, scales, crops = [], [], []
     for box in boxes:
         c, s = box_to_center_scale(box[:4], in_w / in_h, cfg.data.bbox_padding)
-        crops.append(normalize_image(warp_image(image_rgb, get_warp_matrix(0.0, c, (in_w, in_h), s), (in_w, in_h))))
+        crops.append(normalize_image(crop_box(image_rgb, c, s, (in_h, in_w))))
         centers.append(c)
         scales.append(s)
     param = next(model.parameters())
@@ -104,8 +103,8 @@ def run_inference(model: torch.nn.Module, image_bgr: np.ndarray, boxes, cfg: Con
     heatmaps = np.concatenate(heatmaps)
     coords, maxvals = decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales), None, image_size=(in_h, in_w),
                                       use_udp=cfg.eval.use_udp, dark=cfg.eval.dark)
-    # A keypoint must lie in the crop its heatmap covers (center +- scale/2 with UDP, no rotation).
-    # DARK's Newton step can jump far outside on flat heatmaps (untrained or occluded joints); clamp it back.
+    # A keypoint lies in the crop its heatmap covers (center +- scale/2 with UDP, no rotation); the bounded
+    # DARK step can still reach one heatmap pixel past the border.
     lo = np.stack(centers)[:, None, :] - 0.5 * np.stack(scales)[:, None, :]
     hi = np.stack(centers)[:, None, :] + 0.5 * np.stack(scales)[:, None, :]
     coords = np.clip(coords, lo, hi)

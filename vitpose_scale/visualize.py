@@ -5,7 +5,6 @@ module stays cheap and never needs a display.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -141,6 +140,12 @@ def save_predictions_figure(image_paths, results, coco_gt_images, out_png, max_i
         ax.imshow(cv2.cvtColor(drawn, cv2.COLOR_BGR2RGB))
         n = len(by_image[image_id])
         ax.set_title(f"{path.name}: {n} {'person' if n == 1 else 'people'}", fontsize=10)
+    return _save_figure(fig, out_png)
+
+
+def _save_figure(fig, out_png) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -149,29 +154,15 @@ def save_predictions_figure(image_paths, results, coco_gt_images, out_png, max_i
     return out_png
 
 
-def _read_jsonl(path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            # A run killed mid-write leaves a truncated last line: skip it rather than fail the plot.
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
-
-
 def plot_training_curves(metrics_jsonl_path, out_png) -> Path:
     """Loss vs step (left axis) and AP vs step (right axis) from a metrics JSONL file."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _read_jsonl(metrics_jsonl_path)
+    from vitpose_scale.engine.metrics import read_jsonl
+
+    rows = [r for r in read_jsonl(metrics_jsonl_path) if isinstance(r, dict) and "step" in r]
 
     def series(key):
         pts = sorted((float(r["step"]), float(r[key])) for r in rows
@@ -202,9 +193,4 @@ def plot_training_curves(metrics_jsonl_path, out_png) -> Path:
                      xytext=(0, 6), ha="center", fontsize=8, color="tab:red")
     ax.legend(handles=handles, loc="upper center", fontsize=8)
     ax.set_title(Path(metrics_jsonl_path).name)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return _save_figure(fig, out_png)

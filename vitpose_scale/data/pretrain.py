@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .transforms import box_to_center_scale, get_warp_matrix, normalize_image, sample_rng, warp_image
+from .transforms import box_to_center_scale, crop_box, normalize_image, sample_rng
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -38,8 +38,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def _crop(img: np.ndarray, center, size_wh, image_size_hw, flip: bool) -> torch.Tensor:
     """Warp the box (centre, size in pixels) onto the network input and normalise."""
-    out_wh = (image_size_hw[1], image_size_hw[0])
-    crop = warp_image(img, get_warp_matrix(0.0, center, out_wh, size_wh), out_wh)
+    crop = crop_box(img, center, size_wh, image_size_hw)
     if flip:  # UDP: mirroring the crop equals mirroring the box about its centre
         crop = crop[:, ::-1]
     return torch.from_numpy(normalize_image(crop))

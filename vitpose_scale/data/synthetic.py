@@ -279,7 +279,7 @@ def render_image(rng: np.random.Generator, size_range=(256, 320)):
         owner[full] = i
         people.append(dict(kp=to_img(person["kp"]), full=full, front=person["front"]))
     # Occluders over some people (their joints underneath become v = 1).
-    for i, p in enumerate(people):
+    for p in people:
         if rng.random() < 0.3 and p["full"].any():
             ys, xs = np.nonzero(p["full"])
             x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()

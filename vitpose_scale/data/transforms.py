@@ -94,6 +94,12 @@ def warp_image(img: np.ndarray, matrix: np.ndarray, output_size_wh) -> np.ndarra
                           flags=cv2.INTER_LINEAR)
 
 
+def crop_box(img: np.ndarray, center, size_wh, image_size_hw) -> np.ndarray:
+    """The box (centre, size in pixels) warped onto the network input with the UDP affine, no rotation."""
+    out_wh = (image_size_hw[1], image_size_hw[0])
+    return warp_image(img, get_warp_matrix(0.0, center, out_wh, size_wh), out_wh)
+
+
 def box_to_center_scale(box_xywh, aspect_ratio: float, padding: float = 1.25):
     """(x, y, w, h) -> centre and padded size (pixels) with width/height = aspect_ratio."""
     x, y, w, h = (float(v) for v in box_xywh[:4])

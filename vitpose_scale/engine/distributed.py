@@ -89,7 +89,7 @@ def average_buffers(module: torch.nn.Module) -> None:
     """Average BatchNorm running statistics over ranks, so every rank evaluates and saves the same model."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    for name, buf in module.named_buffers():
+    for buf in module.buffers():
         if buf.is_floating_point():
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             buf.div_(dist.get_world_size())

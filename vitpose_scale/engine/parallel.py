@@ -9,7 +9,6 @@ import contextlib
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from vitpose_scale.config import Config, ConfigError
@@ -287,7 +286,3 @@ def wrap(model: nn.Module, cfg: Config, info: DistInfo, load_universal: bool = F
     if cfg.parallel.backend == "deepspeed":
         return DeepSpeedWrapper(model, cfg, info, load_universal=load_universal)
     return TorchWrapper(model, cfg, info)
-
-
-def is_distributed() -> bool:
-    return dist.is_initialized() and dist.get_world_size() > 1

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -284,11 +283,16 @@ class Trainer:
                 set_lr(self.wrapper.optimizer, cfg.optim.lr,
                        lr_factor(self.step, cfg, self.steps_per_epoch, self.total_steps), self.lr_scales)
                 step_loss = 0.0
-                for _micro in range(accum):
+                # The saved-activation hook costs a Python call per saved tensor: only on logged steps.
+                logged = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == self.total_steps
+                for micro in range(accum):
                     batch = next(batches)
-                    with SavedActivationMeter(self.wrapper.module) as meter:
+                    if logged and micro == 0:
+                        with SavedActivationMeter(self.wrapper.module) as meter:
+                            loss = self.forward_loss(batch)
+                        self.activation_bytes = meter.bytes
+                    else:
                         loss = self.forward_loss(batch)
-                    self.activation_bytes = meter.bytes
                     step_loss += self._global_loss(loss) / accum
                     self.wrapper.backward(loss)
                     grad_norm = self.wrapper.step()
@@ -351,4 +355,4 @@ class Trainer:
                        activation_mb_per_rank=[m["activations"] for m in mems])
 
 
-__all__ = ["Trainer", "heatmap_loss", "TrainingDiverged", "PREEMPTED_EXIT_CODE", "np"]
+__all__ = ["Trainer", "heatmap_loss", "TrainingDiverged", "PREEMPTED_EXIT_CODE"]
