@@ -127,6 +127,11 @@ class ParallelConfig:
     zero3_persistence_threshold: int = 100000
     zero_init: bool = False  # build under deepspeed.zero.Init (never materialise the full model per rank)
     bucket_size: int = 50_000_000  # elements per ZeRO reduce/all-gather/prefetch bucket (capped at the model size)
+    # ZeRO-Offload / ZeRO-Infinity (DeepSpeed only): where optimizer states and (ZeRO-3) parameters live.
+    offload_optimizer: str = "none"  # none | cpu | nvme
+    offload_params: str = "none"  # none | cpu | nvme (ZeRO-3 only)
+    nvme_path: str | None = None  # a fast local disk for the nvme targets
+    deepspeed_config: str | None = None  # a user's DeepSpeed JSON merged over the generated one
 
 
 @dataclass
@@ -293,6 +298,8 @@ def validate(cfg: Config) -> Config:
     _choice("parallel.backend", p.backend, ("deepspeed", "fsdp", "none"))
     _choice("parallel.zero_stage", p.zero_stage, (0, 1, 2, 3))
     _choice("parallel.precision", p.precision, ("fp32", "bf16", "fp16"))
+    _choice("parallel.offload_optimizer", p.offload_optimizer, ("none", "cpu", "nvme"))
+    _choice("parallel.offload_params", p.offload_params, ("none", "cpu", "nvme"))
     if p.grad_accum < 1:
         raise ConfigError(f"parallel.grad_accum: got {p.grad_accum}, expected >= 1")
     if p.backend == "fsdp" and p.precision == "fp16":
