@@ -15,6 +15,7 @@ from vitpose_scale.config import Config, ConfigError
 from vitpose_scale.engine.distributed import DistInfo
 from vitpose_scale.engine.optim import build_optimizer
 
+BUCKET_ALIGNMENT = 64
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -47,6 +48,9 @@ def deepspeed_config(cfg: Config, world_size: int, num_params: int | None = None
     # Communication buckets: DeepSpeed's default (5e8 elements, 2 GB in fp32 per rank)
     # is larger than most models here; never allocate more than the model itself.
     bucket = min(p.bucket_size, num_params) if num_params else p.bucket_size
+    # ZeRO asserts the all-gather bucket is a multiple of its NCCL alignment (2 elements in
+    # 16-bit, 4 in fp32); a cap at an odd parameter count would trip it: round up to 64.
+    bucket = -(-bucket // BUCKET_ALIGNMENT) * BUCKET_ALIGNMENT
     zero = {"stage": p.zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     if p.zero_stage == 3:
         zero.update(stage3_param_persistence_threshold=p.zero3_persistence_threshold,

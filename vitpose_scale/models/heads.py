@@ -4,7 +4,35 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class Fp32BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that normalises and keeps its running statistics in fp32 whatever the input dtype.
+
+    Under bf16/fp16 training the wrappers cast parameters to 16 bit but keep buffers in fp32
+    (DeepSpeed) or cast activations only (FSDP2, autocast), and batch statistics summed in
+    16 bit lose most of their digits; computing in fp32 is both well-typed and sound.
+    The state-dict keys are those of nn.BatchNorm2d (official checkpoints load unchanged).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in ("running_mean", "running_var"):
+            buf = getattr(self, name)
+            if buf is not None and buf.dtype != torch.float32:  # a wrapper cast the whole module
+                setattr(self, name, buf.float())
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or self.running_mean is None
+        out = F.batch_norm(x.float(), self.running_mean, self.running_var,
+                           None if self.weight is None else self.weight.float(),
+                           None if self.bias is None else self.bias.float(),
+                           use_batch_stats, momentum, self.eps)
+        return out.to(x.dtype)
 
 
 class ClassicHead(nn.Module):
@@ -21,7 +49,7 @@ class ClassicHead(nn.Module):
         layers: list[nn.Module] = []
         for i in range(num_deconv):
             layers += [nn.ConvTranspose2d(in_channels if i == 0 else channels, channels, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+                       Fp32BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(channels, num_keypoints, kernel_size=1)
         self.init_weights()
