@@ -2,6 +2,7 @@
 import contextlib
 import io
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,8 @@ from vitpose_scale.config import DataConfig, EvalConfig
 from vitpose_scale.data.coco import TopDownCocoDataset
 from vitpose_scale.data.loader import build_eval_loader
 from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, get_warp_matrix, transform_points
-from vitpose_scale.eval.decode import (average_flip, decode_heatmaps, dark_refine, flip_heatmaps, get_max_preds)
+from vitpose_scale.eval.decode import (average_flip, dark_refine, decode_heatmaps, flip_heatmaps, get_max_preds,
+                                       heatmap_to_image)
 from vitpose_scale.eval.postprocess import postprocess_people, predict_dataset, rescore, to_coco_results
 
 
@@ -138,3 +140,128 @@ def test_dark_never_moves_more_than_one_pixel_on_flat_or_saddle_maps():
     preds, _ = get_max_preds(heatmaps)
     refined = dark_refine(heatmaps, preds[..., :2] if preds.shape[-1] > 2 else preds)
     assert np.abs(refined - preds[..., :2]).max() <= 1.0 + 1e-6
+
+
+# ------------------------------------------------- the official UDP decode --
+def official_udp_decode(heatmaps, centers, scales_px, kernel=11):
+    """A line-by-line transcription of mmpose 0.x (as vendored by ViTPose) for the ViTPose test config:
+    ``keypoints_from_heatmaps(use_udp=True, target_type='GaussianHeatmap', post_process='default',
+    kernel=11)`` = ``_get_max_preds`` + ``post_dark_udp`` + ``transform_preds(use_udp=True)``
+    (mmpose/core/evaluation/top_down_eval.py, mmpose/core/post_processing/post_transforms.py).
+    ``scales_px`` is mmpose's ``scale * 200``. Kept deliberately in the reference's own form
+    (flat indices, in-place float32 arithmetic) so it is an independent check of ours."""
+    heatmaps = np.array(heatmaps, dtype=np.float32, copy=True)
+    N, K, H, W = heatmaps.shape
+    # _get_max_preds
+    flat = heatmaps.reshape((N, K, -1))
+    idx = np.argmax(flat, 2).reshape((N, K, 1))
+    maxvals = np.amax(flat, 2).reshape((N, K, 1))
+    preds = np.tile(idx, (1, 1, 2)).astype(np.float32)
+    preds[:, :, 0] = preds[:, :, 0] % W
+    preds[:, :, 1] = preds[:, :, 1] // W
+    preds = np.where(np.tile(maxvals, (1, 1, 2)) > 0.0, preds, -1)
+    # post_dark_udp(preds, heatmaps, kernel)
+    for maps in heatmaps:
+        for hm in maps:
+            cv2.GaussianBlur(hm, (kernel, kernel), 0, hm)
+    np.clip(heatmaps, 0.001, 50, heatmaps)
+    np.log(heatmaps, heatmaps)
+    pad = np.pad(heatmaps, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge").flatten()
+    index = preds[..., 0] + 1 + (preds[..., 1] + 1) * (W + 2)
+    index += (W + 2) * (H + 2) * np.arange(0, N * K).reshape(-1, K)
+    index = index.astype(int).reshape(-1, 1)
+    i_ = pad[index]
+    ix1 = pad[index + 1]
+    iy1 = pad[index + W + 2]
+    ix1y1 = pad[index + W + 3]
+    ix1_y1_ = pad[index - W - 3]
+    ix1_ = pad[index - 1]
+    iy1_ = pad[index - 2 - W]
+    dx = 0.5 * (ix1 - ix1_)
+    dy = 0.5 * (iy1 - iy1_)
+    derivative = np.concatenate([dx, dy], axis=1).reshape(N, K, 2, 1)
+    dxx = ix1 - 2 * i_ + ix1_
+    dyy = iy1 - 2 * i_ + iy1_
+    dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
+    hessian = np.concatenate([dxx, dxy, dxy, dyy], axis=1).reshape(N, K, 2, 2)
+    hessian = np.linalg.inv(hessian + np.finfo(np.float32).eps * np.eye(2))
+    preds -= np.einsum("ijmn,ijnk->ijmk", hessian, derivative).squeeze()
+    heatmap_xy = preds.copy()
+    # transform_preds(preds[i], center[i], scale[i], [W, H], use_udp=True)
+    out = np.empty_like(preds)
+    for i in range(N):
+        scale = np.asarray(scales_px[i], dtype=np.float32)
+        center = np.asarray(centers[i], dtype=np.float32)
+        scale_x = scale[0] / (W - 1.0)
+        scale_y = scale[1] / (H - 1.0)
+        out[i, :, 0] = preds[i, :, 0] * scale_x + center[0] - scale[0] * 0.5
+        out[i, :, 1] = preds[i, :, 1] * scale_y + center[1] - scale[1] * 0.5
+    return out, maxvals, heatmap_xy
+
+
+def _official_test_maps(rng, n, k, h, w, border: bool):
+    """Gaussian maps (sigma 2, the training target) plus noise; with ``border`` some peaks on the edge
+    rows/columns and some just outside the map."""
+    mus = np.stack([rng.uniform(-1.5, w + 0.5, (n, k)), rng.uniform(-1.5, h + 0.5, (n, k))], axis=-1) if border \
+        else np.stack([rng.uniform(2, w - 3, (n, k)), rng.uniform(2, h - 3, (n, k))], axis=-1)
+    if border:
+        mus[:, ::3, 0] = rng.choice([0.0, w - 1.0], size=mus[:, ::3, 0].shape)
+        mus[:, 1::4, 1] = rng.choice([0.0, h - 1.0], size=mus[:, 1::4, 1].shape)
+    maps = np.stack([np.stack([_gaussian(h, w, mus[i, j]) for j in range(k)]) for i in range(n)])
+    return (maps * rng.uniform(0.3, 1.0, (n, k, 1, 1)) + rng.normal(0, 0.02, maps.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", ["gaussian", "gaussian_border", "random"])
+def test_default_decode_equals_official_udp_dark(case):
+    rng = np.random.default_rng({"gaussian": 1, "gaussian_border": 2, "random": 3}[case])
+    n, k, h, w = 6, 17, 64, 48
+    if case == "random":
+        maps = rng.random((n, k, h, w)).astype(np.float32)
+    else:
+        maps = _official_test_maps(rng, n, k, h, w, border=case == "gaussian_border")
+    centers = rng.uniform(100, 540, (n, 2)).astype(np.float32)
+    scales = rng.uniform(40, 400, (n, 2)).astype(np.float32)
+    ref_xy, ref_vals, ref_hm = official_udp_decode(maps, centers, scales)
+    if case == "gaussian_border":  # the case is what it says: peaks on all four edges
+        arg, _ = get_max_preds(maps)
+        assert (arg[..., 0] == 0).any() and (arg[..., 0] == w - 1).any()
+        assert (arg[..., 1] == 0).any() and (arg[..., 1] == h - 1).any()
+    kp, vals = decode_heatmaps(maps, centers, scales, image_size=(256, 192))  # the default: udp_dark
+    assert np.array_equal(vals, ref_vals)
+    assert np.abs(kp - ref_xy).max() <= 1e-4, np.abs(kp - ref_xy).max()
+    from vitpose_scale.eval.decode import udp_dark_refine
+
+    arg, _ = get_max_preds(maps)
+    assert np.abs(udp_dark_refine(maps, arg) - ref_hm).max() <= 1e-5
+
+
+def test_decode_options_select_the_algorithm():
+    rng = np.random.default_rng(4)
+    maps = _official_test_maps(rng, 3, 17, 64, 48, border=True)
+    centers, scales = np.full((3, 2), 300, np.float32), np.full((3, 2), 200, np.float32)
+    ref, _, _ = official_udp_decode(maps, centers, scales)
+    official, _ = decode_heatmaps(maps, centers, scales, image_size=(256, 192), method="udp_dark")
+    bounded, _ = decode_heatmaps(maps, centers, scales, image_size=(256, 192), method="dark")
+    argmax, _ = decode_heatmaps(maps, centers, scales, image_size=(256, 192), method="argmax")
+    assert np.abs(official - ref).max() <= 1e-4
+    preds, _ = get_max_preds(maps)
+    px = 200 / np.array([47, 63])
+    assert np.allclose(argmax, preds * px + 300 - 100, atol=1e-3)
+    assert np.allclose(bounded, dark_refine(maps, preds) * px + 300 - 100, atol=1e-3)
+    assert np.abs(bounded - ref).max() > 0.1  # the options really differ
+    with pytest.raises(ValueError, match="udp_dark"):
+        decode_heatmaps(maps, centers, scales, image_size=(256, 192), method="dakr")
+
+
+def test_udp_inverse_transform_equals_official_transform_preds():
+    # Rotation 0 (the test path): our affine inverse and mmpose's transform_preds(use_udp=True) agree.
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        hm_hw = (int(rng.integers(16, 150)), int(rng.integers(12, 110)))
+        coords = rng.uniform(-2, max(hm_hw) + 2, (17, 2)).astype(np.float32)
+        center = rng.uniform(0, 640, 2).astype(np.float32)
+        scale = rng.uniform(10, 600, 2).astype(np.float32)
+        ours = heatmap_to_image(coords, center, scale, 0.0, (hm_hw[0] * 4, hm_hw[1] * 4), hm_hw)
+        s = scale.astype(np.float64)
+        ref = coords * (s / (np.array(hm_hw[::-1]) - 1.0)) + center - 0.5 * s
+        assert np.abs(ours - ref).max() < 1e-9

@@ -155,7 +155,11 @@ class EvalConfig:
     batch_size: int = 64  # per rank
     flip_test: bool = True
     use_udp: bool = True
-    dark: bool = True
+    # udp_dark: the official ViTPose decode (blur, log, unbounded Newton step); dark: our bounded
+    # DARK; argmax: no refinement (eval/decode.py). blur_kernel 11 <=> sigma 2, the target's sigma.
+    decode: str = "udp_dark"
+    blur_kernel: int = 11
+    dark: bool | None = None  # older configs: true -> decode "dark", false -> "argmax"
     oks_nms_thr: float = 0.9
     rescore_thr: float = 0.2
 
@@ -312,6 +316,11 @@ def validate(cfg: Config) -> Config:
     _choice("optim.schedule", cfg.optim.schedule, ("step", "cosine"))
     _choice("data.kind", cfg.data.kind, ("coco", "synthetic"))
     _choice("mae.source", cfg.mae.source, ("folder", "person_crops"))
+    if cfg.eval.dark is not None:
+        cfg.eval.decode = "dark" if cfg.eval.dark else "argmax"
+    _choice("eval.decode", cfg.eval.decode, ("udp_dark", "dark", "argmax"))
+    if cfg.eval.blur_kernel < 3 or cfg.eval.blur_kernel % 2 == 0:
+        raise ConfigError(f"eval.blur_kernel: got {cfg.eval.blur_kernel}, expected an odd size >= 3 (11 for sigma 2)")
     if not 0.0 < cfg.mae.mask_ratio < 1.0:
         raise ConfigError(f"mae.mask_ratio: got {cfg.mae.mask_ratio}, expected 0 < mask_ratio < 1")
     if cfg.mae.decoder_dim % cfg.mae.decoder_heads:

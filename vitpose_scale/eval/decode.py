@@ -1,15 +1,24 @@
-"""Heatmap decoding: argmax, DARK sub-pixel refinement, UDP inverse transform, flip test.
+"""Heatmap decoding: argmax, sub-pixel refinement, UDP inverse transform, flip test.
 
-DARK (Zhang et al., CVPR 2020, "Distribution-Aware Coordinate Representation"):
-smooth the heatmap with a Gaussian (kernel 11 <=> sigma 2 for OpenCV's
-automatic sigma), take the log so a Gaussian becomes a quadratic, and move the
-integer argmax by one Newton step ``-H^-1 g`` from central differences.
+Three methods (``eval.decode``):
 
-Note on the reference: mmpose's ViTPose test config (``use_udp=True``,
-``target_type='GaussianHeatmap'``, ``post_process='default'``) actually decodes
-with the plain integer argmax (its UDP branch skips the unbiased/DARK step and
-the quarter-pixel shift). ``dark=False`` reproduces that exactly; ``dark=True``
-(our default, as the project's recipe asks) adds the refinement.
+* ``udp_dark`` (default): the official ViTPose test path, mmpose 0.x
+  ``keypoints_from_heatmaps(use_udp=True, target_type='GaussianHeatmap',
+  post_process='default')`` -> ``post_dark_udp``: blur every map with
+  ``cv2.GaussianBlur`` (kernel 11 <=> sigma 2, reflected border), clip to
+  [0.001, 50], take the log, and move the integer argmax by one unbounded
+  Newton step ``-(H + eps I)^-1 g``, with one-pixel finite differences on the
+  edge-padded log map (so peaks on the border are refined too).
+* ``dark``: our earlier variant of DARK (Zhang et al., CVPR 2020): blur with
+  zero padding and restore the peak, two-pixel differences, refine only at
+  negative-definite maxima away from the border, step bounded to one pixel.
+* ``argmax``: the integer argmax, no refinement.
+
+``udp_dark`` equals the reference to float32 rounding except in two places
+where the reference reads the wrong memory: a map whose maximum is <= 0
+(the reference refines from the -1 placeholder with its neighbours' values;
+here it stays -1, score <= 0), and batches with more than 2^24 padded
+heatmap pixels (its float32 flat index rounds; here indices are integers).
 """
 from __future__ import annotations
 
@@ -47,8 +56,53 @@ def _gaussian_blur(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
     return out.reshape(n, k, h, w)
 
 
+DECODE_METHODS = ("udp_dark", "dark", "argmax")
+
+
+def udp_dark_refine(heatmaps: np.ndarray, preds: np.ndarray, kernel: int = 11) -> np.ndarray:
+    """The official ``post_dark_udp`` refinement of integer argmax positions ``preds`` (N, K, 2).
+
+    float32 throughout, with the reference's order of operations, so the result
+    matches it to the last bits; the 2x2 solve is in float64 as there.
+    """
+    maps = np.array(heatmaps, dtype=np.float32, copy=True)
+    n, k, h, w = maps.shape
+    for one in maps.reshape(n * k, h, w):
+        one[...] = cv2.GaussianBlur(one, (kernel, kernel), 0)
+    np.clip(maps, 0.001, 50.0, out=maps)
+    np.log(maps, out=maps)
+    logs = np.pad(maps, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    preds = np.asarray(preds, dtype=np.float32)
+    found = preds[..., 0] >= 0  # -1: the map's maximum was <= 0
+    x = np.where(found, preds[..., 0], 0).astype(np.int64) + 1  # in the padded map
+    y = np.where(found, preds[..., 1], 0).astype(np.int64) + 1
+    ni, ki = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
+
+    def at(dx, dy):
+        return logs[ni, ki, y + dy, x + dx]
+
+    centre, right, left, down, up = at(0, 0), at(1, 0), at(-1, 0), at(0, 1), at(0, -1)
+    gx = 0.5 * (right - left)
+    gy = 0.5 * (down - up)
+    hxx = right - 2 * centre + left
+    hyy = down - 2 * centre + up
+    hxy = 0.5 * (at(1, 1) - right - down + centre + centre - left - up + at(-1, -1))
+    # (H + eps I)^-1 g in closed form; eps (float32's) keeps a flat map's step at 0.
+    eps = float(np.finfo(np.float32).eps)
+    a, b, d = hxx.astype(np.float64) + eps, hxy.astype(np.float64), hyy.astype(np.float64) + eps
+    det = a * d - b * b
+    ok = found & (det != 0)  # det == 0: the reference's inverse fails; keep the argmax
+    safe = np.where(ok, det, 1.0)
+    step_x = np.where(ok, (d * gx - b * gy) / safe, 0.0)
+    step_y = np.where(ok, (a * gy - b * gx) / safe, 0.0)
+    out = preds.astype(np.float64)
+    out[..., 0] -= step_x
+    out[..., 1] -= step_y
+    return out.astype(np.float32)
+
+
 def dark_refine(heatmaps: np.ndarray, preds: np.ndarray, kernel: int = 11) -> np.ndarray:
-    """DARK Taylor refinement of integer argmax positions ``preds`` (N, K, 2)."""
+    """Our bounded DARK Taylor refinement of integer argmax positions ``preds`` (N, K, 2)."""
     n, k, h, w = heatmaps.shape
     logs = np.log(np.maximum(_gaussian_blur(heatmaps, kernel), 1e-10)).reshape(n * k, h, w)
     coords = preds.reshape(n * k, 2).astype(np.float64).copy()
@@ -102,16 +156,24 @@ def heatmap_to_image(coords: np.ndarray, center, scale, rotation, image_size_hw,
 
 
 def decode_heatmaps(heatmaps: np.ndarray, centers, scales, rotations=None, image_size=(256, 192),
-                    use_udp: bool = True, dark: bool = True, kernel: int = 11):
+                    use_udp: bool = True, method: str = "udp_dark", kernel: int = 11, dark: bool | None = None):
     """Heatmaps (N, K, h, w) -> keypoints (N, K, 2) in original-image pixels and maxvals (N, K, 1).
 
     ``centers``/``scales`` (N, 2) are the crop boxes in pixels (padded size),
-    ``rotations`` (N,) degrees (None: 0), ``image_size`` the network input (H, W).
+    ``rotations`` (N,) degrees (None: 0), ``image_size`` the network input (H, W),
+    ``method`` one of :data:`DECODE_METHODS`, ``kernel`` the blur size of the
+    refinements. ``dark`` (older callers) overrides ``method``: True -> "dark", False -> "argmax".
     """
+    if dark is not None:
+        method = "dark" if dark else "argmax"
+    if method not in DECODE_METHODS:
+        raise ValueError(f"decode method {method!r}: expected one of {list(DECODE_METHODS)}")
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     n, k, h, w = heatmaps.shape
     preds, maxvals = get_max_preds(heatmaps)
-    if dark:
+    if method == "udp_dark":
+        preds = udp_dark_refine(heatmaps, preds, kernel)
+    elif method == "dark":
         preds = dark_refine(heatmaps, preds, kernel)
     centers = np.asarray(centers, dtype=np.float64).reshape(n, 2)
     scales = np.asarray(scales, dtype=np.float64).reshape(n, 2)

@@ -78,7 +78,7 @@ def predict_dataset(model_forward, loader, eval_cfg, flip_pairs, progress: bool 
 
     ``imgs`` are handed over as the loader yields them (CPU); ``model_forward``
     moves them to its device and casts as it needs. ``eval_cfg`` is an
-    :class:`EvalConfig` (flip_test, use_udp, dark, rescore_thr, oks_nms_thr).
+    :class:`EvalConfig` (flip_test, use_udp, decode, blur_kernel, rescore_thr, oks_nms_thr).
     Returns COCO result dicts for this loader's shard (``postprocess=True``) or
     the raw per-box people (``postprocess=False``, for gathering across ranks).
     """
@@ -90,7 +90,7 @@ def predict_dataset(model_forward, loader, eval_cfg, flip_pairs, progress: bool 
         heatmaps = predict_batch(model_forward, imgs, eval_cfg.flip_test, flip_pairs)
         coords, maxvals = decode_heatmaps(heatmaps, batch["center"], batch["scale"], batch.get("rotation"),
                                           image_size=tuple(imgs.shape[-2:]), use_udp=eval_cfg.use_udp,
-                                          dark=eval_cfg.dark)
+                                          method=eval_cfg.decode, kernel=eval_cfg.blur_kernel)
         kps = np.concatenate([coords, maxvals], axis=2)
         scales = np.asarray(batch["scale"], dtype=np.float64)
         for n in range(len(kps)):
