@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitpose_scale.config import ModelConfig
 from vitpose_scale.models.pose import build_pose_model, count_parameters
+from vitpose_scale.models.vit import resize_pos_embed
 
 OFFICIAL_BACKBONE_PARAMS_M = {"S": 21.7, "B": 85.8, "L": 303.3, "H": 630.9}
 
@@ -41,10 +43,70 @@ def test_output_shapes(size, stride, expected_grid, head):
     assert big(torch.empty(2, 3, *size, device="meta")).shape == (2, 17, size[0] // 4, size[1] // 4)
 
 
-def test_pos_embed_interpolates_to_other_input_sizes():
-    model = build_pose_model(ModelConfig(preset="tiny", image_size=[256, 192])).eval()
+def _bicubic_reference(pos_embed: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """The official ViTPose resize written out (mmcv_custom/checkpoint.py, get_abs_pos): the extra token
+    kept as it is, the grid resampled by F.interpolate(bicubic, align_corners=False), no antialiasing."""
+    c = pos_embed.shape[-1]
+    grid = pos_embed[:, 1:].double().reshape(1, *old, c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
+    return torch.cat([pos_embed[:, :1].double(), grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], c)], dim=1)
+
+
+@pytest.mark.parametrize("old,new", [
+    ((16, 12), (24, 18)),  # 256x192 -> 384x288
+    ((36, 27), (16, 12)),  # down: no antialiasing, as the official code
+    ((14, 14), (16, 12)),  # MAE/ImageNet square grid -> person crops
+    ((12, 16), (16, 12)),  # landscape -> portrait: rows and columns not swapped
+])
+def test_pos_embed_resize_equals_the_official_bicubic_resize(old, new):
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + old[0] * old[1], 8)
+    out = resize_pos_embed(pos, old, new)
+    assert out.shape == (1, 1 + new[0] * new[1], 8)
+    assert torch.equal(out[:, :1], pos[:, :1])  # the extra (cls) token is not resampled
+    torch.testing.assert_close(out.double(), _bicubic_reference(pos, old, new), rtol=0, atol=1e-5)
+    assert torch.equal(resize_pos_embed(pos, old, old), pos)
+
+
+def test_pos_embed_resize_of_a_linear_ramp_matches_the_bicubic_closed_form():
+    """Analytic case. A ramp v(y, x) = 0.7 y - 0.3 x + 0.1 over source positions, sampled at source
+    coordinate s = (i + 0.5) * old / new - 0.5 (align_corners=False). Cubic convolution with Keys'
+    a = -0.75 (PyTorch's) reproduces a ramp up to e(f) = -(2a + 1) f (f - 1) (2f - 1) at the
+    fraction f of s: exact at whole and half positions, off by at most 0.048 in between. Points
+    whose 4 taps leave the grid (borders are clamped) are not checked."""
+    old, new = (8, 6), (13, 10)
+    rows = torch.arange(old[0], dtype=torch.float64)[:, None].expand(old)
+    cols = torch.arange(old[1], dtype=torch.float64)[None, :].expand(old)
+    ramp = (0.7 * rows - 0.3 * cols + 0.1).reshape(1, -1, 1).float()
+    pos = torch.cat([torch.full((1, 1, 1), 5.0), ramp], dim=1)
+    out = resize_pos_embed(pos, old, new)[0, 1:, 0].double().reshape(new)
+
+    def source(n_new: int, n_old: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = (torch.arange(n_new, dtype=torch.float64) + 0.5) * n_old / n_new - 0.5
+        f = s - s.floor()
+        inside = (s.floor() >= 1) & (s.floor() + 2 <= n_old - 1)
+        return s + 0.5 * f * (f - 1) * (2 * f - 1), inside  # a = -0.75: -(2a + 1) = 0.5
+
+    sy, in_y = source(new[0], old[0])
+    sx, in_x = source(new[1], old[1])
+    expected = 0.7 * sy[:, None] - 0.3 * sx[None, :] + 0.1
+    interior = in_y[:, None] & in_x[None, :]
+    assert interior.sum() >= 20
+    torch.testing.assert_close(out[interior], expected[interior], rtol=0, atol=1e-5)
+
+
+def test_forward_at_another_input_size_uses_the_resized_pos_embed():
+    """A 16x12-grid model fed 384x288 images equals a 24x18-grid model holding the resized table."""
+    torch.manual_seed(0)
+    small = build_pose_model(ModelConfig(preset="tiny", image_size=[256, 192])).eval()
+    large = build_pose_model(ModelConfig(preset="tiny", image_size=[384, 288])).eval()
+    state = small.state_dict()
+    state["backbone.pos_embed"] = _bicubic_reference(state["backbone.pos_embed"], (16, 12), (24, 18)).float()
+    large.load_state_dict(state)
+    x = torch.randn(1, 3, 384, 288)
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 384, 288))
+        out = small(x)
+        torch.testing.assert_close(out, large(x), rtol=0, atol=1e-6)
     assert out.shape == (1, 17, 96, 72)
 
 

@@ -68,9 +68,4 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-def attention_flops(batch: int, heads: int, tokens: int, head_dim: int) -> float:
-    """Forward FLOPs of q k^T and attn v (two matmuls, 2 FLOPs per MAC)."""
-    return 4.0 * batch * heads * tokens * tokens * head_dim
-
-
-__all__ = ["Attention", "attention", "plain_attention", "attention_flops", "IMPLEMENTATIONS"]
+__all__ = ["Attention", "attention", "plain_attention", "IMPLEMENTATIONS"]

@@ -1,6 +1,8 @@
 """ViTPose = ViT backbone + heatmap head, built from the config."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -43,28 +45,15 @@ def build_head(cfg: ModelConfig) -> nn.Module:
 
 def build_pose_model(cfg: ModelConfig, device: str | torch.device | None = None) -> PoseModel:
     """Build the model; `device="meta"` allocates nothing (count or shard a G model first)."""
-    with torch.device(device) if device is not None else _nullcontext():
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         return PoseModel(build_backbone(cfg), build_head(cfg))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def matmul_params(model: PoseModel) -> int:
-    """Parameters of the backbone's Linear layers, the ones multiplied per token."""
-    return sum(m.weight.numel() for m in model.backbone.modules() if isinstance(m, nn.Linear))
-
-
-def forward_flops_per_image(cfg: ModelConfig, model: PoseModel | None = None) -> float:
+def forward_flops_per_image(cfg: ModelConfig) -> float:
     """REFERENCE §6: 2 * matmul params * tokens + 4 * depth * tokens^2 * dim (+ patch embed conv).
 
     The head is small next to the backbone at every preset and is left out.

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -21,17 +20,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block (LayerNorm eps 1e-6)."""
 
@@ -41,7 +29,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, impl=attn_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, mlp_hidden)
+        self.mlp = Mlp(dim, mlp_hidden)  # fc1 -> GELU -> fc2: the official keys mlp.fc1/mlp.fc2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -49,15 +37,11 @@ class Block(nn.Module):
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of the grid part of a (1, 1 + H*W, C) pos_embed; the extra token is kept."""
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    extra, grid = pos_embed[:, :1], pos_embed[:, 1:]
-    c = grid.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], c).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
-    grid = grid.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], c)
-    return torch.cat([extra, grid], dim=1)
+    """Resample the grid part of a (1, 1 + H*W, C) pos_embed as the official ViTPose does
+    (mmcv_custom/checkpoint.py): the extra token kept, bicubic with align_corners=False and
+    no antialiasing (timm's default antialias=True would change downsampled tables)."""
+    return resample_abs_pos_embed(pos_embed, new_size=list(new_grid), old_size=list(old_grid), num_prefix_tokens=1,
+                                  interpolation="bicubic", antialias=False, align_corners=False)
 
 
 class ViT(nn.Module):
