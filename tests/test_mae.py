@@ -117,7 +117,9 @@ def test_person_crops_take_every_non_crowd_person_and_are_deterministic(coco_sam
     assert not torch.equal(a["img"], ds[1]["img"])
     folder = ImageFolderDataset(coco_sample, (64, 48))
     assert len(folder) == 4 and folder[0]["img"].shape == (3, 64, 48)
-    assert torch.equal(folder[2]["img"], folder[2]["img"])
+    # The crop depends on (seed, epoch, index) only: a fresh dataset (a resumed run) draws the same one.
+    assert torch.equal(folder[2]["img"], ImageFolderDataset(coco_sample, (64, 48))[2]["img"])
+    assert not torch.equal(folder[2]["img"], ImageFolderDataset(coco_sample, (64, 48), seed=1)[2]["img"])
 
 
 @pytest.mark.distributed
@@ -170,3 +172,48 @@ def test_deepspeed_two_ranks_resume_exactly_and_the_export_initialises_a_pose_mo
         assert torch.equal(own[key], state[key]), key
     assert torch.equal(pose.backbone.last_norm.weight, fresh_last_norm)  # MAE's final norm is not transferred
     assert np.isfinite(first[4])
+
+
+def test_a_landscape_mae_transfers_with_its_own_grid(tmp_path):
+    """A 6x8 (landscape) MAE has as many tokens as the 8x6 pose grid: the exported grid, not the count,
+    decides, so the table is resized (bicubic, official) rather than copied row-major into the wrong shape."""
+    import dataclasses
+
+    from vitpose_scale.models.interop import export_official
+    from vitpose_scale.models.mae_transfer import load_init_weights, load_pretrained_backbone
+    from vitpose_scale.models.pose import build_pose_model
+
+    cfg = _cfg("model.image_size=[96,128]")
+    torch.manual_seed(0)
+    mae = build_mae(cfg)
+    with torch.no_grad():
+        mae.backbone.pos_embed.normal_()  # not the sine-cosine table: any transposition shows
+    assert mae.grid == (6, 8)
+    export_official(mae, tmp_path / "final.pth", meta={"kind": "mae"})  # what the pretrainer writes
+    raw = torch.load(tmp_path / "final.pth", weights_only=True)
+    assert raw["meta"]["pos_embed_grid"] == [6, 8]
+
+    table = mae.backbone.pos_embed.detach()
+    grid = table[:, 1:].reshape(1, 6, 8, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(8, 6), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    expected = torch.cat([table[:, :1], grid.reshape(1, 48, -1)], dim=1)
+    pose_cfg = dataclasses.replace(cfg.model, image_size=[128, 96])
+    pose = build_pose_model(pose_cfg)
+    assert pose.backbone.grid == (8, 6)
+    load_pretrained_backbone(pose, tmp_path / "final.pth")
+    torch.testing.assert_close(pose.backbone.pos_embed.detach(), expected, rtol=0, atol=1e-6)
+    pose = build_pose_model(pose_cfg)
+    assert load_init_weights(pose, tmp_path / "final.pth").startswith("MAE checkpoint: backbone only")
+    torch.testing.assert_close(pose.backbone.pos_embed.detach(), expected, rtol=0, atol=1e-6)
+
+    # A file without the grid: model.pretrain_grid names it; the table is kept as it is and the
+    # forward pass resizes it to the 8x6 grid of the images, giving the same features.
+    del raw["meta"]["pos_embed_grid"]
+    torch.save(raw, tmp_path / "no_grid.pth")
+    kept = build_pose_model(dataclasses.replace(pose_cfg, pretrain_grid=[6, 8]))
+    load_pretrained_backbone(kept, tmp_path / "no_grid.pth")
+    assert torch.equal(kept.backbone.pos_embed, mae.backbone.pos_embed)
+    kept.backbone.last_norm.load_state_dict(pose.backbone.last_norm.state_dict())
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(kept.backbone(x), pose.backbone(x), rtol=0, atol=1e-5)

@@ -38,15 +38,34 @@ def safe_load(path: str | Path) -> dict:
 
 
 def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> dict[str, torch.Tensor]:
-    """The tensor dict of an mmcv file, one of ours, or a bare state_dict."""
+    """The tensor dict of an mmcv file, one of ours, or a bare state_dict; a DataParallel/DDP
+    `module.` prefix on every key is stripped (as the official loader does)."""
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
             if key in obj and isinstance(obj[key], dict):
-                return obj[key]
+                return strip_wrapper_prefix(obj[key])
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
+            return strip_wrapper_prefix(obj)
     raise CheckpointError(f"{path}: no state_dict found (expected an mmcv file {{'meta', 'state_dict'}} "
                           f"or a mapping of parameter names to tensors)")
+
+
+def strip_wrapper_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Keys saved from a DataParallel/DDP-wrapped model all start with `module.`: drop it."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def pos_embed_grid_from_meta(raw: Any, path: str = "<checkpoint>") -> tuple[int, int] | None:
+    """The [rows, cols] of the pos_embed grid that our exports store in meta, or None when absent."""
+    meta = raw.get("meta") if isinstance(raw, dict) else None
+    grid = meta.get("pos_embed_grid") if isinstance(meta, dict) else None
+    if grid is None:
+        return None
+    if not (isinstance(grid, (list, tuple)) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid)):
+        raise CheckpointError(f"{path}: meta.pos_embed_grid is {grid!r}, expected [rows, cols] of positive ints")
+    return int(grid[0]), int(grid[1])
 
 
 def _grid_of(num_tokens: int, hint: tuple[int, int] | None) -> tuple[int, int]:
@@ -64,13 +83,23 @@ def _grid_of(num_tokens: int, hint: tuple[int, int] | None) -> tuple[int, int]:
 
 def adapt_state_dict(state: dict[str, torch.Tensor], model: nn.Module,
                      source_grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-    """Resize what differs only by input size: pos_embed (bicubic) and the patch-embed kernel."""
+    """Resize what differs only by input size: pos_embed (bicubic) and the patch-embed kernel.
+
+    `source_grid` is the checkpoint's pos_embed grid (from its meta); without it the grid is
+    read from the token count, taking the model's own grid (model.pretrain_grid when set)
+    when the count fits it. The table is resized whenever the grids differ, also at equal
+    token counts (a 12x16 landscape table going into a 16x12 model).
+    """
     own = model.state_dict()
     state = dict(state)
     key = "backbone.pos_embed"
-    if key in state and key in own and state[key].shape != own[key].shape:
-        old = _grid_of(state[key].shape[1] - 1, source_grid)
-        new = _grid_of(own[key].shape[1] - 1, tuple(model.backbone.grid))
+    if key in state and key in own:
+        tokens = state[key].shape[1] - 1
+        if source_grid is not None and source_grid[0] * source_grid[1] != tokens:
+            raise CheckpointError(f"the checkpoint's pos_embed grid {list(source_grid)} does not match its "
+                                  f"{tokens} pos_embed tokens")
+        new = tuple(model.backbone.grid)
+        old = tuple(source_grid) if source_grid is not None else _grid_of(tokens, new)
         state[key] = resize_pos_embed(state[key], old, new)
     key = "backbone.patch_embed.proj.weight"
     if key in state and key in own and state[key].shape[-2:] != own[key].shape[-2:]:
@@ -79,6 +108,36 @@ def adapt_state_dict(state: dict[str, torch.Tensor], model: nn.Module,
         w = nn.functional.interpolate(w, size=own[key].shape[-2:], mode="bicubic", align_corners=False)
         state[key] = (w * (w.new_tensor(state[key].shape[-1] ** 2) / own[key].shape[-1] ** 2)).to(state[key].dtype)
     return state
+
+
+CHECKPOINT_FORMATS = ("official", "backbone", "mae", "hf")
+_HF_MARKERS = ("backbone.embeddings.", "backbone.encoder.layer.")
+_MAE_MARKERS = ("mask_token", "decoder_embed.", "decoder_blocks.", "decoder_pred.")
+
+
+def detect_checkpoint_format(state: dict[str, torch.Tensor], source: str = "<checkpoint>") -> str:
+    """Which layout a state_dict has, from its keys alone.
+
+    "hf": Hugging Face VitPose (backbone.embeddings.*, backbone.encoder.layer.*);
+    "mae": an MAE with its decoder (mask_token, decoder_*; ours or the official MAE's);
+    "official": a whole ViTPose (backbone.* and keypoint_head.*: the official mmcv layout, ours);
+    "backbone": a ViT encoder alone (pos_embed and blocks.*, bare or under backbone./encoder.: timm, MAE releases).
+    """
+    keys = list(state)
+    if any(k.startswith(_HF_MARKERS) for k in keys):
+        return "hf"
+    if any(k.startswith(_MAE_MARKERS) for k in keys):
+        return "mae"
+    if "backbone.pos_embed" in state and any(k.startswith("keypoint_head.") for k in keys):
+        return "official"
+    bare = {k.removeprefix("backbone.").removeprefix("encoder.") for k in keys}
+    if "pos_embed" in bare and any(k.startswith("blocks.") for k in bare):
+        return "backbone"
+    shown = ", ".join(sorted(keys)[:6]) + (" ..." if len(keys) > 6 else "")
+    raise CheckpointError(
+        f"{source}: unknown checkpoint layout (keys: {shown or 'none'}): expected a ViTPose model (backbone.*, "
+        f"keypoint_head.*), an MAE (mask_token, decoder_*), a ViT backbone (pos_embed, blocks.*) or a Hugging Face "
+        f"VitPose (backbone.embeddings.*)")
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "<checkpoint>",
@@ -108,10 +167,9 @@ def load_official(model: nn.Module, path: str | Path, source_grid: tuple[int, in
     """Load an official ViTPose checkpoint (or an export of ours) strictly."""
     raw = safe_load(path)
     state = extract_state_dict(raw, str(path))
-    if source_grid is None and isinstance(raw.get("meta"), dict) and raw["meta"].get("pos_embed_grid"):
-        source_grid = tuple(raw["meta"]["pos_embed_grid"])
-    state = adapt_state_dict(state, model, source_grid)
-    load_state_dict_strict(model, state, str(path))
+    if source_grid is None:
+        source_grid = pos_embed_grid_from_meta(raw, str(path))
+    load_state_dict_strict(model, adapt_state_dict(state, model, source_grid), str(path))
 
 
 def export_official(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:

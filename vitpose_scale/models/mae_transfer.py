@@ -1,17 +1,29 @@
-"""Initialise the ViTPose backbone from an MAE (or timm ViT) pretraining checkpoint (REFERENCE §4).
+"""Initialise a pose model from a checkpoint file, whatever its layout (REFERENCE §4).
 
-Kept: patch_embed, pos_embed (grid resized bicubically, e.g. 14x14 -> 16x12),
-blocks. Dropped: cls_token, mask_token, the whole decoder, and the encoder's
-final `norm` (it does not map onto `last_norm`, which keeps its fresh init).
+:func:`load_init_weights` reads the file once, tells its layout from the keys
+(``interop.detect_checkpoint_format``) and loads it:
+
+* a whole ViTPose (official mmcv file, ours) or a Hugging Face VitPose: every key, strictly;
+* a pretraining checkpoint (our MAE export, an official MAE with or without its decoder, a
+  timm ViT): the backbone only. Kept: patch_embed, pos_embed, blocks. Dropped: cls_token,
+  mask_token, the whole decoder, and the encoder's final ``norm`` (it does not map onto
+  ``last_norm``, which keeps its fresh init, as does the head).
+
+pos_embed is resized bicubically (the official resize) from the checkpoint's grid to the
+model's: the grid stored in the file's ``meta.pos_embed_grid`` (every export of ours, the
+MAE's included), else the model's own grid (``model.pretrain_grid`` when set) if the token
+count fits it, else a square or 4:3 grid read from the count.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from vitpose_scale.models.interop import (CheckpointError, adapt_state_dict, extract_state_dict,
-                                          load_state_dict_strict, safe_load)
+from vitpose_scale.models.interop import (CheckpointError, adapt_state_dict, detect_checkpoint_format,
+                                          extract_state_dict, from_hf_state_dict, load_state_dict_strict,
+                                          pos_embed_grid_from_meta, safe_load)
 
 _DROPPED_PREFIXES = ("cls_token", "mask_token", "decoder", "norm.", "fc_norm.", "head.")
 
@@ -19,21 +31,48 @@ _DROPPED_PREFIXES = ("cls_token", "mask_token", "decoder", "norm.", "fc_norm.", 
 def backbone_state_from_pretraining(state: dict) -> dict:
     out = {}
     for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("encoder.")
-        if key.startswith("backbone."):
-            key = key[len("backbone."):]
+        key = key.removeprefix("encoder.").removeprefix("backbone.")
         if key.startswith(_DROPPED_PREFIXES) or key.startswith("last_norm."):
             continue
         out["backbone." + key] = value
     return out
 
 
-def load_pretrained_backbone(model: nn.Module, path: str | Path) -> None:
+def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], grid: tuple[int, int] | None,
+                   source: str) -> None:
     """Strict on every backbone key except last_norm; the head keeps its initialisation."""
-    state = backbone_state_from_pretraining(extract_state_dict(safe_load(path), str(path)))
+    state = backbone_state_from_pretraining(state)
     if "backbone.pos_embed" not in state:
-        raise CheckpointError(f"{path}: no pos_embed; not a ViT/MAE checkpoint")
-    state = adapt_state_dict(state, model)
+        raise CheckpointError(f"{source}: no pos_embed; not a ViT/MAE checkpoint")
+    state = adapt_state_dict(state, model, grid)
     own = model.state_dict()
     state.update({k: v for k, v in own.items() if k.startswith("backbone.last_norm.")})
-    load_state_dict_strict(model, state, str(path), prefixes=("backbone.",))
+    load_state_dict_strict(model, state, source, prefixes=("backbone.",))
+
+
+def load_pretrained_backbone(model: nn.Module, path: str | Path) -> None:
+    """The backbone of a pretraining (MAE / ViT) checkpoint into `model`."""
+    raw = safe_load(path)
+    _load_backbone(model, extract_state_dict(raw, str(path)), pos_embed_grid_from_meta(raw, str(path)), str(path))
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> str:
+    """Load `path` into `model` by its detected layout; returns what was loaded, for the log.
+
+    Raises CheckpointError (one message naming the file) when the file is unreadable, of an
+    unknown layout, or does not fit the model; any other exception is a bug and propagates.
+    """
+    source = str(path)
+    raw = safe_load(path)
+    state = extract_state_dict(raw, source)
+    grid = pos_embed_grid_from_meta(raw, source)
+    kind = detect_checkpoint_format(state, source)
+    if kind in ("official", "hf"):
+        if kind == "hf":
+            state = from_hf_state_dict(state)
+        load_state_dict_strict(model, adapt_state_dict(state, model, grid), source)
+        return {"official": "ViTPose checkpoint, every key",
+                "hf": "Hugging Face VitPose checkpoint, every key"}[kind]
+    _load_backbone(model, state, grid, source)
+    what = "MAE checkpoint" if kind == "mae" else "ViT backbone checkpoint"
+    return f"{what}: backbone only (last_norm and the head keep their initialisation)"
