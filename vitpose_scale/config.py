@@ -148,6 +148,8 @@ class TrainConfig:
     init_from: str | None = None  # official ViTPose, MAE or our checkpoint to initialise from
     resume: str | None = "auto"  # auto | path | null
     peak_tflops: float = 989.0  # per device, for MFU (H100 SXM bf16 dense)
+    # metrics.jsonl is always written; tensorboard, wandb: engine/tracking.py (pip install -e .[track])
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
 
 @dataclass

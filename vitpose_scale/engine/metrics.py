@@ -24,18 +24,49 @@ def training_tflops(forward_flops_per_image: float, images_per_s: float) -> floa
 
 
 class MetricsLog:
-    """Appends one JSON object per line; only rank 0 writes."""
+    """Appends one JSON object per line and hands each record to the trackers (TensorBoard,
+    W&B: `engine.tracking`); only rank 0 writes."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, loggers: list | tuple = ()):
         self.path, self.enabled = Path(path), enabled
+        self.loggers = list(loggers) if enabled else []
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.loggers:
+            import atexit
+
+            atexit.register(self.close)
 
     def write(self, **record) -> None:
         if self.enabled:
             record.setdefault("time", time.time())
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            for logger in self.loggers:
+                logger.log(record)
+
+    def image(self, tag: str, rgb, step: int) -> None:
+        """An (H, W, 3) uint8 RGB image for the trackers."""
+        for logger in self.loggers:
+            logger.image(tag, rgb, step)
+
+    def predictions_figure(self, results: list, image_dir, ann_file, step: int, png: Path) -> None:
+        """An evaluation's skeleton figure (written to `png`) as the trackers' eval/predictions image;
+        nothing without trackers or results."""
+        if not (self.loggers and results):
+            return
+        import cv2
+
+        from vitpose_scale.visualize import save_predictions_figure
+
+        images = json.loads(Path(ann_file).read_text())["images"]
+        save_predictions_figure(image_dir, results, images, png, max_images=4)
+        self.image("eval/predictions", cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB), step)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -54,13 +54,12 @@ class _Preemption:
 
 
 def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
-    from vitpose_scale.models.interop import load_official
+    from vitpose_scale.export import load_weights
     from vitpose_scale.models.mae_transfer import load_pretrained_backbone
 
     path = cfg.train.init_from
-    try:
-        load_official(model, path)
-        source = "official/ViTPose checkpoint"
+    try:  # official .pth, Hugging Face directory or file, safetensors, training checkpoint directory
+        source = f"{load_weights(model, path)} checkpoint"
     except Exception as full_error:  # not a full pose model: try a backbone-only (MAE) file
         try:
             load_pretrained_backbone(model, path)
@@ -111,7 +110,9 @@ class Trainer:
         self.wrapper = wrap(model, self.optim_config(), info, load_universal=load_universal)
         self.lr_scales = [g.get("lr_scale", 1.0) for g in self.wrapper.param_groups]
         self.flops_per_image = self.forward_flops()
-        self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main)
+        from vitpose_scale.engine.tracking import build_loggers
+
+        self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main, build_loggers(cfg, self.out, info.is_main))
         self.step, self.best_ap, self.activation_bytes = 0, -1.0, 0
         self.history: list[dict] = []
         if resume_dir is not None:
@@ -227,6 +228,8 @@ class Trainer:
         if self.info.is_main:
             (self.out / "eval").mkdir(parents=True, exist_ok=True)
             (self.out / "eval" / f"results_step{self.step:08d}.json").write_text(json.dumps(results))
+            self.log.predictions_figure(results, self.val_set.img_dir, self.val_ann, self.step,
+                                        self.out / "eval" / f"predictions_step{self.step:08d}.png")
         return broadcast_object(stats)
 
     def _maybe_eval(self, force: bool = False) -> None:
@@ -348,6 +351,7 @@ class Trainer:
             dist.all_gather_object(mems, mem)
         lr = self.wrapper.optimizer.param_groups[-1]["lr"]
         self.log.write(step=self.step, kind="train", epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm,
+                       lr_group0=self.wrapper.optimizer.param_groups[0]["lr"],
                        images_per_s=ips, seconds_per_step=elapsed * self.cfg.train.batch_size / max(images, 1),
                        tflops=tflops, mfu=tflops / self.info.world_size / self.cfg.train.peak_tflops,
                        peak_mem_mb_per_rank=[m["peak"] for m in mems],

@@ -1,0 +1,229 @@
+"""`vitpose-scale export`: weights for other tools, and loading any of those formats back.
+
+Formats written (from an official .pth, one of our runs' best/final.pth, or a
+training checkpoint directory step_N):
+
+  hf           a directory `transformers.VitPoseForPoseEstimation.from_pretrained` loads:
+               config.json (shape, image size, keypoint names in id2label, skeleton in
+               `edges`) + model.safetensors
+  onnx         one .onnx file, input `images` (batch, 3, H, W) with a dynamic batch, output
+               `heatmaps` (batch, K, H/4, W/4); see ONNX_OPSET and ONNX_ATTENTION
+  safetensors  the official ViTPose key layout as a .safetensors file (no pickle)
+
+`load_weights` reads all of them (and official .pth files) into a model: used by
+`vitpose-scale infer` and by `train.init_from`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitpose_scale.config import Config, ModelConfig, from_dict, load_config
+from vitpose_scale.models import interop
+
+# Opset 18: every current runtime runs it (onnxruntime >= 1.14, TensorRT >= 8.6); the torch.export
+# route's native opset (20) only adds a fused Gelu op.
+ONNX_OPSET = 18
+# The official ViTPose math (q k^T softmax, then v) as explicit MatMul/Softmax nodes: no runtime
+# needs a fused attention op, and the Triton kernel cannot be traced.
+ONNX_ATTENTION = "plain"
+HF_WEIGHTS = "model.safetensors"
+
+
+# ------------------------------------------------------------------ loading --
+def is_hf_directory(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def _is_hf_layout(state: dict) -> bool:
+    return any(k.startswith(("backbone.encoder.", "backbone.embeddings.")) for k in state)
+
+
+def read_hf_directory(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a Hugging Face VitPose directory, renamed to our (official) layout."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if (path / HF_WEIGHTS).is_file():
+        state = load_file(str(path / HF_WEIGHTS))
+    elif index.is_file():  # sharded: the index maps every tensor to its shard
+        state = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(str(path / shard)))
+    elif (path / "pytorch_model.bin").is_file():
+        state = interop.extract_state_dict(interop.safe_load(path / "pytorch_model.bin"), str(path))
+    else:
+        raise interop.CheckpointError(f"{path}: a Hugging Face directory needs {HF_WEIGHTS}, "
+                                      f"model.safetensors.index.json or pytorch_model.bin next to config.json")
+    return interop.from_hf_state_dict(state)
+
+
+def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict in the official layout, meta) from any supported checkpoint:
+    a training checkpoint directory (step_N), a Hugging Face directory, an official .pth,
+    or a .safetensors file in either layout."""
+    path = Path(path)
+    if is_hf_directory(path):
+        return read_hf_directory(path), {"format": "hf"}
+    if path.is_dir():
+        if not (path / "meta.json").is_file():
+            raise interop.CheckpointError(f"{path}: a directory must be a training checkpoint (meta.json) or a "
+                                          f"Hugging Face directory (config.json)")
+        from vitpose_scale.engine.checkpoint import consolidate
+
+        return consolidate(path), {"format": "training checkpoint"}
+    raw = interop.safe_load(path)
+    state = interop.extract_state_dict(raw, str(path))
+    meta = dict(raw.get("meta") or {}) if isinstance(raw.get("meta"), dict) else {}
+    if _is_hf_layout(state):
+        return interop.from_hf_state_dict(state), {**meta, "format": "hf"}
+    return state, {**meta, "format": "safetensors" if path.suffix == ".safetensors" else "official"}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> str:
+    """Load any supported checkpoint into `model` strictly (pos_embed resized when the input size
+    differs); returns the format's name."""
+    state, meta = read_state(path)
+    grid = tuple(meta["pos_embed_grid"]) if meta.get("pos_embed_grid") else None
+    interop.load_state_dict_strict(model, interop.adapt_state_dict(state, model, grid), str(path))
+    return meta["format"]
+
+
+# ---------------------------------------------------------------- writing --
+def keypoint_names(num_keypoints: int) -> list[str]:
+    from vitpose_scale.data.transforms import COCO_KEYPOINT_NAMES
+
+    return list(COCO_KEYPOINT_NAMES) if num_keypoints == len(COCO_KEYPOINT_NAMES) else \
+        [f"keypoint_{i}" for i in range(num_keypoints)]
+
+
+def keypoint_edges(num_keypoints: int) -> list[list[int]]:
+    """0-based skeleton pairs (COCO's for 17 keypoints, none otherwise)."""
+    from vitpose_scale.visualize import COCO_SKELETON
+
+    return [list(e) for e in COCO_SKELETON] if num_keypoints == 17 else []
+
+
+def _fp32_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in model.state_dict().items()}
+
+
+def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path) -> Path:
+    """A directory that `VitPoseForPoseEstimation.from_pretrained` loads with every weight used."""
+    from safetensors.torch import save_file
+
+    m = cfg.resolved()
+    hidden = int(round(m.embed_dim * m.mlp_ratio))
+    # transformers' VitPose hard-codes these; a model outside them has no HF equivalent.
+    if hidden % m.embed_dim:
+        raise interop.CheckpointError(f"model MLP width {hidden} is not an integer multiple of embed_dim "
+                                      f"{m.embed_dim}: the Hugging Face VitPose config has only an integer mlp_ratio")
+    if m.head == "classic" and m.head_channels != 256:
+        raise interop.CheckpointError(f"model.head_channels: {m.head_channels}; the Hugging Face classic decoder "
+                                      f"has 256 channels: expected 256 (or model.head=simple)")
+    if m.patch_padding != 2:
+        raise interop.CheckpointError(f"model.patch_padding: {m.patch_padding}; the Hugging Face patch embedding "
+                                      f"pads by 2: expected 2")
+    hf = interop.hf_config(cfg)
+    hf.backbone_config.mlp_ratio = hidden // m.embed_dim
+    names = keypoint_names(m.num_keypoints)
+    hf.id2label = dict(enumerate(names))
+    hf.label2id = {n: i for i, n in enumerate(names)}
+    hf.edges = keypoint_edges(m.num_keypoints)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out))
+    save_file(interop.to_hf_state_dict(_fp32_state(model)), str(out / HF_WEIGHTS), metadata={"format": "pt"})
+    return out
+
+
+def export_safetensors(model: nn.Module, out_path: str | Path) -> Path:
+    """The official key layout in a .safetensors file (fp32)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt", "layout": "official ViTPose (mmcv) keys"}
+    if hasattr(model, "backbone"):
+        meta["pos_embed_grid"] = json.dumps(list(model.backbone.grid))
+    save_file(_fp32_state(model), str(out), metadata=meta)
+    return out
+
+
+def export_onnx(model: nn.Module, cfg: ModelConfig, out_path: str | Path) -> Path:
+    """ONNX through torch.export (torch.onnx's default route; the TorchScript route is deprecated),
+    opset ONNX_OPSET, attention ONNX_ATTENTION, dynamic batch."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    impls = [blk.attn.impl for blk in model.backbone.blocks]
+    model.backbone.set_attention(ONNX_ATTENTION)
+    example = torch.zeros(2, 3, *cfg.image_size)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET,
+                              input_names=["images"], output_names=["heatmaps"],
+                              dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, verbose=False)
+    finally:
+        for blk, impl in zip(model.backbone.blocks, impls):
+            blk.attn.impl = impl
+    return out
+
+
+# -------------------------------------------------------------------- CLI --
+def config_for_checkpoint(checkpoint: str | Path, config: str | None, overrides: list[str]) -> Config:
+    """--config, else the run's config: meta.json of a step_N directory, or config.yaml next to
+    the file (runs/X/best.pth) or two levels up (runs/X/checkpoints/step_N)."""
+    if config:
+        return load_config(config, overrides)
+    ckpt = Path(checkpoint)
+    meta = ckpt / "meta.json"
+    if meta.is_file() and isinstance(json.loads(meta.read_text()).get("config"), dict):
+        from vitpose_scale.config import apply_overrides
+
+        return from_dict(apply_overrides(json.loads(meta.read_text())["config"], overrides))
+    for candidate in (ckpt.parent / "config.yaml", ckpt.parent.parent / "config.yaml"):
+        if candidate.is_file():
+            return load_config(candidate, overrides)
+    raise FileNotFoundError(f"--checkpoint {ckpt}: no --config given and no config.yaml next to it or in its run "
+                            f"directory: pass --config with the model section the weights were trained with")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitpose-scale export", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True,
+                   help="official .pth, runs/X/best.pth, runs/X/checkpoints/step_N, a HF directory or .safetensors")
+    p.add_argument("--format", required=True, choices=["hf", "onnx", "safetensors"])
+    p.add_argument("--out", required=True, help="directory (hf) or file (onnx, safetensors)")
+    p.add_argument("--config", help="model config (default: the run's config.yaml next to the checkpoint)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vitpose_scale.models.pose import build_pose_model
+
+    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
+    model = build_pose_model(cfg.model).eval()
+    source = load_weights(model, args.checkpoint)
+    if args.format == "hf":
+        out = export_hf(model, cfg.model, args.out)
+    elif args.format == "onnx":
+        out = export_onnx(model, cfg.model, args.out)
+    else:
+        out = export_safetensors(model, args.out)
+    print(f"wrote {out} ({args.format}) from {args.checkpoint} ({source}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
