@@ -150,7 +150,7 @@ def official_udp_decode(heatmaps, centers, scales_px, kernel=11):
     (mmpose/core/evaluation/top_down_eval.py, mmpose/core/post_processing/post_transforms.py).
     ``scales_px`` is mmpose's ``scale * 200``. Kept deliberately in the reference's own form
     (flat indices, in-place float32 arithmetic) so it is an independent check of ours."""
-    heatmaps = np.array(heatmaps, dtype=np.float32, copy=True)
+    heatmaps = np.asarray(heatmaps, dtype=np.float32).copy()  # ndarray.copy(): C order
     N, K, H, W = heatmaps.shape
     # _get_max_preds
     flat = heatmaps.reshape((N, K, -1))
@@ -233,6 +233,10 @@ def test_default_decode_equals_official_udp_dark(case):
 
     arg, _ = get_max_preds(maps)
     assert np.abs(udp_dark_refine(maps, arg) - ref_hm).max() <= 1e-5
+    # Any memory layout (torch's flip test hands over strided arrays) decodes the same.
+    strided = np.ascontiguousarray(maps.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert not strided.flags["C_CONTIGUOUS"]
+    assert np.array_equal(decode_heatmaps(strided, centers, scales, image_size=(256, 192))[0], kp)
 
 
 def test_decode_options_select_the_algorithm():

@@ -1,75 +1,226 @@
-"""`vitpose-scale eval`: distributed COCO keypoint evaluation of a checkpoint.
+"""`vitpose-scale eval`: distributed COCO keypoint evaluation of a checkpoint or a heatmap ensemble.
 
     torchrun --nproc_per_node N launch/evaluate.py --config C --checkpoint W [--out DIR]
     python launch/evaluate.py --config C --checkpoint W          (one process)
+    python launch/evaluate.py --config C --checkpoint W1 --checkpoint W2 \\
+        --model-config C1 --model-config C2 [--weight 0.6 --weight 0.4]   (ensemble)
 
-Every rank holds the whole model (evaluation needs no sharding up to the G preset
-in bf16) and predicts 1/N of the boxes.
+Every rank holds the whole model(s) (evaluation needs no sharding up to the G preset
+in bf16) and predicts 1/N of the boxes. An ensemble averages the members' flip-tested
+heatmaps, brought to the --config model's heatmap size, before decoding. An
+annotation file without annotations (image_info_test-dev2017.json) has no ground
+truth: the results are written in the COCO server's format and not scored.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from vitpose_scale.cli import add_config_args, load_config_or_report
+from vitpose_scale.config import Config, ConfigError, ModelConfig
+
+DEFAULT_ALG_NAME = "vitposescale"
+
+
+@dataclass
+class EvalOutcome:
+    stats: dict | None  # by stat name; None without ground truth and on ranks > 0
+    results: list[dict]  # COCO keypoint results after rescoring and OKS-NMS (every rank)
+    dataset: object  # the evaluated boxes
+    ann_file: str  # the annotation (or image-info) file
+    has_ground_truth: bool
+
+
+# ------------------------------------------------------------------ data --
+def _resolve(root: str, path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    return (p if p.is_absolute() else Path(root) / p).resolve()
+
+
+def _eval_files(cfg: Config) -> tuple[Path, Path, str | None]:
+    """(annotation or image-info file, image folder, detection file) of the set to evaluate."""
+    from vitpose_scale.data.coco import SYNTHETIC_LAYOUT, ensure_synthetic
+
+    d = cfg.data
+    ann, images = d.val_ann, d.val_images
+    if d.kind == "synthetic":
+        ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val)
+        ann, images = SYNTHETIC_LAYOUT["val_ann"], SYNTHETIC_LAYOUT["val_images"]
+    ann_file = _resolve(d.root, ann)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"data.val_ann: {ann_file} does not exist; expected a COCO person-keypoint "
+                                f"json or an image-info json (test-dev) under data.root {d.root}")
+    det = d.det_file
+    if det is not None and not _resolve(d.root, det).is_file() and Path(det).is_file():
+        det = str(Path(det).resolve())  # relative to the working directory
+    return ann_file, _resolve(d.root, images), det
+
+
+def build_eval_set(cfg: Config, image_sizes: list[tuple[int, int]] | None = None):
+    """(dataset, annotation file, has ground truth) for cfg.data's validation/test-dev set.
+
+    The dataset crops at ``cfg.model.image_size``, plus every other size in
+    ``image_sizes`` (ensemble members) under :func:`~vitpose_scale.eval.ensemble.size_key`.
+    """
+    from vitpose_scale.data.coco import TopDownCocoDataset
+    from vitpose_scale.eval.ensemble import MultiSizeDataset
+    from vitpose_scale.eval.testdev import DetectionBoxes, has_ground_truth
+
+    ann_file, img_dir, det_file = _eval_files(cfg)
+    with_gt = has_ground_truth(ann_file)
+    k = cfg.model.num_keypoints
+
+    def at(size):
+        if with_gt:
+            return TopDownCocoDataset(cfg.data.root, ann_file, img_dir, cfg.data, size, k, train=False,
+                                      det_file=det_file, seed=cfg.train.seed)
+        return DetectionBoxes(ann_file, img_dir, _resolve(cfg.data.root, det_file) if det_file else None,
+                              cfg.data, size, k)
+
+    main_size = tuple(cfg.model.image_size)
+    main = at(main_size)
+    others = {tuple(s): at(tuple(s)) for s in dict.fromkeys(map(tuple, image_sizes or [])) if tuple(s) != main_size}
+    dataset = MultiSizeDataset(main, others) if others else main
+    return dataset, str(ann_file), with_gt
+
+
+# ---------------------------------------------------------------- models --
+def member_model_configs(cfg: Config, checkpoints: list[str], model_configs: list[str] | None) -> list[ModelConfig]:
+    """The model section for each checkpoint: its --model-config file's, or --config's."""
+    from vitpose_scale.config import load_config
+
+    if model_configs and len(model_configs) != len(checkpoints):
+        raise ConfigError(f"--model-config: given {len(model_configs)} times for {len(checkpoints)} checkpoints; "
+                          f"expected none (all use --config's model) or one per --checkpoint, in order")
+    return [load_config(c).model for c in model_configs] if model_configs else [cfg.model] * len(checkpoints)
+
+
+def load_member(model_cfg: ModelConfig, checkpoint: str, device: torch.device, precision: str):
+    """forward(images) -> fp32 heatmaps of an official-format checkpoint, in eval mode on ``device``."""
+    from vitpose_scale.engine.parallel import DTYPES
+    from vitpose_scale.models.interop import load_official
+    from vitpose_scale.models.pose import build_pose_model
+
+    model = build_pose_model(model_cfg)
+    load_official(model, checkpoint)
+    dtype = torch.float32 if device.type == "cpu" else DTYPES[precision]
+    model = model.to(device, dtype).eval()
+
+    @torch.no_grad()
+    def forward(images):
+        return model(images.to(device, dtype)).float()
+
+    return forward
+
+
+def build_ensemble(cfg: Config, checkpoints: list[str], model_configs: list[str] | None = None,
+                   weights: list[float] | None = None, device: torch.device | str = "cpu"):
+    """A :class:`~vitpose_scale.eval.ensemble.HeatmapEnsemble` of the checkpoints (one: the model itself)."""
+    from vitpose_scale.eval.ensemble import EnsembleMember, HeatmapEnsemble
+
+    if not checkpoints:
+        raise ConfigError("--checkpoint: none given; expected at least one official-format .pth")
+    if weights and len(weights) != len(checkpoints):
+        raise ConfigError(f"--weight: given {len(weights)} times for {len(checkpoints)} checkpoints; expected none "
+                          f"(equal weights) or one per --checkpoint, in order")
+    device = torch.device(device)
+    members = []
+    for i, (path, mcfg) in enumerate(zip(checkpoints, member_model_configs(cfg, checkpoints, model_configs))):
+        if mcfg.num_keypoints != cfg.model.num_keypoints:
+            raise ConfigError(f"checkpoint {path}: its model has {mcfg.num_keypoints} keypoints, --config's "
+                              f"{cfg.model.num_keypoints}; expected the same joints in every member")
+        members.append(EnsembleMember(load_member(mcfg, path, device, cfg.parallel.precision),
+                                      tuple(mcfg.image_size), weights[i] if weights else 1.0, str(path)))
+    return HeatmapEnsemble(members, cfg.model.heatmap_size, cfg.model.image_size)
+
+
+# ------------------------------------------------------------ python API --
+def evaluate_checkpoints(cfg: Config, checkpoints: list[str], model_configs: list[str] | None = None,
+                         weights: list[float] | None = None, rank: int = 0, world_size: int = 1,
+                         device: torch.device | str = "cpu", progress: bool = False) -> EvalOutcome:
+    """Evaluate one checkpoint or a weighted heatmap ensemble on cfg.data's validation (or test-dev) set.
+
+    With several processes (torch.distributed initialised) pass rank/world_size:
+    each predicts its shard, rank 0 scores. Rank 0 builds the datasets first (it
+    may generate the synthetic set), the others after a barrier.
+    """
+    from vitpose_scale.engine.distributed import main_rank_first
+    from vitpose_scale.eval.runner import evaluate_model
+
+    ensemble = build_ensemble(cfg, checkpoints, model_configs, weights, device)
+    dataset, ann_file, with_gt = main_rank_first(build_eval_set, cfg, ensemble.image_sizes)
+    stats, results = evaluate_model(ensemble, dataset, ann_file if with_gt else None, cfg, rank, world_size,
+                                    progress=progress)
+    return EvalOutcome(stats, results, dataset, ann_file, with_gt)
+
+
+# ------------------------------------------------------------------- CLI --
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitpose-scale eval", description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", action="append", required=True,
+                        help="official-format .pth (best.pth, final.pth, convert output); repeat for an ensemble")
+    parser.add_argument("--model-config", action="append", default=None,
+                        help="YAML whose model section fits the checkpoint of the same position (default: --config's "
+                             "model); repeat once per --checkpoint")
+    parser.add_argument("--weight", action="append", type=float, default=None,
+                        help="ensemble weight of the checkpoint of the same position (default: equal weights)")
+    parser.add_argument("--out", default=None, help="folder for results.json, stats.json, predictions.png "
+                                                  "(default: <train.output_dir>/eval)")
+    parser.add_argument("--alg-name", default=DEFAULT_ALG_NAME,
+                        help="test-dev only: the <alg> in person_keypoints_test-dev2017_<alg>_results.json")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vitpose-scale eval", description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    parser.add_argument("--checkpoint", required=True, help="official-format .pth (best.pth, final.pth, convert output)")
-    parser.add_argument("--out", default=None, help="folder for results.json, stats.json, predictions.png "
-                                                  "(default: <train.output_dir>/eval)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = load_config_or_report(args)
     if cfg is None:
         return 2
     from vitpose_scale.engine.distributed import init_distributed, shutdown
+    from vitpose_scale.eval.coco_eval import print_stats
 
     info = init_distributed(use_deepspeed=False)
-    from vitpose_scale.data.coco import build_datasets
-    from vitpose_scale.eval.coco_eval import print_stats
-    from vitpose_scale.eval.runner import evaluate_model
-    from vitpose_scale.models.interop import load_official
-    from vitpose_scale.models.pose import build_pose_model
-
-    if info.is_main:
-        _, val_set, val_ann = build_datasets(cfg)
-    if dist.is_initialized():
-        dist.barrier()
-    if not info.is_main:
-        _, val_set, val_ann = build_datasets(cfg)
-    model = build_pose_model(cfg.model)
-    load_official(model, args.checkpoint)
-    model = model.to(info.device).eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.parallel.precision, torch.float32)
-    if info.device.type == "cpu":
-        dtype = torch.float32
-    model = model.to(dtype)
-
-    @torch.no_grad()
-    def forward(images):
-        return model(images.to(info.device, dtype)).float()
-
-    stats, results = evaluate_model(forward, val_set, val_ann, cfg, info.rank, info.world_size,
-                                    progress=info.is_main)
+    try:
+        outcome = evaluate_checkpoints(cfg, args.checkpoint, args.model_config, args.weight, info.rank,
+                                       info.world_size, info.device, progress=info.is_main)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:  # data or checkpoint files (CheckpointError is a ValueError)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if info.is_main:
         out = Path(args.out or Path(cfg.train.output_dir) / "eval")
         out.mkdir(parents=True, exist_ok=True)
-        print(f"evaluated {len(val_set)} boxes on {info.world_size} rank(s): {len(results)} people after OKS-NMS")
-        print_stats([stats[k] for k in stats])
-        (out / "results.json").write_text(json.dumps(results))
-        (out / "stats.json").write_text(json.dumps(stats, indent=1))
+        models = f"{len(args.checkpoint)} models (heatmap ensemble)" if len(args.checkpoint) > 1 else "1 model"
+        print(f"evaluated {len(outcome.dataset)} boxes with {models} on {info.world_size} rank(s): "
+              f"{len(outcome.results)} people after OKS-NMS")
+        if outcome.has_ground_truth:
+            results_path = out / "results.json"
+            print_stats(list(outcome.stats.values()))
+            (out / "stats.json").write_text(json.dumps(outcome.stats, indent=1))
+        else:
+            from vitpose_scale.eval.testdev import check_results_format, results_file_name
+
+            check_results_format(outcome.results, cfg.model.num_keypoints)
+            results_path = out / results_file_name(outcome.ann_file, args.alg_name)
+            print(f"no ground truth to score: {outcome.ann_file} has images but no annotations (test-dev); "
+                  f"the results are for the COCO evaluation server (zip the file and upload it)")
+        results_path.write_text(json.dumps(outcome.results))
         from vitpose_scale.visualize import save_predictions_figure
 
-        gt = json.loads(Path(val_ann).read_text())
-        png = save_predictions_figure(val_set.img_dir, results, gt["images"], out / "predictions.png", max_images=4)
-        print(f"wrote {out / 'results.json'}, {out / 'stats.json'} and {png}")
+        png = save_predictions_figure(outcome.dataset.img_dir, outcome.results, list(outcome.dataset.images.values()),
+                                      out / "predictions.png", max_images=4)
+        written = f"{results_path}" + (f", {out / 'stats.json'}" if outcome.has_ground_truth else "")
+        print(f"wrote {written} and {png}")
     shutdown()
     return 0
 

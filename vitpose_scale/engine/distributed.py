@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,68 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+class PeerFailureWatch:
+    """Ends every rank promptly when one fails, instead of leaving the others in a collective.
+
+    The failing rank records its rank in the process group's key-value store and exits; a
+    thread on every other rank polls the store and exits the process when it sees the mark,
+    or when the store itself is gone (its host, rank 0 or the launcher, died). Only the first
+    failing rank prints its error. Stop the watch before the final barrier of a normal exit.
+    """
+
+    KEY = "vitpose_scale/failed_rank"
+    POLL_SECONDS = 0.5
+
+    def __init__(self, rank: int, exit_code: int = 1):
+        self.rank, self.exit_code = rank, exit_code
+        self.stopped = threading.Event()
+        self.store = None
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            self.store = dist.distributed_c10d._get_default_store()
+            threading.Thread(target=self._watch, name="peer-failure-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.POLL_SECONDS):
+            try:
+                failed = self.store.check([self.KEY]) and self.store.get(self.KEY).decode()
+            except Exception:  # the store's host is gone: a peer died without a word
+                failed = "unknown"
+            if self.stopped.is_set():
+                return
+            if failed and failed != str(self.rank):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(self.exit_code)
+
+    def claim_failure(self) -> bool:
+        """Mark this rank as failed; True if it is the first (the one that prints the error)."""
+        if self.store is None:
+            return True
+        try:
+            return self.store.compare_set(self.KEY, "", str(self.rank)).decode() == str(self.rank)
+        except Exception:
+            return True
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def main_rank_first(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on rank 0, a barrier, then on the other ranks; returns each rank's result.
+
+    For work that may write shared files the others then read (generating the
+    synthetic set, downloading): rank 0 does it once, the rest find it done.
+    """
+    is_main = not dist.is_initialized() or dist.get_rank() == 0
+    if is_main:
+        result = fn(*args, **kwargs)
+    if dist.is_initialized():
+        dist.barrier()
+    if not is_main:
+        result = fn(*args, **kwargs)
+    return result
 
 
 def all_reduce_max(value: float, device: torch.device) -> float:

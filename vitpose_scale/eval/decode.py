@@ -65,7 +65,7 @@ def udp_dark_refine(heatmaps: np.ndarray, preds: np.ndarray, kernel: int = 11) -
     float32 throughout, with the reference's order of operations, so the result
     matches it to the last bits; the 2x2 solve is in float64 as there.
     """
-    maps = np.array(heatmaps, dtype=np.float32, copy=True)
+    maps = np.array(heatmaps, dtype=np.float32, order="C", copy=True)  # C order: the reshape below is a view
     n, k, h, w = maps.shape
     for one in maps.reshape(n * k, h, w):
         one[...] = cv2.GaussianBlur(one, (kernel, kernel), 0)

@@ -77,17 +77,23 @@ def predict_dataset(model_forward, loader, eval_cfg, flip_pairs, progress: bool 
     """Run ``model_forward(imgs) -> heatmaps`` over ``loader`` and build results.
 
     ``imgs`` are handed over as the loader yields them (CPU); ``model_forward``
-    moves them to its device and casts as it needs. ``eval_cfg`` is an
+    moves them to its device and casts as it needs. ``model_forward`` may also be
+    a :class:`~vitpose_scale.eval.ensemble.HeatmapEnsemble` (its averaged heatmaps are decoded). ``eval_cfg`` is an
     :class:`EvalConfig` (flip_test, use_udp, decode, blur_kernel, rescore_thr, oks_nms_thr).
     Returns COCO result dicts for this loader's shard (``postprocess=True``) or
     the raw per-box people (``postprocess=False``, for gathering across ranks).
     """
     from tqdm import tqdm
 
+    from .ensemble import HeatmapEnsemble
+
     people = []
     for batch in tqdm(loader, desc="predict", disable=not progress, dynamic_ncols=True):
         imgs = batch["img"]
-        heatmaps = predict_batch(model_forward, imgs, eval_cfg.flip_test, flip_pairs)
+        if isinstance(model_forward, HeatmapEnsemble):
+            heatmaps = model_forward.predict(batch, eval_cfg.flip_test, flip_pairs)
+        else:
+            heatmaps = predict_batch(model_forward, imgs, eval_cfg.flip_test, flip_pairs)
         coords, maxvals = decode_heatmaps(heatmaps, batch["center"], batch["scale"], batch.get("rotation"),
                                           image_size=tuple(imgs.shape[-2:]), use_udp=eval_cfg.use_udp,
                                           method=eval_cfg.decode, kernel=eval_cfg.blur_kernel)

@@ -1,5 +1,6 @@
-"""Distributed evaluation of a model: each rank predicts its shard, people are gathered,
-OKS-NMS and rescoring run on the whole set, rank 0 scores with the pycocotools-equal evaluator."""
+"""Distributed evaluation of a model or ensemble: each rank predicts its shard, people are gathered,
+OKS-NMS and rescoring run on the whole set, rank 0 scores with the pycocotools-equal evaluator
+(or, without ground truth, e.g. COCO test-dev, only returns the results)."""
 from __future__ import annotations
 
 import math
@@ -10,33 +11,53 @@ import torch
 from vitpose_scale.config import Config
 
 
-def evaluate_model(forward, val_set, val_ann: str, cfg: Config, rank: int, world_size: int,
-                   progress: bool = True) -> tuple[dict | None, list[dict]]:
-    """`forward(images) -> heatmaps`. Returns (stats by name on rank 0 else None, COCO results)."""
+def predict_people(forward, val_set, cfg: Config, rank: int, world_size: int,
+                   progress: bool = True) -> list[dict]:
+    """Every rank's raw people (before OKS-NMS), gathered on every rank in dataset order.
+
+    ``forward(images) -> heatmaps``, or a :class:`~vitpose_scale.eval.ensemble.HeatmapEnsemble`
+    (members are whole models on every rank: no collectives in their forwards).
+    """
     from vitpose_scale.data.loader import build_eval_loader
     from vitpose_scale.data.transforms import COCO_FLIP_PAIRS
-    from vitpose_scale.eval.coco_eval import STAT_NAMES, KeypointEvaluator, gather_results
-    from vitpose_scale.eval.postprocess import postprocess_people, predict_dataset
+    from vitpose_scale.eval.coco_eval import gather_results
+    from vitpose_scale.eval.ensemble import HeatmapEnsemble
+    from vitpose_scale.eval.postprocess import predict_dataset
 
     loader = build_eval_loader(val_set, cfg.eval.batch_size, rank, world_size, cfg.data.num_workers)
-    calls = [0]
+    if isinstance(forward, HeatmapEnsemble):
+        people = predict_dataset(forward, loader, cfg.eval, COCO_FLIP_PAIRS, progress=progress, postprocess=False)
+    else:
+        calls = [0]
 
-    def counted(images):
-        calls[0] += 1
-        return forward(images)
+        def counted(images):
+            calls[0] += 1
+            return forward(images)
 
-    people = predict_dataset(counted, loader, cfg.eval, COCO_FLIP_PAIRS, progress=progress, postprocess=False)
-    # Sharded models (ZeRO-3, FSDP) make every forward a collective: ranks with a
-    # shorter shard run dummy forwards so all ranks make the same number of calls.
-    max_batches = math.ceil(math.ceil(len(val_set) / world_size) / cfg.eval.batch_size)
-    per_batch = 2 if cfg.eval.flip_test else 1
-    dummy = torch.zeros(1, 3, *cfg.model.image_size)
-    for _ in range(max_batches * per_batch - calls[0]):
-        forward(dummy)
+        people = predict_dataset(counted, loader, cfg.eval, COCO_FLIP_PAIRS, progress=progress, postprocess=False)
+        # Sharded models (ZeRO-3, FSDP) make every forward a collective: ranks with a
+        # shorter shard run dummy forwards so all ranks make the same number of calls.
+        max_batches = math.ceil(math.ceil(len(val_set) / world_size) / cfg.eval.batch_size)
+        per_batch = 2 if cfg.eval.flip_test else 1
+        dummy = torch.zeros(1, 3, *cfg.model.image_size)
+        for _ in range(max_batches * per_batch - calls[0]):
+            forward(dummy)
     # Dataset order, whatever the world size: OKS-NMS breaks score ties by position.
-    people = sorted(gather_results(people), key=lambda p: p["index"])
+    return sorted(gather_results(people), key=lambda p: p["index"])
+
+
+def evaluate_model(forward, val_set, val_ann: str | None, cfg: Config, rank: int, world_size: int,
+                   progress: bool = True) -> tuple[dict | None, list[dict]]:
+    """Returns (stats by name on rank 0, else None; COCO results after rescoring and OKS-NMS).
+
+    ``val_ann=None``: no ground truth to score against (test-dev); stats are None on every rank.
+    """
+    from vitpose_scale.eval.coco_eval import STAT_NAMES, KeypointEvaluator
+    from vitpose_scale.eval.postprocess import postprocess_people
+
+    people = predict_people(forward, val_set, cfg, rank, world_size, progress)
     results = postprocess_people(people, cfg.eval.rescore_thr, cfg.eval.oks_nms_thr)
-    if rank != 0:
+    if rank != 0 or val_ann is None:
         return None, results
     stats = KeypointEvaluator(val_ann).evaluate(results)
     return dict(zip(STAT_NAMES, (float(s) for s in np.asarray(stats)))), results
