@@ -32,11 +32,13 @@ def test_coco_sample_counts(coco_sample):
     dets = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
     val = _ds(coco_sample, train=False, det_file="test_coco_det_AP_H_56.json")
     assert len(val) == len(dets) == 118
-    cfg = DataConfig(det_score_thr=0.5)
-    val_thr = TopDownCocoDataset(coco_sample, "test_coco.json", ".", cfg, SIZE, train=False,
-                                 det_file="test_coco_det_AP_H_56.json")
-    assert len(val_thr) == sum(d["score"] > 0.5 for d in dets if d["category_id"] == 1)
-    assert 0 < len(val_thr) < 118
+    # The reference keeps score >= det_bbox_thr: a threshold equal to a detection's score keeps it.
+    scores = sorted(d["score"] for d in dets if d["category_id"] == 1)
+    thr = scores[len(scores) // 2]
+    val_thr = TopDownCocoDataset(coco_sample, "test_coco.json", ".", DataConfig(det_score_thr=thr), SIZE,
+                                 train=False, det_file="test_coco_det_AP_H_56.json")
+    assert len(val_thr) == sum(s >= thr for s in scores) == len(scores) - len(scores) // 2
+    assert any(r["bbox_score"] == thr for r in val_thr.records)
 
 
 def test_sample_layout(coco_sample):
@@ -93,12 +95,18 @@ def test_eval_sampler_covers_every_index_once(world):
 
 
 def test_train_sampler_shards_and_shuffles():
+    def reference(epoch):  # the documented order: one randperm from seed + epoch, tail dropped, strided
+        g = torch.Generator()
+        g.manual_seed(1 + epoch)
+        order = torch.randperm(10, generator=g).tolist()[:9]
+        return [order[r::3] for r in range(3)]
+
     shards = [list(TrainSampler(10, r, 3, seed=1, epoch=2)) for r in range(3)]
     assert all(len(s) == 3 for s in shards)  # 10 // 3, tail dropped
-    flat = sum(shards, [])
-    assert len(set(flat)) == 9
-    assert list(TrainSampler(10, 0, 3, seed=1, epoch=3)) != shards[0] or \
-        list(TrainSampler(10, 1, 3, seed=1, epoch=3)) != shards[1]
+    assert len(set(sum(shards, []))) == 9
+    assert shards == reference(2)
+    assert [list(TrainSampler(10, r, 3, seed=1, epoch=3)) for r in range(3)] == reference(3)
+    assert reference(3) != reference(2)  # a new epoch is a new order
 
 
 class _Toy(Dataset):
@@ -249,3 +257,110 @@ def test_build_datasets_synthetic(tmp_path):
     mtime = (tmp_path / "syn" / "annotations" / "person_keypoints_train.json").stat().st_mtime_ns
     build_datasets(cfg)  # already there: not regenerated
     assert (tmp_path / "syn" / "annotations" / "person_keypoints_train.json").stat().st_mtime_ns == mtime
+
+
+# ------------------------------------------------------------ hardening --
+def test_truncated_jpeg_is_refused(coco_sample, tmp_path):
+    from vitpose_scale.data.images import CorruptImageError
+
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    for img in data["images"]:
+        shutil.copy(coco_sample / img["file_name"], tmp_path)
+    ds = TopDownCocoDataset(tmp_path, "ann.json", ".", DataConfig(), SIZE, train=False)
+    first = ds.records[0]["file_name"]
+    ds[0]  # complete: decodes
+    whole = (tmp_path / first).read_bytes()
+    (tmp_path / first).write_bytes(whole[: len(whole) * 2 // 3])  # a copy cut short
+    with pytest.raises(CorruptImageError) as err:
+        ds[0]
+    msg = str(err.value)
+    assert first in msg and "ann.json" in msg and "truncated" in msg
+    # Padding after the end-of-image marker is fine (some writers add it).
+    (tmp_path / first).write_bytes(whole + b"\x00" * 16)
+    assert ds[0]["img"].shape == (3, 256, 192)
+
+
+def test_image_size_must_match_annotation(coco_sample, tmp_path):
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    data["images"][0]["width"] += 10
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    shutil.copy(coco_sample / data["images"][0]["file_name"], tmp_path)
+    ds = TopDownCocoDataset(tmp_path, "ann.json", ".", DataConfig(), SIZE, train=False)
+    index = next(i for i, r in enumerate(ds.records) if r["image_id"] == data["images"][0]["id"])
+    with pytest.raises(ValueError, match="annotation file says"):
+        ds[index]
+
+
+@pytest.mark.parametrize("missing", ["images", "annotations"])
+def test_annotation_file_without_images_or_annotations(coco_sample, tmp_path, missing):
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    del data[missing]
+    (tmp_path / "broken.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError) as err:
+        TopDownCocoDataset(tmp_path, "broken.json", ".", DataConfig(), SIZE)
+    assert "broken.json" in str(err.value) and f"'{missing}'" in str(err.value)
+
+
+def test_file_with_no_usable_person_fails_at_load(coco_sample, tmp_path):
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    for a in data["annotations"]:
+        a["keypoints"] = [0] * 51
+        a["num_keypoints"] = 0
+    (tmp_path / "empty.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError) as err:
+        TopDownCocoDataset(tmp_path, "empty.json", ".", DataConfig(), SIZE)
+    assert "empty.json" in str(err.value) and "no labelled joints 14" in str(err.value)
+
+
+def test_dropped_people_are_counted_and_reported(coco_sample, tmp_path, capsys):
+    from vitpose_scale.data.coco import DROP_REASONS
+
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    anns = [a for a in data["annotations"] if not a["iscrowd"] and a["num_keypoints"] > 0]
+    assert len(anns) == 12
+    img_size = {i["id"]: (i["width"], i["height"]) for i in data["images"]}
+    anns[0]["bbox"] = [10.0, 10.0, float("nan"), 50.0]                 # NaN size
+    anns[1]["bbox"] = [10.0, 10.0, 0.0, 50.0]                          # zero width
+    w, h = img_size[anns[2]["image_id"]]
+    anns[2]["bbox"] = [w + 5.0, 10.0, 40.0, 50.0]                      # right of the image
+    anns[3]["keypoints"] = [0] * 51                                    # no labelled joint
+    anns[3]["num_keypoints"] = 0
+    bad_image = next(i["id"] for i in data["images"] if i["id"] not in {a["image_id"] for a in anns[:4]})
+    for img in data["images"]:
+        if img["id"] == bad_image:
+            img["width"] = 0                                           # broken image record
+    people = [a for a in data["annotations"] if not a["iscrowd"]]
+    people_on_bad = sum(1 for a in people if a["image_id"] == bad_image)
+    jointless_elsewhere = sum(1 for a in people if a["num_keypoints"] == 0 and a["image_id"] != bad_image)
+    usable_on_bad = sum(1 for a in anns if a["image_id"] == bad_image)
+    (tmp_path / "dirty.json").write_text(json.dumps(data))
+    ds = TopDownCocoDataset(tmp_path, "dirty.json", ".", DataConfig(), SIZE)
+    counts = dict(ds.drop_counts)
+    assert people_on_bad > 0
+    assert counts == {DROP_REASONS[0]: 2, DROP_REASONS[1]: 1, DROP_REASONS[2]: jointless_elsewhere,  # anns[3] + the sample's own
+                      DROP_REASONS[3]: people_on_bad}
+    assert len(ds) == 12 - 4 - usable_on_bad
+    # One line per dataset from build_datasets.
+    cfg = Config()
+    cfg.model.image_size = list(SIZE)
+    cfg.data = DataConfig(root=str(tmp_path), train_ann="dirty.json", train_images=".",
+                          val_ann=str(coco_sample / "test_coco.json"), val_images=str(coco_sample))
+    build_datasets(cfg)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("dataset ")]
+    assert len(lines) == 2 and "dirty.json" in lines[0]
+    assert f"{len(people)} people, {len(ds)} kept" in lines[0]
+    assert f"box NaN or <= 1 px 2, box outside the image 1, no labelled joints {jointless_elsewhere}, " \
+        f"bad image size {people_on_bad}" in lines[0]
+
+
+def test_training_crops_ship_as_uint8_and_normalise_to_the_same_input(coco_sample):
+    from vitpose_scale.data.transforms import normalize_batch
+
+    host = _ds(coco_sample, seed=2)
+    device = _ds(coco_sample, seed=2, uint8_images=True)
+    for i in (0, 5, 11):
+        a, b = host[i], device[i]
+        assert b["img"].dtype == torch.uint8 and a["img"].dtype == torch.float32
+        assert torch.equal(normalize_batch(b["img"]), a["img"])
+        assert torch.equal(a["target"], b["target"]) and torch.equal(a["target_weight"], b["target_weight"])

@@ -87,8 +87,10 @@ class DataConfig:
     val_ann: str = "annotations/person_keypoints_val2017.json"
     val_images: str = "val2017"
     det_file: str | None = None  # person detections for validation; null: ground-truth boxes
-    det_score_thr: float = 0.0
-    extra_train: list[dict] = field(default_factory=list)  # more COCO-layout sets: {root, ann, images}
+    det_score_thr: float = 0.0  # detections with score >= this are kept (the reference's det_bbox_thr)
+    # More COCO-layout training sets: {root, ann, images, keypoint_map?, ratio?} (docs/datasets.md).
+    extra_train: list[dict] = field(default_factory=list)
+    train_ratio: float | None = None  # sampling ratio of the main set; null: sets are concatenated
     synthetic_train: int = 0  # images to generate when kind == synthetic
     synthetic_val: int = 0
     bbox_padding: float = 1.25

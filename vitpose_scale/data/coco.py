@@ -20,26 +20,32 @@ datasets concatenate with ``torch.utils.data.ConcatDataset``. For AI Challenger
 
 or, from the config, an entry of ``data.extra_train``::
 
-    {root: data/aic, ann: annotations/aic_train.json, images: ..., keypoint_map: aic}
+    {root: data/aic, ann: annotations/aic_train.json, images: ..., keypoint_map: aic, ratio: 0.5}
 
 (``keypoint_map`` may be the name ``aic`` or an explicit list). COCO joints a
 source set does not have (AIC: the five face points) get v = 0, i.e. zero
-target weight. See docs/datasets.md.
+target weight. With sampling ratios (``data.train_ratio`` and every entry's
+``ratio``) the loader draws each set by its ratio (:class:`RatioConcatDataset`);
+without them the sets are simply concatenated. Each training set draws its
+augmentation from its own random stream. See docs/datasets.md.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from .images import read_rgb
+from .loader import RatioConcatDataset
 from .transforms import (COCO_FLIP_PAIRS, COCO_UPPER_BODY_IDS, TopDownTransform, box_to_center_scale,
-                         sample_rng)
+                         normalize_batch, sample_rng)
 
 # AI Challenger order: r_shoulder, r_elbow, r_wrist, l_shoulder, l_elbow, l_wrist,
 # r_hip, r_knee, r_ankle, l_hip, l_knee, l_ankle, head_top, neck -> COCO index.
@@ -78,10 +84,20 @@ def load_coco(ann_file: str | Path):
             f"{ann_file}: not a person-keypoint annotation file (categories {names}); expected a COCO "
             f"keypoint json whose category id 1 is 'person' with a 'keypoints' name list, "
             f"e.g. person_keypoints_train2017.json")
-    if any("keypoints" not in a for a in coco.dataset.get("annotations", [])[:100]):
+    for key in ("images", "annotations"):
+        if not isinstance(coco.dataset.get(key), list):
+            raise ValueError(f"{ann_file}: no '{key}' list (top-level keys: {sorted(coco.dataset)}); expected "
+                             f"a COCO person-keypoint json with images, annotations and categories")
+    if not coco.dataset["images"]:
+        raise ValueError(f"{ann_file}: the 'images' list is empty; expected at least one image entry")
+    if any("keypoints" not in a for a in coco.dataset["annotations"][:100]):
         raise ValueError(f"{ann_file}: annotations have no 'keypoints' field; expected a COCO "
                          f"person-keypoint file (instances_*.json holds boxes only)")
     return coco
+
+
+# Why a person is not made into a sample (the reference drops the same people, silently).
+DROP_REASONS = ("box NaN or <= 1 px", "box outside the image", "no labelled joints", "bad image size")
 
 
 class TopDownCocoDataset(Dataset):
@@ -94,17 +110,21 @@ class TopDownCocoDataset(Dataset):
         num_keypoints: joints per sample (17 for COCO).
         train: augment and build targets from ground truth boxes.
         det_file: person detections (COCO results json) for validation; None: ground-truth boxes.
-        seed: augmentation seed; with ``set_epoch`` and the index it fixes every random choice.
+        seed: augmentation seed; with ``set_epoch``, the index and ``stream`` it fixes every random choice.
+        stream: this set's augmentation stream (0: main training set, i: ``data.extra_train[i - 1]``).
         keypoint_map: source joint -> COCO index (None drops it), e.g. :data:`AIC_TO_COCO`.
         flip_pairs / upper_body_ids: joint layout (COCO defaults when ``num_keypoints == 17``).
+        uint8_images: ship the crop as uint8 and leave normalisation to the consumer
+            (``transforms.normalize_batch`` on the device: the trainer does); False: float32, normalised here.
 
-    Items are dicts: img (3,H,W) float32 tensor, target (K,h,w), target_weight (K,1),
-    center (2,), scale (2,) padded box size in pixels, rotation, image_id, bbox_score, index.
+    Items are dicts: img (3,H,W) float32 normalised (or uint8, see ``uint8_images``), target (K,h,w), target_weight (K,1), center (2,), scale (2,) padded box size in pixels,
+    rotation, image_id, bbox_score, index. ``drop_counts`` and ``load_report`` say who was left out.
     """
 
     def __init__(self, root, ann_file, img_dir, data_cfg, image_size, num_keypoints: int = 17,
-                 train: bool = True, det_file: str | None = None, seed: int = 0,
-                 keypoint_map: list | str | None = None, flip_pairs=None, upper_body_ids=None):
+                 train: bool = True, det_file: str | None = None, seed: int = 0, stream: int = 0,
+                 keypoint_map: list | str | None = None, flip_pairs=None, upper_body_ids=None,
+                 uint8_images: bool = False):
         self.root = Path(root)
         self.ann_file = _resolve(root, ann_file)
         self.img_dir = _resolve(root, img_dir)
@@ -112,7 +132,8 @@ class TopDownCocoDataset(Dataset):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.num_keypoints = int(num_keypoints)
         self.train = bool(train)
-        self.seed = int(seed)
+        self.seed, self.stream = int(seed), int(stream)
+        self.uint8_images = bool(uint8_images)
         self.epoch = 0
         if isinstance(keypoint_map, str):
             if keypoint_map not in KEYPOINT_MAPS:
@@ -129,12 +150,8 @@ class TopDownCocoDataset(Dataset):
         if upper_body_ids is None:
             upper_body_ids = COCO_UPPER_BODY_IDS if self.num_keypoints == 17 else list(range(self.num_keypoints))
         self.flip_pairs = [tuple(p) for p in flip_pairs]
-        self.transform = TopDownTransform(
-            image_size=self.image_size, train=self.train, sigma=data_cfg.sigma,
-            flip_prob=data_cfg.flip_prob, half_body_prob=data_cfg.half_body_prob,
-            half_body_min_joints=data_cfg.half_body_min_joints, scale_factor=data_cfg.scale_factor,
-            rot_factor=data_cfg.rot_factor, rot_prob=data_cfg.rot_prob,
-            flip_pairs=list(self.flip_pairs), upper_body_ids=list(upper_body_ids))
+        self.transform = TopDownTransform(image_size=self.image_size, cfg=data_cfg, train=self.train,
+                                          flip_pairs=list(self.flip_pairs), upper_body_ids=list(upper_body_ids))
 
         coco = load_coco(self.ann_file)
         src_k = len(self.keypoint_map) if self.keypoint_map is not None else self.num_keypoints
@@ -146,6 +163,7 @@ class TopDownCocoDataset(Dataset):
                    else f"(num_keypoints; pass keypoint_map to map a {cat_k}-joint set onto it)"))
         self.images = {img_id: coco.imgs[img_id] for img_id in sorted(coco.imgs)}
         self.det_file = None
+        self.drop_counts: Counter = Counter()
         if det_file is not None:
             # Relative to the data root like the annotations; fall back to the working directory.
             self.det_file = _resolve(root, det_file)
@@ -157,6 +175,9 @@ class TopDownCocoDataset(Dataset):
             self.records = self._load_detections(self.det_file)
         else:
             self.records = self._load_gt(coco)
+            if not self.records:
+                raise ValueError(f"{self.ann_file}: no usable person ({self.load_report}); expected at least one "
+                                 f"non-crowd person with a box inside its image and a labelled joint")
 
     # ------------------------------------------------------------ loading --
     def _map_keypoints(self, kpts: np.ndarray) -> np.ndarray:
@@ -169,43 +190,65 @@ class TopDownCocoDataset(Dataset):
                 out[t] = src[s]
         return out
 
+    @staticmethod
+    def _clean_box(bbox, area, width: float, height: float):
+        """The reference's box sanitising: (clipped xywh, None) or (None, drop reason)."""
+        x, y, w, h = (float(v) for v in bbox[:4])
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or (area is not None and not area > 0):
+            return None, DROP_REASONS[0]
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+        y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+        if x2 > x1 and y2 > y1:
+            return [x1, y1, x2 - x1, y2 - y1], None
+        inside = x < width - 1.0 and y < height - 1.0 and x + w > 0 and y + h > 0
+        return None, DROP_REASONS[0] if inside and (w <= 1 or h <= 1) else DROP_REASONS[1]
+
     def _load_gt(self, coco) -> list[dict]:
         aspect = self.image_size[1] / self.image_size[0]
-        records = []
+        records, drops, people = [], Counter(), 0
         for img_id, info in self.images.items():
-            width, height = info["width"], info["height"]
+            width, height = info.get("width"), info.get("height")
             for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
-                if ann.get("iscrowd", 0) or ann.get("category_id", 1) != 1 or "bbox" not in ann:
+                if ann.get("iscrowd", 0) or ann.get("category_id", 1) != 1:
                     continue
-                # Clean the box like the reference: clip to the image, need positive size.
-                x, y, w, h = ann["bbox"]
-                x1, y1 = max(0.0, x), max(0.0, y)
-                x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
-                y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
-                if ann.get("area", 1) <= 0 or x2 <= x1 or y2 <= y1:
+                people += 1
+                if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
+                        and width > 0 and height > 0):
+                    drops[DROP_REASONS[3]] += 1
+                    continue
+                box, reason = self._clean_box(ann.get("bbox", [math.nan] * 4), ann.get("area"), width, height)
+                if box is None:
+                    drops[reason] += 1
                     continue
                 joints = self._map_keypoints(np.asarray(ann["keypoints"], dtype=np.float32))
-                # Skip people without a single labelled joint (counted after mapping).
+                # People without a single labelled joint teach nothing (counted after mapping).
                 if not (joints[:, 2] > 0).any():
+                    drops[DROP_REASONS[2]] += 1
                     continue
                 joints[:, 2] = np.minimum(joints[:, 2], 2)
-                center, scale = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], aspect, self.cfg.bbox_padding)
+                center, scale = box_to_center_scale(box, aspect, self.cfg.bbox_padding)
                 records.append(dict(image_id=img_id, file_name=info["file_name"], center=center,
-                                    scale=scale, joints=joints, bbox_score=1.0, ann_id=ann["id"]))
+                                    scale=scale, joints=joints, bbox_score=1.0, ann_id=ann["id"],
+                                    size=(int(height), int(width))))
+        self.drop_counts = drops
+        dropped = sum(drops.values())
+        detail = ", ".join(f"{r} {drops[r]}" for r in DROP_REASONS)
+        self.load_report = f"{people} people, {len(records)} kept, {dropped} dropped ({detail})"
         return records
 
     def _load_detections(self, det_file: Path) -> list[dict]:
-        if not det_file.is_file():
-            raise FileNotFoundError(f"detection file {det_file} does not exist")
         dets = json.loads(det_file.read_text())
         if not isinstance(dets, list):
             raise ValueError(f"{det_file}: expected a COCO results list of "
                              f"{{image_id, category_id, bbox, score}} dicts")
         aspect = self.image_size[1] / self.image_size[0]
         zero = np.zeros((self.num_keypoints, 3), dtype=np.float32)
-        records = []
-        for det in dets:
-            if det.get("category_id", 1) != 1 or det["score"] <= self.cfg.det_score_thr:
+        records, low = [], 0
+        persons = [det for det in dets if det.get("category_id", 1) == 1]
+        for det in persons:
+            if det["score"] < self.cfg.det_score_thr:  # the reference keeps score >= det_bbox_thr
+                low += 1
                 continue
             info = self.images.get(det["image_id"])
             if info is None:
@@ -213,7 +256,10 @@ class TopDownCocoDataset(Dataset):
                                  f"{self.ann_file}; expected detections for that annotation file's images")
             center, scale = box_to_center_scale(det["bbox"], aspect, self.cfg.bbox_padding)
             records.append(dict(image_id=det["image_id"], file_name=info["file_name"], center=center,
-                                scale=scale, joints=zero, bbox_score=float(det["score"]), ann_id=-1))
+                                scale=scale, joints=zero, bbox_score=float(det["score"]), ann_id=-1,
+                                size=(int(info["height"]), int(info["width"]))))
+        self.load_report = (f"{len(persons)} person detections, {len(records)} kept, {low} with score < "
+                            f"{self.cfg.det_score_thr} dropped")
         return records
 
     # ------------------------------------------------------------ access --
@@ -225,20 +271,25 @@ class TopDownCocoDataset(Dataset):
 
     def read_image(self, rec: dict) -> np.ndarray:
         path = self.img_dir / rec["file_name"]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
-        if img is None:
-            raise FileNotFoundError(
-                f"image {path} (image_id {rec['image_id']}, listed in {self.ann_file}) is missing or unreadable")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = read_rgb(path, f"image_id {rec['image_id']}, listed in {self.ann_file}")
+        if img.shape[:2] != rec["size"]:
+            raise ValueError(f"image {path} (image_id {rec['image_id']}, listed in {self.ann_file}) is "
+                             f"{img.shape[1]}x{img.shape[0]} pixels; the annotation file says "
+                             f"{rec['size'][1]}x{rec['size'][0]}, so its boxes and joints would not fit")
+        return img
+
+    def augmentation_rng(self, index: int) -> np.random.Generator | None:
+        """The generator of sample ``index`` in the current epoch (None when not training)."""
+        return sample_rng(self.seed, self.epoch, index, self.stream) if self.train else None
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         rec = self.records[index]
         img = self.read_image(rec)
-        rng = sample_rng(self.seed, self.epoch, index) if self.train else None
-        out = self.transform(img, rec["joints"], rec["center"], rec["scale"], rng)
+        out = self.transform(img, rec["joints"], rec["center"], rec["scale"], self.augmentation_rng(index))
+        crop = torch.from_numpy(out["img"])
         return {
-            "img": torch.from_numpy(out["img"]),
+            "img": crop if self.uint8_images else normalize_batch(crop),
             "target": torch.from_numpy(out["target"]),
             "target_weight": torch.from_numpy(out["target_weight"]),
             "center": out["center"],
@@ -259,15 +310,46 @@ def ensure_synthetic(root: str | Path, num_train: int, num_val: int, seed: int =
         generate_synthetic_coco(root, num_train, num_val, seed=seed)
 
 
+EXTRA_TRAIN_KEYS = ("root", "ann", "images")
+EXTRA_TRAIN_OPTIONAL = ("keypoint_map", "ratio")
+
+
+def _report(name: str, ds: TopDownCocoDataset) -> None:
+    """One line per dataset, from one process only."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"dataset {name} ({ds.ann_file.name}): {ds.load_report}", flush=True)
+
+
+def _sampling_ratios(d) -> list[float] | None:
+    """[data.train_ratio, extra_train[i].ratio, ...] or None when no set has one."""
+    given = [d.train_ratio] + [entry.get("ratio") for entry in d.extra_train]
+    names = ["data.train_ratio"] + [f"data.extra_train[{i}].ratio" for i in range(len(d.extra_train))]
+    if all(r is None for r in given):
+        return None
+    first_set = names[next(i for i, r in enumerate(given) if r is not None)]
+    for name, r in zip(names, given):
+        if r is None:
+            raise ValueError(f"{name} is not set while {first_set} is: expected a sampling ratio for every "
+                             f"training set, or for none")
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
+            raise ValueError(f"{name}: got {r!r}, expected a positive number (relative sampling weight)")
+    return [float(r) for r in given]
+
+
 def build_datasets(cfg):
     """(train_dataset, val_dataset, val_ann_path) from the full Config.
 
-    ``cfg.data.extra_train`` entries ({root, ann, images, keypoint_map?}) are
-    concatenated to the training set. With ``cfg.data.kind == "synthetic"`` the
-    set is generated into ``cfg.data.root`` first (layout: annotations/
-    person_keypoints_{train,val}.json, {train,val}/), ignoring the *_ann/*_images
-    keys. In multi-process runs call this on rank 0 first (then barrier): the
-    generator writes atomically, but every rank would otherwise generate it.
+    ``cfg.data.extra_train`` entries ({root, ann, images, keypoint_map?, ratio?}) join the
+    training set, each with its own augmentation stream. With sampling ratios
+    (``data.train_ratio`` and every entry's ``ratio``) the result is a
+    :class:`RatioConcatDataset` the loader draws by ratio; otherwise a plain concatenation.
+    With ``cfg.data.kind == "synthetic"`` the set is generated into ``cfg.data.root``
+    first (layout: annotations/person_keypoints_{train,val}.json, {train,val}/),
+    ignoring the *_ann/*_images keys. In multi-process runs call this on rank 0 first
+    (then barrier): the generator writes atomically, but every rank would otherwise
+    generate it.
     """
     d = cfg.data
     image_size = tuple(cfg.model.image_size)
@@ -278,23 +360,31 @@ def build_datasets(cfg):
     if d.kind == "synthetic":
         ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val)
         paths = dict(SYNTHETIC_LAYOUT)
-    train = TopDownCocoDataset(d.root, paths["train_ann"], paths["train_images"], d, image_size, k,
-                               train=True, seed=seed)
-    extras = []
     for i, entry in enumerate(d.extra_train):
-        missing = {"root", "ann", "images"} - set(entry)
-        unknown = set(entry) - {"root", "ann", "images", "keypoint_map"}
+        missing = set(EXTRA_TRAIN_KEYS) - set(entry)
+        unknown = set(entry) - set(EXTRA_TRAIN_KEYS) - set(EXTRA_TRAIN_OPTIONAL)
         if missing or unknown:
             raise ValueError(f"data.extra_train[{i}]: got keys {sorted(entry)}; expected root, ann, images "
-                             f"and optionally keypoint_map")
-        extras.append(TopDownCocoDataset(entry["root"], entry["ann"], entry["images"], d, image_size, k,
-                                         train=True, seed=seed, keypoint_map=entry.get("keypoint_map")))
-    if extras:
-        train = ConcatDataset([train, *extras])
+                             f"and optionally keypoint_map, ratio")
+    ratios = _sampling_ratios(d)
+    # Training crops stay uint8 until the trainer normalises them on the device.
+    sets = [TopDownCocoDataset(d.root, paths["train_ann"], paths["train_images"], d, image_size, k,
+                               train=True, seed=seed, stream=0, uint8_images=True)]
+    _report("train", sets[0])
+    for i, entry in enumerate(d.extra_train):
+        sets.append(TopDownCocoDataset(entry["root"], entry["ann"], entry["images"], d, image_size, k,
+                                       train=True, seed=seed, stream=i + 1, uint8_images=True,
+                                       keypoint_map=entry.get("keypoint_map")))
+        _report(f"extra_train[{i}]", sets[-1])
+    if ratios is not None:
+        train = RatioConcatDataset(sets, ratios)
+    else:
+        train = ConcatDataset(sets) if len(sets) > 1 else sets[0]
     val = TopDownCocoDataset(d.root, paths["val_ann"], paths["val_images"], d, image_size, k, train=False,
                              det_file=d.det_file, seed=seed)
+    _report("val", val)
     return train, val, str(_resolve(d.root, paths["val_ann"]))
 
 
-__all__ = ["TopDownCocoDataset", "AIC_TO_COCO", "KEYPOINT_MAPS", "build_datasets", "load_coco",
+__all__ = ["TopDownCocoDataset", "AIC_TO_COCO", "KEYPOINT_MAPS", "DROP_REASONS", "build_datasets", "load_coco",
            "ensure_synthetic", "SYNTHETIC_LAYOUT"]

@@ -4,13 +4,18 @@
   from ``seed + epoch`` shared by all ranks, tail dropped so every rank gets the
   same number of samples, rank r takes positions r, r + W, ...; ``start_index``
   skips the samples this rank already consumed (mid-epoch resume).
+* :class:`RatioSampler` - the same contract for a :class:`RatioConcatDataset`:
+  each epoch draws from the sets by their sampling ratios, a pure function of
+  (seed, epoch, position), so a resumed epoch continues the same sequence.
 * :class:`ShardSampler` - evaluation: rank r gets r, r + W, ... with no padding
   and no duplicates, so every sample is scored exactly once overall.
 * :func:`collate` - stacks tensors, keeps metadata as numpy arrays.
 
 Workers are not persistent: each ``iter(loader)`` pickles the dataset afresh,
 so :meth:`EpochDataLoader.set_epoch` (which also sets the dataset's epoch for
-the augmentation RNG) takes effect in the workers.
+the augmentation RNG) takes effect in the workers. That costs one worker start
+per epoch (about a second), against minutes of epoch. Batches are pinned when
+a GPU is present, and crops travel as uint8 (normalised on the device).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 
 def set_dataset_epoch(dataset, epoch: int) -> None:
@@ -68,6 +73,76 @@ class TrainSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank - self.start_index
+
+
+class RatioConcatDataset(ConcatDataset):
+    """Training sets drawn by sampling ratio (``ratios``: one positive weight per set).
+
+    An epoch has as many draws as the sets have samples together (so the epoch
+    length, the schedule and checkpoints count as for a plain concatenation);
+    set ``i`` gets ``ratios[i] / sum(ratios)`` of them. Indices are global, as in
+    :class:`torch.utils.data.ConcatDataset`.
+    """
+
+    def __init__(self, datasets, ratios):
+        super().__init__(datasets)
+        if len(ratios) != len(self.datasets):
+            raise ValueError(f"{len(ratios)} sampling ratios for {len(self.datasets)} datasets; expected one each")
+        if any(not r > 0 for r in ratios):
+            raise ValueError(f"sampling ratios {list(ratios)}: expected positive numbers")
+        self.ratios = [float(r) for r in ratios]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(d) for d in self.datasets]
+
+
+def ratio_quotas(ratios, total: int) -> np.ndarray:
+    """Draws per set in an epoch of ``total``: proportional, largest remainders rounded up."""
+    share = np.asarray(ratios, dtype=np.float64) / float(np.sum(ratios)) * total
+    quotas = np.floor(share).astype(np.int64)
+    rest = np.argsort(-(share - quotas), kind="stable")[: total - int(quotas.sum())]
+    quotas[rest] += 1
+    return quotas
+
+
+def ratio_epoch_order(sizes, ratios, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's global indices, a pure function of (sizes, ratios, seed, epoch).
+
+    Which set each position draws from is a shuffle of exact per-set quotas (so the
+    frequencies match the ratios over an epoch); within a set, samples come from a
+    fresh permutation (repeated, re-shuffled, if the set's quota exceeds its size).
+    """
+    sizes = [int(n) for n in sizes]
+    total = sum(sizes)
+    quotas = ratio_quotas(ratios, total)
+    rng = np.random.default_rng([int(seed), int(epoch), 0x5A3F])  # own stream: not an augmentation draw
+    labels = np.repeat(np.arange(len(sizes)), quotas)
+    rng.shuffle(labels)
+    order = np.empty(total, dtype=np.int64)
+    offset = 0
+    for d, (size, quota) in enumerate(zip(sizes, quotas)):
+        if quota:
+            if size == 0:
+                raise ValueError(f"dataset {d} is empty but has sampling ratio {ratios[d]}")
+            perms = [rng.permutation(size) for _ in range(-(-int(quota) // size))]
+            order[labels == d] = offset + np.concatenate(perms)[:quota]
+        offset += size
+    return order
+
+
+class RatioSampler(TrainSampler):
+    """:class:`TrainSampler` whose epoch order draws the sets of a :class:`RatioConcatDataset` by ratio."""
+
+    def __init__(self, sizes, ratios, rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
+                 start_index: int = 0):
+        self.sizes, self.ratios = [int(n) for n in sizes], [float(r) for r in ratios]
+        super().__init__(sum(self.sizes), rank, world_size, seed, shuffle=True, epoch=epoch,
+                         start_index=start_index)
+
+    def indices(self) -> list[int]:
+        order = ratio_epoch_order(self.sizes, self.ratios, self.seed, self.epoch)
+        return order[: self.per_rank * self.world_size][self.rank::self.world_size].tolist()
 
 
 class ShardSampler(Sampler[int]):
@@ -121,8 +196,12 @@ def build_train_loader(dataset, batch_size_per_rank: int, rank: int, world_size:
     Batches are full (drop_last) so all ranks run the same number of steps.
     ``start_index`` should be a multiple of ``batch_size_per_rank`` (steps done x batch).
     """
-    sampler = TrainSampler(len(dataset), rank, world_size, seed, shuffle=True, epoch=epoch,
-                           start_index=start_index)
+    if isinstance(dataset, RatioConcatDataset):
+        sampler = RatioSampler(dataset.sizes, dataset.ratios, rank, world_size, seed, epoch=epoch,
+                               start_index=start_index)
+    else:
+        sampler = TrainSampler(len(dataset), rank, world_size, seed, shuffle=True, epoch=epoch,
+                               start_index=start_index)
     loader = EpochDataLoader(
         dataset, batch_size=batch_size_per_rank, sampler=sampler, num_workers=num_workers,
         collate_fn=collate, drop_last=True, pin_memory=torch.cuda.is_available(),
@@ -145,12 +224,7 @@ def build_eval_loader(dataset, batch_size: int, rank: int, world_size: int, num_
     )
 
 
-def steps_per_epoch(num_samples: int, batch_size_per_rank: int, world_size: int) -> int:
-    """Optimizer-agnostic count of full batches each rank draws per epoch."""
-    return (num_samples // world_size) // batch_size_per_rank
-
-
 __all__ = [
-    "TrainSampler", "ShardSampler", "collate", "EpochDataLoader", "build_train_loader",
-    "build_eval_loader", "set_dataset_epoch", "steps_per_epoch",
+    "TrainSampler", "RatioSampler", "RatioConcatDataset", "ratio_epoch_order", "ratio_quotas", "ShardSampler",
+    "collate", "EpochDataLoader", "build_train_loader", "build_eval_loader", "set_dataset_epoch",
 ]

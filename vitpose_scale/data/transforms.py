@@ -11,8 +11,10 @@ Conventions
   With that convention flipping, cropping and resizing commute exactly, which is
   why the flip test needs no half-pixel heatmap shift.
 * All randomness comes from a ``numpy.random.Generator`` made by
-  :func:`sample_rng` from (seed, epoch, index), so a sample is identical
-  whichever rank or worker loads it.
+  :func:`sample_rng` from (seed, epoch, index, stream), so a sample is identical
+  whichever rank or worker loads it; each training set has its own stream.
+* Crops leave the data pipeline as uint8 (4x less to copy to the device);
+  :func:`normalize_batch` turns them into the network input where they are used.
 """
 from __future__ import annotations
 
@@ -41,9 +43,15 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator for one sample: a pure function of (seed, epoch, index)."""
-    return np.random.default_rng([int(seed), int(epoch), int(index)])
+def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator for one sample: a pure function of (seed, epoch, index, stream).
+
+    ``stream`` tells training sets apart (0: the main set, i: ``data.extra_train[i - 1]``),
+    so sample i of one set does not repeat the flip, rotation and scale of sample i of another.
+    Stream 0 keeps the three-number key of earlier versions.
+    """
+    key = [int(seed), int(epoch), int(index)] + ([int(stream)] if stream else [])
+    return np.random.default_rng(key)
 
 
 # ------------------------------------------------------------ geometry --
@@ -58,12 +66,14 @@ def get_warp_matrix(theta_deg: float, center_xy, output_size_wh, scale_wh) -> np
     """
     theta = math.radians(float(theta_deg))
     cx, cy = float(center_xy[0]), float(center_xy[1])
-    out_w, out_h = float(output_size_wh[0]) - 1.0, float(output_size_wh[1]) - 1.0
-    sx, sy = out_w / float(scale_wh[0]), out_h / float(scale_wh[1])
+    box_w, box_h = float(scale_wh[0]), float(scale_wh[1])
+    sx = (float(output_size_wh[0]) - 1.0) / box_w
+    sy = (float(output_size_wh[1]) - 1.0) / box_h
     cos, sin = math.cos(theta), math.sin(theta)
+    # Same terms in the same order as the reference, so the float32-rounded matrix is bit-equal.
     return np.array([
-        [cos * sx, -sin * sx, sx * (-cx * cos + cy * sin) + 0.5 * out_w],
-        [sin * sy, cos * sy, sy * (-cx * sin - cy * cos) + 0.5 * out_h],
+        [cos * sx, -sin * sx, sx * (-cx * cos + cy * sin + 0.5 * box_w)],
+        [sin * sy, cos * sy, sy * (-cx * sin - cy * cos + 0.5 * box_h)],
     ], dtype=np.float64)
 
 
@@ -137,9 +147,10 @@ def half_body_center_scale(joints: np.ndarray, visible: np.ndarray, upper_ids, a
     upper_set = set(upper_ids)
     upper = [j for j in range(k) if visible[j] > 0 and j in upper_set]
     lower = [j for j in range(k) if visible[j] > 0 and j not in upper_set]
-    # One draw decides the half, as in the reference (upper when the coin says so
-    # and enough upper joints exist, otherwise lower if it has enough).
-    if rng.random() < 0.5 and len(upper) > 2:
+    # One draw decides the half, as in the reference: it takes the upper body when a
+    # *standard normal* draw is < 0.5 (np.random.randn() < 0.5, probability 0.691), not
+    # a fair coin; we keep that bias so the recipe's augmentation statistics match.
+    if rng.standard_normal() < 0.5 and len(upper) > 2:
         sel = upper
     else:
         sel = lower if len(lower) > 2 else upper
@@ -166,22 +177,50 @@ def random_scale_rotation(rng: np.random.Generator, scale_factor: float, rot_fac
 
 
 def normalize_image(img_rgb: np.ndarray) -> np.ndarray:
-    """uint8 HWC RGB -> float32 CHW with ImageNet mean/std."""
-    x = img_rgb.astype(np.float32) * (1.0 / 255.0)
+    """uint8 HWC RGB -> float32 CHW with ImageNet mean/std (host side: inference, MAE crops).
+
+    Same operations in the same order as the reference's ToTensor + NormalizeTensor
+    (x / 255, then (x - mean) / std, in float32), so the values are bit-identical.
+    """
+    x = img_rgb.astype(np.float32) / np.float32(255.0)
     x = (x - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def normalize_batch(images, device=None):
+    """Network input from a batch of crops: uint8 (..., 3, H, W) -> float32, ImageNet-normalised.
+
+    The training and validation sets ship uint8 crops; this runs where the model is
+    (``device``), so the host neither normalises nor copies 4-byte pixels. Bit-identical
+    to :func:`normalize_image` and to torchvision's to_tensor + normalize. Floating-point
+    input is taken as already normalised (inference crops, MAE images) and only moved.
+    """
+    import torch
+
+    images = images.to(device, non_blocking=True) if device is not None else images
+    if images.is_floating_point():
+        return images
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize_batch: got {images.dtype} images, expected uint8 crops or "
+                        f"already-normalised floating-point input")
+    mean = torch.as_tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
 
 
 # ------------------------------------------------------------ targets --
 def udp_heatmap_targets(joints_xy: np.ndarray, visible: np.ndarray, image_size_hw, heatmap_size_hw,
                         sigma: float = 2.0):
-    """UDP Gaussian targets.
+    """UDP Gaussian targets, the reference's integer window arithmetic vectorised.
 
-    ``joints_xy`` (K, 2) are in *input-crop* pixels. The Gaussian sits at the
-    exact sub-pixel position ``joint / feat_stride`` with
-    ``feat_stride = (input - 1) / (heatmap - 1)`` and is cut to the 3-sigma
-    window around the rounded position (as the reference does). Weight is 0 for
-    unlabelled joints (v == 0) and for joints whose window misses the heatmap.
+    ``joints_xy`` (K, 2) are in *input-crop* pixels; ``mu = joint / feat_stride`` with
+    ``feat_stride = (input - 1) / (heatmap - 1)``. As in the reference, the window
+    starts at ``ul = int(int(mu + 0.5) - 3 sigma)`` and ends before
+    ``br = int(int(mu + 0.5) + 3 sigma + 1)``, where ``int`` truncates toward zero (so
+    a joint just left of or above the heatmap rounds *up*, not down), and the Gaussian
+    ``exp(-(x - c)^2 / 2 sigma^2)`` is centred at ``c = ul + size // 2 + mu - int(mu + 0.5)``
+    with ``size = 2 * 3 sigma + 1`` (``c == mu`` for whole-number 3 sigma). Weight is 0
+    for unlabelled joints (v == 0) and for joints whose window misses the heatmap.
     Returns target (K, h, w) float32 and target_weight (K, 1) float32.
     """
     in_h, in_w = image_size_hw
@@ -189,42 +228,54 @@ def udp_heatmap_targets(joints_xy: np.ndarray, visible: np.ndarray, image_size_h
     k = len(joints_xy)
     stride = np.array([(in_w - 1.0) / (hm_w - 1.0), (in_h - 1.0) / (hm_h - 1.0)])
     mu = np.asarray(joints_xy, dtype=np.float64)[:, :2] / stride  # sub-pixel heatmap coords
-    radius = sigma * 3
-    mu_int = np.floor(mu + 0.5)
-    ul = mu_int - radius
-    br = mu_int + radius + 1
+    tmp_size = sigma * 3
+    size = 2 * tmp_size + 1
+    mu_int = np.trunc(mu + 0.5)  # the reference's int(): toward zero
+    ul = np.trunc(mu_int - tmp_size)
+    br = np.trunc(mu_int + tmp_size + 1)
+    end = np.minimum(br, ul + math.ceil(size))  # the reference slices a Gaussian patch of ceil(size)
+    center = ul + size // 2 + (mu - mu_int)
     weight = (np.asarray(visible).reshape(k) > 0).astype(np.float32)
     outside = (ul[:, 0] >= hm_w) | (ul[:, 1] >= hm_h) | (br[:, 0] < 0) | (br[:, 1] < 0)
     weight[outside] = 0.0
     xs = np.arange(hm_w, dtype=np.float64)
     ys = np.arange(hm_h, dtype=np.float64)
-    # Separable Gaussian, masked to the window |x - round(mu)| <= 3 sigma.
-    gx = np.exp(-((xs[None] - mu[:, :1]) ** 2) / (2 * sigma ** 2)) * (np.abs(xs[None] - mu_int[:, :1]) <= radius)
-    gy = np.exp(-((ys[None] - mu[:, 1:]) ** 2) / (2 * sigma ** 2)) * (np.abs(ys[None] - mu_int[:, 1:]) <= radius)
+    # Separable Gaussian, masked to the window [ul, end).
+    in_x = (xs[None] >= ul[:, :1]) & (xs[None] < end[:, :1])
+    in_y = (ys[None] >= ul[:, 1:]) & (ys[None] < end[:, 1:])
+    gx = np.exp(-((xs[None] - center[:, :1]) ** 2) / (2 * sigma ** 2)) * in_x
+    gy = np.exp(-((ys[None] - center[:, 1:]) ** 2) / (2 * sigma ** 2)) * in_y
     target = (gy[:, :, None] * gx[:, None, :]).astype(np.float32)
     target *= weight[:, None, None]
     return target, weight[:, None]
 
 
 # ------------------------------------------------------------ pipeline --
+def udp_crop_matrix(rotation: float, center, output_size_wh, scale_wh) -> np.ndarray:
+    """:func:`get_warp_matrix` rounded to float32, as the reference stores it.
+
+    cv2.warpAffine samples at 1/32 pixel, so the last bits of the matrix can move a
+    pixel by one grey level; with the reference's rounding the unflipped crops are
+    bit-identical to its TopDownAffine(use_udp=True).
+    """
+    return get_warp_matrix(rotation, center, output_size_wh, scale_wh).astype(np.float32).astype(np.float64)
+
+
 @dataclass
 class TopDownTransform:
     """Load-time pipeline: (flip) -> (half body) -> (scale, rotation) -> UDP crop -> targets.
 
     Mirrors the reference order (RandomFlip, HalfBodyTransform,
-    GetRandomScaleRotation, Affine(use_udp), Normalize, GenerateTarget(UDP)).
+    GetRandomScaleRotation, Affine(use_udp), GenerateTarget(UDP)); normalisation
+    (ToTensor + NormalizeTensor) happens on the batch, see :func:`normalize_batch`.
     The flip is folded into the crop's affine, so the image is resampled once.
+    Augmentation settings (probabilities, factors, sigma) come from ``cfg``, a
+    :class:`vitpose_scale.config.DataConfig`: the config is their only home.
     """
 
     image_size: tuple  # (H, W) of the network input
+    cfg: "DataConfig"  # noqa: F821 - vitpose_scale.config.DataConfig (not imported: no cycle)
     train: bool = True
-    sigma: float = 2.0
-    flip_prob: float = 0.5
-    half_body_prob: float = 0.3
-    half_body_min_joints: int = 8
-    scale_factor: float = 0.5
-    rot_factor: float = 40.0
-    rot_prob: float = 0.6
     flip_pairs: list = field(default_factory=lambda: list(COCO_FLIP_PAIRS))
     upper_body_ids: list = field(default_factory=lambda: list(COCO_UPPER_BODY_IDS))
 
@@ -238,7 +289,8 @@ class TopDownTransform:
 
     def __call__(self, img_rgb: np.ndarray, joints: np.ndarray, center, scale,
                  rng: np.random.Generator | None = None) -> dict:
-        """``joints`` (K, 3) as (x, y, v) in image pixels; returns numpy arrays."""
+        """``joints`` (K, 3) as (x, y, v) in image pixels; returns numpy arrays, ``img`` uint8 (3, H, W)."""
+        cfg = self.cfg
         joints = np.array(joints, dtype=np.float32, copy=True)
         center = np.array(center, dtype=np.float32, copy=True)
         scale = np.array(scale, dtype=np.float32, copy=True)
@@ -247,27 +299,27 @@ class TopDownTransform:
         if self.train:
             assert rng is not None, "training transforms need a generator (sample_rng)"
             img_w = img_rgb.shape[1]
-            if rng.random() < self.flip_prob:
+            if rng.random() < cfg.flip_prob:
                 flipped = True
                 pre = flip_matrix(img_w)
                 joints = flip_joints(joints, img_w, self.flip_pairs)
                 center[0] = img_w - 1 - center[0]
             vis = joints[:, 2] > 0
-            if vis.sum() > self.half_body_min_joints and rng.random() < self.half_body_prob:
+            if vis.sum() > cfg.half_body_min_joints and rng.random() < cfg.half_body_prob:
                 hb = half_body_center_scale(joints, joints[:, 2], self.upper_body_ids, self.aspect_ratio, rng)
                 if hb is not None:
                     center, scale = hb
-            s, rotation = random_scale_rotation(rng, self.scale_factor, self.rot_factor, self.rot_prob)
+            s, rotation = random_scale_rotation(rng, cfg.scale_factor, cfg.rot_factor, cfg.rot_prob)
             scale = scale * s
         in_h, in_w = self.image_size
-        crop = get_warp_matrix(rotation, center, (in_w, in_h), scale)
+        crop = udp_crop_matrix(rotation, center, (in_w, in_h), scale)
         matrix = compose_affine(crop, pre)
         img = warp_image(img_rgb, matrix, (in_w, in_h))
         joints_crop = transform_points(joints[:, :2], crop).astype(np.float32)
         target, target_weight = udp_heatmap_targets(joints_crop, joints[:, 2], self.image_size,
-                                                    self.heatmap_size, self.sigma)
+                                                    self.heatmap_size, cfg.sigma)
         return {
-            "img": normalize_image(img),
+            "img": np.ascontiguousarray(img.transpose(2, 0, 1)),
             "target": target,
             "target_weight": target_weight,
             "joints": np.concatenate([joints_crop, joints[:, 2:3]], axis=1),

@@ -144,7 +144,10 @@ class Trainer:
         return self.cfg
 
     def forward_loss(self, batch: dict) -> torch.Tensor:
-        pred = self.wrapper.forward(batch["img"])
+        from vitpose_scale.data.transforms import normalize_batch
+
+        # Training crops arrive as uint8: normalising on the device is free and copies 4x less.
+        pred = self.wrapper.forward(normalize_batch(batch["img"], self.info.device))
         return heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
 
     def forward_flops(self) -> float:

@@ -1,0 +1,57 @@
+"""Reading images with an integrity check.
+
+OpenCV decodes a truncated JPEG without an error: libjpeg prints "Premature end
+of JPEG file" on stderr and fills the missing rows with grey, and training would
+silently learn from a half-grey picture. A complete JPEG ends with the
+end-of-image marker FF D9 (only padding may follow it), and FF D9 cannot occur
+inside the entropy-coded data (a data byte FF is always stuffed with 00), so a
+file whose tail lacks the marker was cut short. The check reads nothing beyond
+the bytes the decoder needs anyway.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+_PADDING = b"\x00\xff\r\n\t "  # what some writers leave after the end-of-image marker
+
+
+class CorruptImageError(ValueError):
+    """An image file is truncated or cannot be decoded."""
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """True unless ``data`` is a JPEG that stops before its end-of-image marker."""
+    if not data.startswith(JPEG_SOI):
+        return True  # not a JPEG: the decoder's own checks apply
+    return data.rstrip(_PADDING).endswith(JPEG_EOI)
+
+
+def read_rgb(path: str | Path, listed_in: str = "") -> np.ndarray:
+    """Decode ``path`` to uint8 RGB (H, W, 3), refusing truncated or undecodable files.
+
+    ``listed_in`` names where the file comes from (the annotation file and image id)
+    for the error message.
+    """
+    path = Path(path)
+    where = f" ({listed_in})" if listed_in else ""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FileNotFoundError(f"image {path}{where} is missing or unreadable: {exc.strerror}") from exc
+    if not jpeg_is_complete(data):
+        raise CorruptImageError(f"image {path}{where} is truncated: the JPEG has no end-of-image marker "
+                                f"(FF D9), so its last rows would decode as grey; expected a complete file "
+                                f"(re-copy or re-extract it)")
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise CorruptImageError(f"image {path}{where} cannot be decoded ({len(data)} bytes); expected a "
+                                f"JPEG or PNG image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, img)  # in place, as the reference's loader does
+
+
+__all__ = ["CorruptImageError", "jpeg_is_complete", "read_rgb"]
