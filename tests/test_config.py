@@ -5,10 +5,14 @@ from vitpose_scale.config import ConfigError, load_config
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
-def test_shipped_configs_load(name):
+@pytest.mark.parametrize("name", sorted(p.relative_to(ROOT / "configs").as_posix()
+                                        for p in (ROOT / "configs").rglob("*.yaml")))
+def test_shipped_configs_load_and_survive_the_saved_round_trip(name, tmp_path):
+    """A run writes its resolved config.yaml; loading that file gives the same config back.
+    (Grids and parameter counts of every config: tests/test_model.py.)"""
     cfg = load_config(ROOT / "configs" / name)
-    assert cfg.model.grid[0] * 16 <= cfg.model.image_size[0] + 4
+    cfg.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
 
 
 def test_dotted_overrides_are_typed():
@@ -23,6 +27,8 @@ def test_dotted_overrides_are_typed():
     ("model.activation_checkpointing=3", "model.activation_checkpointing: got 3 (int), expected true or false"),
     ("model.image_size=[250,192]", "model.image_size: height 250 is not compatible with the patch grid"),
     ("model.num_heads=5", "model.num_heads: 5 does not divide model.embed_dim 96"),
+    ("model.num_heads=0", "model.num_heads: got 0, expected"),  # not a ZeroDivisionError
+    ("mae.decoder_heads=0", "mae.decoder_heads: got 0, expected"),
     ("model.attention=flash", "model.attention: got 'flash', expected one of ['plain', 'sdpa', 'triton']"),
     ("parallel.zero_stage=5", "parallel.zero_stage: got 5, expected one of [0, 1, 2, 3]"),
     ("parallel.grad_accum=5", "train.batch_size: 32 is not divisible by parallel.grad_accum 5"),

@@ -112,9 +112,17 @@ def test_rejects_bad_inputs():
         flash_attention(torch.randn(1, 1, 8, 160, device=DEVICE), *[torch.randn(1, 1, 8, 160, device=DEVICE)] * 2)
 
 
-def test_triton_available_reason():
+def test_triton_available_refuses_a_mode_flipped_after_import(monkeypatch):
+    """Triton fixes interpreted vs compiled when imported; a TRITON_INTERPRET flipped later is refused
+    with the reason (the kernels would break), instead of being reported as available."""
+    baked = fa._imported_interpret()
+    assert baked is not None, "cannot tell how triton was imported (internal API moved?)"
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if baked else "1")
     ok, why = triton_available()
-    assert ok and isinstance(why, str) and why
+    assert not ok
+    assert f"triton was imported {'with' if baked else 'without'} the interpreter" in why
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if baked else "0")
+    assert triton_available()[0]
 
 
 _AOT_SCRIPT = r"""

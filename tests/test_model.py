@@ -178,3 +178,62 @@ print("MAXDIFF", (a - b).abs().max().item())
     assert float(proc.stdout.split("MAXDIFF")[1]) == 0.0
     assert proc.stderr.count("model.attention=triton is unavailable") == 1
     assert "using sdpa instead" in proc.stderr
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def _hand_counted_parameters(m, grid: tuple[int, int]) -> tuple[int, int]:
+    """(backbone, head) parameters by hand: patch conv, pos_embed with its extra token, per block two
+    LayerNorms, qkv, proj, fc1, fc2; last norm. Classic head: one deconv per halving from the feature
+    stride to 1/4, a BN after each, a 1x1 conv; simple head: a 3x3 conv."""
+    c, k, hidden = m.embed_dim, m.num_keypoints, int(round(m.embed_dim * m.mlp_ratio))
+    block = 2 * 2 * c + (3 * c * c + (3 * c if m.qkv_bias else 0)) + (c * c + c) + (c * hidden + hidden) \
+        + (hidden * c + c)
+    backbone = (3 * m.patch_size ** 2 * c + c) + (1 + grid[0] * grid[1]) * c + m.depth * block + 2 * c
+    if m.head == "simple":
+        return backbone, c * k * 9 + k
+    ch, deconvs = m.head_channels, {16: 2, 8: 1}[m.patch_stride]
+    head = c * ch * 16 + (deconvs - 1) * ch * ch * 16 + deconvs * 2 * ch + ch * k + k
+    return backbone, head
+
+
+def test_shipped_configs_are_found_recursively():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in SHIPPED}
+    assert {"vitpose_b_256x192.yaml", "ablation/vitpose_b_224x224.yaml", "ablation/vitpose_b_256x256.yaml",
+            "ablation/vitpose_b_384x288.yaml", "ablation/vitpose_b_384x384.yaml", "ablation/vitpose_b_576x432.yaml",
+            "ablation/vitpose_b_256x192_stride8.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.relative_to(ROOT / "configs").as_posix() for p in SHIPPED])
+def test_every_shipped_config_builds_with_hand_counted_parameters_and_grid(path):
+    """Built on the meta device (nothing allocated, G included): grid = input / patch stride (padding
+    2 at stride 16, 4 at stride 8), parameters as counted by hand, heatmaps 1/4 of the input."""
+    import yaml
+
+    from vitpose_scale.config import load_config
+    from vitpose_scale.models.mae import build_mae
+
+    cfg = load_config(path)
+    m = cfg.model.resolved()
+    h, w = m.image_size
+    grid = (h // m.patch_stride, w // m.patch_stride)
+    assert cfg.model.grid == grid
+    model = build_pose_model(cfg.model, device="meta")
+    pos_grid = tuple(m.pretrain_grid) if m.pretrain_grid else grid
+    assert (count_parameters(model.backbone), count_parameters(model.keypoint_head)) == \
+        _hand_counted_parameters(m, pos_grid)
+    x = torch.empty(1, 3, h, w, device="meta")
+    assert model.backbone(x).shape == (1, m.embed_dim, *grid)
+    assert model(x).shape == (1, m.num_keypoints, h // 4, w // 4)
+    if "mae" in yaml.safe_load(path.read_text()):  # MAE pretraining configs: the encoder + decoder too
+        with torch.device("meta"):
+            mae = build_mae(cfg)
+        patches = (h // m.patch_size) * (w // m.patch_size)
+        assert mae.grid == (h // m.patch_size, w // m.patch_size)
+        d, depth, p = cfg.mae.decoder_dim, cfg.mae.decoder_depth, m.patch_size
+        encoder = _hand_counted_parameters(m, mae.grid)[0]
+        decoder = d + (m.embed_dim * d + d) + patches * d + depth * (2 * 2 * d + 12 * d * d + 9 * d) + 2 * d \
+            + (d * p * p * 3 + p * p * 3)
+        assert count_parameters(mae) == encoder + decoder
