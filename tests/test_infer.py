@@ -132,3 +132,59 @@ def test_save_predictions_figure(infer_out, coco_sample, tmp_path):
     gt = json.loads((coco_sample / "test_coco.json").read_text())
     out = save_predictions_figure(coco_sample, results, gt["images"], tmp_path / "grid.png", score_thr=0.0)
     assert cv2.imread(str(out)) is not None
+
+
+# ---------------------------------------------------------------- a folder, every weight format --
+HF_SETS = ["model.head_channels=256", "model.activation_checkpointing=false"]  # HF's classic head is 256 wide
+
+
+@pytest.fixture(scope="module")
+def weights_in_every_format(tmp_path_factory):
+    from vitpose_scale.export import export_hf, export_safetensors
+    from vitpose_scale.models.interop import export_official
+    from vitpose_scale.models.pose import build_pose_model
+
+    cfg = load_config(CONFIG, HF_SETS)
+    torch.manual_seed(3)
+    model = build_pose_model(cfg.model).eval()
+    with torch.no_grad():  # a head of order-1 weights: distinct, confident peaks
+        model.keypoint_head.final_layer.weight.normal_(0, 0.5)
+    tmp = tmp_path_factory.mktemp("weights")
+    export_official(model, tmp / "vitpose.pth")
+    return model, cfg, {"official": tmp / "vitpose.pth", "hf": export_hf(model, cfg.model, tmp / "hf"),
+                        "safetensors": export_safetensors(model, tmp / "vitpose.safetensors")}
+
+
+def test_infer_folder_writes_one_coco_results_file_from_every_weight_format(weights_in_every_format, coco_sample,
+                                                                           tmp_path):
+    from pycocotools.coco import COCO
+
+    model, cfg, files = weights_in_every_format
+    dets_file = coco_sample / "test_coco_det_AP_H_56.json"
+    images = sorted(coco_sample.glob("*.jpg"))
+    results = {}
+    for name, path in files.items():
+        out = tmp_path / name
+        assert main(["--config", str(CONFIG), "--set", *HF_SETS, "--checkpoint", str(path), "--images",
+                     str(coco_sample), "--detections", str(dets_file), "--det-thr", str(DET_THR), "--no-flip",
+                     "--out", str(out)]) == 0
+        results[name] = json.loads((out / "results.json").read_text())
+        assert sorted(p.name for p in out.glob("*_pose.png")) == [f"{p.stem}_pose.png" for p in images]
+    dets = json.loads(dets_file.read_text())
+    ids = {image_id_from_name(p) for p in images}
+    expected = sorted(d["image_id"] for d in dets if d["image_id"] in ids and d["score"] >= DET_THR)
+    assert sorted(r["image_id"] for r in results["official"]) == expected and len(expected) > len(ids)
+    for name in ("hf", "safetensors"):  # the same weights give the same people
+        assert len(results[name]) == len(results["official"])
+        for a, b in zip(results[name], results["official"]):
+            assert a["image_id"] == b["image_id"] and a["bbox"] == b["bbox"]
+            np.testing.assert_allclose(a["keypoints"], b["keypoints"], rtol=0, atol=1e-4)
+    # Equal to the model called directly on the first image's boxes.
+    first = images[0]
+    boxes = load_boxes(dets_file, first, DET_THR)
+    direct = run_inference(model, cv2.imread(str(first)), boxes[:, :4], cfg, flip=False)
+    mine = [r for r in results["official"] if r["image_id"] == image_id_from_name(first)]
+    np.testing.assert_allclose([r["keypoints"] for r in mine], [p.reshape(-1) for p in direct], rtol=0, atol=1e-6)
+    # COCO format: pycocotools loads it against the ground truth.
+    gt = COCO(str(coco_sample / "test_coco.json"))
+    assert len(gt.loadRes(str(tmp_path / "official" / "results.json")).anns) == len(expected)

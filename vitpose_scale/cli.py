@@ -1,4 +1,4 @@
-"""`vitpose-scale` command: train | eval | infer | coco-eval | convert | params | make-synthetic."""
+"""`vitpose-scale` command: train | eval | infer | coco-eval | convert | export | params | make-synthetic."""
 from __future__ import annotations
 
 import argparse
@@ -139,6 +139,7 @@ COMMANDS = {
     "infer": ("pose estimation on an image, drawing the skeletons", "vitpose_scale.infer:main"),
     "coco-eval": ("evaluate a COCO keypoint results file (pycocotools-equal, faster)", "vitpose_scale.eval.coco_eval:main"),
     "convert": ("consolidate ZeRO/FSDP checkpoints; official <-> Hugging Face", "vitpose_scale.cli:convert_main"),
+    "export": ("a checkpoint as a Hugging Face directory, ONNX or safetensors", "vitpose_scale.export:main"),
     "params": ("parameter count and FLOPs table of the presets", "vitpose_scale.cli:params_main"),
     "plan": ("memory per rank, FLOPs and time of a config at a given number of GPUs", "vitpose_scale.plan:main"),
     "make-synthetic": ("generate the synthetic-people COCO data set", "vitpose_scale.data.synthetic:main"),

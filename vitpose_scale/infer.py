@@ -1,12 +1,14 @@
-"""`vitpose-scale infer`: top-down pose estimation on one image.
+"""`vitpose-scale infer`: top-down pose estimation on one image or a folder of images.
 
 Person boxes (a detection file, or the whole image) -> UDP crops at the
 config's input size -> model (+ flip test) -> UDP/DARK decoding to image
-pixels -> skeleton drawing (OUT.png) and COCO-style results (OUT.json).
+pixels -> skeleton drawings and COCO keypoint results (one JSON for a folder).
+Weights: an official .pth, a Hugging Face VitPose directory or a .safetensors file.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -21,7 +23,6 @@ from vitpose_scale.config import Config, load_config
 from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, box_to_center_scale, crop_box, normalize_image
 from vitpose_scale.eval.decode import decode_heatmaps
 from vitpose_scale.eval.postprocess import predict_batch, rescore, to_coco_results
-from vitpose_scale.models.interop import load_official
 from vitpose_scale.models.pose import build_pose_model
 from vitpose_scale.visualize import draw_skeletons
 
@@ -30,6 +31,12 @@ def image_id_from_name(path: str | Path) -> int | None:
     """COCO-style id from the file name's digits: 000000000785.jpg -> 785 (None without digits)."""
     digits = re.findall(r"\d+", Path(path).stem)
     return int(digits[-1]) if digits else None
+
+
+@functools.lru_cache(maxsize=2)
+def _read_json(path: Path, _mtime_ns: int):
+    """Parsed once per folder run (a detection file can hold 100k boxes); the mtime keys out stale copies."""
+    return json.loads(path.read_text())
 
 
 def load_boxes(path: str | Path, image_path: str | Path, det_thr: float = 0.0) -> np.ndarray:
@@ -42,7 +49,7 @@ def load_boxes(path: str | Path, image_path: str | Path, det_thr: float = 0.0) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"boxes file {path} does not exist")
-    data = json.loads(path.read_text())
+    data = _read_json(path.resolve(), path.stat().st_mtime_ns)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of detections or of [x, y, w, h] boxes")
     rows = []
@@ -111,16 +118,26 @@ def run_inference(model: torch.nn.Module, image_bgr: np.ndarray, boxes, cfg: Con
     return [np.concatenate([coords[n], maxvals[n]], axis=1).astype(np.float64) for n in range(len(coords))]
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitpose-scale infer", description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="model config YAML (its model section must match the checkpoint)")
-    p.add_argument("--checkpoint", help="official-format ViTPose checkpoint (or an export of ours)")
-    p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--boxes", help="COCO detection JSON or a JSON list of [x, y, w, h]; default: the whole image")
+    p.add_argument("--checkpoint", help="official .pth (ours or the official release), a Hugging Face VitPose "
+                                        "directory (vitpose-scale export --format hf) or a .safetensors file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="one image file")
+    src.add_argument("--images", help="a folder of images (jpg, jpeg, png, bmp, webp)")
+    p.add_argument("--boxes", "--detections", dest="boxes",
+                   help="COCO detection JSON (image_id = the number in each file name) or, for one image, a JSON "
+                        "list of [x, y, w, h]; default: the whole image")
     p.add_argument("--det-thr", type=float, default=0.5, help="minimum detection score for --boxes (default 0.5)")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. model.attention=plain")
-    p.add_argument("--out", help="output PNG (default: <image stem>_pose.png); OUT.json is written next to it")
+    p.add_argument("--out", help="--image: output PNG (default: <image stem>_pose.png; OUT.json next to it); "
+                                 "--images: output folder for results.json and one <stem>_pose.png per image "
+                                 "(default: <folder>_pose)")
     p.add_argument("--score-thr", type=float, default=0.3, help="minimum keypoint score to draw (default 0.3)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip-test averaging (default: the config's eval.flip_test)")
@@ -128,60 +145,106 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    image_path = Path(args.image)
-    if not image_path.is_file():
-        raise FileNotFoundError(f"image {image_path} does not exist")
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+def _read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"image {image_path} could not be decoded by OpenCV")
-    img_h, img_w = image.shape[:2]
+        raise ValueError(f"image {path} could not be decoded by OpenCV")
+    return image
 
-    if args.boxes:
-        boxes = load_boxes(args.boxes, image_path, args.det_thr)
+
+def predict_image(model, cfg: Config, image_path: Path, image_id: int, boxes_file: str | None, det_thr: float,
+                  flip: bool, score_thr: float) -> tuple[list[dict], np.ndarray]:
+    """COCO keypoint results of one image (one per person box) and the image with the skeletons drawn."""
+    image = _read_image(image_path)
+    img_h, img_w = image.shape[:2]
+    if boxes_file:
+        boxes = load_boxes(boxes_file, image_path, det_thr)
         if len(boxes) == 0:
-            print(f"warning: no person boxes for {image_path.name} in {args.boxes} with score >= {args.det_thr}",
+            print(f"warning: no person boxes for {image_path.name} in {boxes_file} with score >= {det_thr}",
                   file=sys.stderr)
     else:
         boxes = np.array([[0.0, 0.0, img_w, img_h, 1.0]])
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(cfg.train.seed)  # random-weight runs (no checkpoint) stay reproducible
-    model = build_pose_model(cfg.model)
-    if args.checkpoint:
-        load_official(model, args.checkpoint)
-    else:
-        msg = "no --checkpoint given: the model has RANDOM weights and its keypoints are meaningless"
-        warnings.warn(msg, stacklevel=2)
-        print(f"WARNING: {msg}", file=sys.stderr)
-    model.to(device).eval()  # eval: BatchNorm running stats, no drop path
-
-    flip = cfg.eval.flip_test if args.flip is None else args.flip
     people = run_inference(model, image, boxes[:, :4], cfg, flip=flip)
-
-    image_id = image_id_from_name(image_path) or 0
     scores = [rescore(kp[:, 2], box[4], cfg.eval.rescore_thr) for kp, box in zip(people, boxes)]
     results = to_coco_results([image_id] * len(people), np.asarray(people).reshape(len(people), -1, 3), scores)
     for r, box in zip(results, boxes):
         r["bbox"] = [float(v) for v in box[:4]]
 
-    print(f"{image_path.name}: {img_w}x{img_h}, {len(people)} {'person' if len(people) == 1 else 'people'} (flip test {'on' if flip else 'off'})")
+    print(f"{image_path.name}: {img_w}x{img_h}, {len(people)} {'person' if len(people) == 1 else 'people'} "
+          f"(flip test {'on' if flip else 'off'})")
     for n, (kp, box, score) in enumerate(zip(people, boxes, scores)):
-        good = kp[:, 2] >= args.score_thr
+        good = kp[:, 2] >= score_thr
         print(f"  person {n}: box [{box[0]:.0f}, {box[1]:.0f}, {box[2]:.0f}, {box[3]:.0f}] det {box[4]:.3f} "
-              f"score {score:.3f}, {int(good.sum())}/{len(kp)} keypoints >= {args.score_thr} "
+              f"score {score:.3f}, {int(good.sum())}/{len(kp)} keypoints >= {score_thr} "
               f"(mean keypoint score {kp[:, 2].mean():.3f})")
+    return results, draw_skeletons(image, people, score_thr=score_thr, boxes=boxes)
 
-    out_png = Path(args.out) if args.out else Path(f"{image_path.stem}_pose.png")
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    drawn = draw_skeletons(image, people, score_thr=args.score_thr, boxes=boxes)
-    if not cv2.imwrite(str(out_png), drawn):
-        raise OSError(f"could not write {out_png}")
-    out_json = out_png.with_suffix(".json")
-    out_json.write_text(json.dumps(results))
-    print(f"wrote {out_png} and {out_json}")
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")
+
+
+def load_model(cfg: Config, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
+    """The config's model with the checkpoint's weights (any format `export.load_weights` reads)."""
+    from vitpose_scale.export import load_weights
+
+    torch.manual_seed(cfg.train.seed)  # random-weight runs (no checkpoint) stay reproducible
+    model = build_pose_model(cfg.model)
+    if checkpoint:
+        load_weights(model, checkpoint)
+    else:
+        msg = "no --checkpoint given: the model has RANDOM weights and its keypoints are meaningless"
+        warnings.warn(msg, stacklevel=3)
+        print(f"WARNING: {msg}", file=sys.stderr)
+    return model.to(device).eval()  # eval: BatchNorm running stats, no drop path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.image:
+        paths = [Path(args.image)]
+        _read_image(paths[0])  # a missing image fails before the model is built
+    else:
+        folder = Path(args.images)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--images {folder} is not a folder")
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise FileNotFoundError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(cfg, args.checkpoint, device)
+    flip = cfg.eval.flip_test if args.flip is None else args.flip
+
+    if args.image:
+        image_path = paths[0]
+        image_id = image_id_from_name(image_path) or 0
+        results, drawn = predict_image(model, cfg, image_path, image_id, args.boxes, args.det_thr, flip,
+                                       args.score_thr)
+        out_png = Path(args.out) if args.out else Path(f"{image_path.stem}_pose.png")
+        _write_png(out_png, drawn)
+        out_json = out_png.with_suffix(".json")
+        out_json.write_text(json.dumps(results))
+        print(f"wrote {out_png} and {out_json}")
+        return 0
+
+    out_dir = Path(args.out) if args.out else folder.with_name(folder.name + "_pose")
+    results = []
+    for n, image_path in enumerate(paths):
+        image_id = image_id_from_name(image_path)
+        if image_id is None:  # COCO results need an integer id: the file's position in the sorted folder
+            image_id = n
+        found, drawn = predict_image(model, cfg, image_path, image_id, args.boxes, args.det_thr, flip,
+                                     args.score_thr)
+        results += found
+        _write_png(out_dir / f"{image_path.stem}_pose.png", drawn)
+    (out_dir / "results.json").write_text(json.dumps(results))
+    print(f"wrote {out_dir / 'results.json'} ({len(results)} people in {len(paths)} images) and "
+          f"{len(paths)} drawings in {out_dir}")
     return 0
 
 
