@@ -27,8 +27,12 @@ torchrun --nproc_per_node 2 --master_port 29511 launch/evaluate.py --config conf
   --checkpoint "$OUT/untrained.pth" --out "$OUT/eval_untrained" "${sets[@]}" 2>&1 | grep -v "^W1\|OMP_NUM\|\*\*\*\*"
 
 echo "== training: deepspeed --num_gpus 2, ZeRO-3, activation checkpointing"
+# The launcher warns "Unable to find hostfile" whenever no hostfile lists other machines: on one
+# machine that is expected (a hostfile would switch it to its multi-node ssh/pdsh path), so it is
+# replaced by this line.
+echo "(no DeepSpeed hostfile: one machine, local ranks only, as intended)"
 deepspeed --num_gpus 2 --master_port 29512 launch/train.py --config configs/demo.yaml "${sets[@]}" 2>&1 \
-  | grep -v "\[INFO\]\|^W1\|FutureWarning\|return func\|UserWarning\|warnings.warn"
+  | grep -v "\[INFO\]\|^W1\|FutureWarning\|return func\|UserWarning\|warnings.warn\|Unable to find hostfile"
 
 echo "== trained model: distributed evaluation (2 ranks)"
 torchrun --nproc_per_node 2 --master_port 29513 launch/evaluate.py --config configs/demo.yaml \
@@ -37,9 +41,9 @@ torchrun --nproc_per_node 2 --master_port 29513 launch/evaluate.py --config conf
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from vitpose_scale.visualize import plot_training_curves
+from vitpose_scale.visualize import plot_training_curves, run_title
 out = Path(sys.argv[1])
-plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
+plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", title=run_title(out, "configs/demo.yaml"))
 before = json.loads((out / "eval_untrained" / "stats.json").read_text())
 after = json.loads((out / "eval" / "stats.json").read_text())
 print(f"\nAP on held-out synthetic people: untrained {before['AP']:.3f} -> trained {after['AP']:.3f} "

@@ -154,8 +154,58 @@ def _save_figure(fig, out_png) -> Path:
     return out_png
 
 
-def plot_training_curves(metrics_jsonl_path, out_png) -> Path:
-    """Loss vs step (left axis) and AP vs step (right axis) from a metrics JSONL file."""
+def _run_config(run_dir: Path) -> dict:
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def run_title(run_dir, config_name: str | None = None) -> str:
+    """'<config>: ViTPose-<preset> (<width>-d, <depth> blocks, HxW), <N> ranks <backend>, <steps> steps' from
+    the run directory's config.yaml and the setup record of its metrics.jsonl."""
+    from vitpose_scale.config import PRESETS
+    from vitpose_scale.engine.metrics import read_jsonl
+
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    parts = [config_name or run_dir.name]
+    m = cfg.get("model") or {}
+    if m:
+        preset = PRESETS.get(m.get("preset"), {})
+        width, depth = m.get("embed_dim") or preset.get("embed_dim"), m.get("depth") or preset.get("depth")
+        size = "x".join(str(v) for v in m.get("image_size", []))
+        parts.append(f"ViTPose-{m.get('preset')} ({width}-d, {depth} blocks, {size})")
+    metrics = run_dir / "metrics.jsonl"
+    setup = next((r for r in read_jsonl(metrics) if r.get("kind") == "setup"), {}) if metrics.is_file() else {}
+    p = cfg.get("parallel") or {}
+    backend = p.get("backend", "")
+    if backend == "deepspeed":
+        backend = f"DeepSpeed ZeRO-{p.get('zero_stage')}"
+    if setup.get("world_size"):
+        n = setup["world_size"]
+        parts.append(f"{n} rank{'s' if n != 1 else ''} {backend}".strip())
+    if setup.get("total_steps"):
+        parts.append(f"{setup['total_steps']} steps")
+    head, rest = parts[0], parts[1:]
+    return f"{head}: {', '.join(rest)}" if rest else head
+
+
+def eval_set_name(run_dir) -> str | None:
+    """The evaluation set of a run, from its config.yaml: 'synthetic val, 100 images' or the COCO annotation file."""
+    d = _run_config(Path(run_dir)).get("data") or {}
+    if not d:
+        return None
+    if d.get("kind") == "synthetic":
+        return f"synthetic val, {d.get('synthetic_val')} images"
+    return Path(d.get("val_ann", "")).name + (", detected boxes" if d.get("det_file") else ", GT boxes")
+
+
+def plot_training_curves(metrics_jsonl_path, out_png, title: str | None = None, eval_set: str | None = None) -> Path:
+    """Loss vs step (left axis) and AP vs step (right axis) from a metrics JSONL file.
+
+    The title names the run (default: `run_title` of the file's directory) and the AP axis its
+    evaluation set (default: `eval_set_name`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -186,11 +236,12 @@ def plot_training_curves(metrics_jsonl_path, out_png) -> Path:
     if ap_x:
         ax2 = ax.twinx() if loss_x else ax
         handles += ax2.plot(ap_x, ap_y, color="tab:red", marker="o", ms=4, lw=1.2, label="AP")
-        ax2.set_ylabel("AP", color="tab:red")
+        eval_set = eval_set or eval_set_name(Path(metrics_jsonl_path).parent)
+        ax2.set_ylabel(f"AP ({eval_set})" if eval_set else "AP", color="tab:red")
         ax2.margins(y=0.12)  # room for the best-AP label
         best = int(np.argmax(ap_y))
         ax2.annotate(f"{ap_y[best]:.3f}", (ap_x[best], ap_y[best]), textcoords="offset points",
                      xytext=(0, 6), ha="center", fontsize=8, color="tab:red")
     ax.legend(handles=handles, loc="upper center", fontsize=8)
-    ax.set_title(Path(metrics_jsonl_path).name)
+    ax.set_title(title or run_title(Path(metrics_jsonl_path).parent), fontsize=10)
     return _save_figure(fig, out_png)
