@@ -19,21 +19,18 @@ import json
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .images import read_rgb
 from .transforms import box_to_center_scale, crop_box, normalize_image, sample_rng
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"image {path} is missing or unreadable")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return read_rgb(path)  # refuses truncated JPEGs (OpenCV would fill them with grey)
 
 
 def _crop(img: np.ndarray, center, size_wh, image_size_hw, flip: bool) -> torch.Tensor:
