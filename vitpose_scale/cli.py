@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -25,15 +26,18 @@ def load_config_or_report(args: argparse.Namespace):
 
 
 def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_path: str) -> int:
-    """Parse, set up the process group and run a Trainer class; exit codes 0 / 2 config / 3 diverged /
-    143 preempted (checkpoint written: requeue to resume). Shared by every launcher."""
+    """Parse, set up the process group and run a Trainer class. Exit codes: 0 done or paused
+    (train.stop_at), 1 error, 2 config, 3 diverged, 4 damaged/unsafe checkpoint, 143 preempted
+    (checkpoint written: requeue to resume). Any failure ends every rank at once with one message.
+    Shared by every launcher."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_config_args(parser)
     cfg = load_config_or_report(parser.parse_args(argv))
     if cfg is None:
         return 2
     from vitpose_scale.config import ConfigError
-    from vitpose_scale.engine.distributed import init_distributed, shutdown
+    from vitpose_scale.engine.checkpoint import CheckpointError
+    from vitpose_scale.engine.distributed import PeerFailureWatch, init_distributed, shutdown
 
     info = init_distributed(cfg.parallel.backend == "deepspeed")
     import importlib
@@ -42,25 +46,41 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
 
     module, name = trainer_path.split(":")
     trainer_class = getattr(importlib.import_module(module), name)
-    code = 0
+    watch = PeerFailureWatch(info.rank)
     try:
         trainer = trainer_class(cfg, info)
         result = trainer.train()
-        if result.get("preempted"):
-            code = PREEMPTED_EXIT_CODE
-        elif info.is_main:
-            last = trainer.history[-1]["loss"] if trainer.history else float("nan")
-            best = f", best AP {result['best_ap']:.4f}" if trainer.val_set is not None else ""
-            print(f"done: {result['step']} steps, last loss {last:.4g}{best}; weights: {result['final']}", flush=True)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        code = 2
-    except TrainingDiverged as exc:
-        print(f"training stopped: {exc}", file=sys.stderr)
-        code = 3
-    finally:
-        if code in (0, PREEMPTED_EXIT_CODE):
-            shutdown()
+    except BaseException as exc:  # noqa: BLE001 - every failure ends every rank, with one message
+        known = {ConfigError: (2, "config error"), TrainingDiverged: (3, "training stopped"),
+                 CheckpointError: (4, "checkpoint error")}
+        code, label = next((v for k, v in known.items() if isinstance(exc, k)), (1, None))
+        if watch.claim_failure():
+            if label:
+                print(f"{label}: {exc}", file=sys.stderr)
+            else:
+                import traceback
+
+                print(f"rank {info.rank} failed; stopping every rank:", file=sys.stderr)
+                traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Peers may sit in a collective that will never complete: no barrier, no destroy.
+        os._exit(code)
+    watch.stop()
+    if result.get("preempted"):
+        code = PREEMPTED_EXIT_CODE
+    else:
+        code = 0
+        if info.is_main:
+            if result.get("paused"):
+                print(f"paused at step {result['step']} (train.stop_at): checkpoint written; run the same "
+                      f"command without stop_at to continue", flush=True)
+            else:
+                last = trainer.history[-1]["loss"] if trainer.history else float("nan")
+                best = f", best AP {result['best_ap']:.4f}" if trainer.val_set is not None else ""
+                print(f"done: {result['step']} steps, last loss {last:.4g}{best}; weights: {result['final']}",
+                      flush=True)
+    shutdown()
     return code
 
 
@@ -95,9 +115,13 @@ def convert_main(argv: list[str] | None = None) -> int:
 
     src = Path(args.checkpoint)
     if src.is_dir():
-        from vitpose_scale.engine.checkpoint import consolidate
+        from vitpose_scale.engine.checkpoint import CheckpointError, consolidate
 
-        state = consolidate(src)
+        try:
+            state = consolidate(src)
+        except (CheckpointError, FileNotFoundError) as exc:
+            print(f"vitpose-scale convert: {exc}", file=sys.stderr)
+            return 4
     else:
         state = interop.extract_state_dict(interop.safe_load(src), str(src))
         if any(k.startswith("backbone.encoder.") for k in state):

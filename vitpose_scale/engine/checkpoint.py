@@ -1,13 +1,19 @@
-"""Training checkpoints: atomic directories, last-K retention, RNG and data position, consolidation.
+"""Training checkpoints: atomic directories, verified contents, safe loading, last-K retention.
 
 Layout: <output_dir>/checkpoints/step_00000100/ holding the backend's files,
 `rng_rank<r>.pt` per rank and `meta.json`; the directory is written under a
-temporary name and renamed once every rank has finished, and `meta.json`
-(written last, by rank 0) marks it complete. A directory without it is never
-picked as the latest.
+temporary name and renamed once every rank has finished. `meta.json` (written
+last, by rank 0) marks it complete and records the size and SHA-256 of every
+other file, so a resume never loads a truncated, altered or incomplete
+checkpoint: it reports the damage and takes the previous one.
+
+No file is unpickled beyond plain tensors and containers: RNG states are saved
+as tensors, and DeepSpeed's own files (which DeepSpeed unpickles freely) are
+checked first to hold no global outside a short allow-list of DeepSpeed classes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -20,6 +26,23 @@ import torch
 import torch.distributed as dist
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+META = "meta.json"
+# The only non-tensor classes DeepSpeed's checkpoint files hold (loss scaler, ZeRO stage enum,
+# bf16 optimizer fragment addresses); anything else in a pickle is refused before loading.
+ALLOWED_PICKLE_GLOBALS = frozenset({
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+})
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is damaged, incomplete or holds code: never loaded."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file would run code when unpickled."""
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -27,38 +50,153 @@ def step_dir(root: Path, step: int) -> Path:
 
 
 def is_complete(directory: Path) -> bool:
-    return (directory / "meta.json").is_file() and STEP_DIR.match(directory.name) is not None
+    return (directory / META).is_file() and STEP_DIR.match(directory.name) is not None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete step_N directories, newest first."""
+    if not root.is_dir():
+        return []
+    done = [d for d in root.iterdir() if d.is_dir() and is_complete(d)]
+    return sorted(done, key=lambda d: int(STEP_DIR.match(d.name)[1]), reverse=True)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    if not root.is_dir():
-        return None
-    done = [d for d in root.iterdir() if d.is_dir() and is_complete(d)]
-    return max(done, key=lambda d: int(STEP_DIR.match(d.name)[1])) if done else None
+    done = complete_checkpoints(root)
+    return done[0] if done else None
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+# ------------------------------------------------------------------ RNG --
+def rng_state() -> dict[str, torch.Tensor]:
+    """Python, numpy and torch generator states as plain tensors (loadable with weights_only)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    assert kind == "MT19937"
+    state = {
+        "python_version": torch.tensor(version),
+        "python_mt": torch.tensor(mt, dtype=torch.int64),
+        "python_gauss": torch.tensor([gauss is not None, gauss or 0.0], dtype=torch.float64),
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos_gauss": torch.tensor([pos, has_gauss], dtype=torch.int64),
+        "numpy_cached": torch.tensor(cached, dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    has_gauss, gauss = state["python_gauss"].tolist()
+    random.setstate((int(state["python_version"]), tuple(state["python_mt"].tolist()),
+                     gauss if has_gauss else None))
+    pos, np_has_gauss = state["numpy_pos_gauss"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, np_has_gauss,
+                         float(state["numpy_cached"])))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ------------------------------------------------------------ integrity --
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _checkpoint_files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                  if p.is_file() and p.name not in (META, META + ".tmp"))
+
+
+def _shared(items: list, rank: int, world_size: int, fn) -> dict:
+    """fn over items split round-robin across ranks, results gathered on every rank
+    (hashing a 1 B model's shards is a few GB per rank instead of 16 GB on one)."""
+    mine = {item: fn(item) for item in items[rank::world_size]}
+    if dist.is_initialized() and world_size > 1:
+        parts = [None] * world_size
+        dist.all_gather_object(parts, mine)
+        for part in parts:
+            mine.update(part)
+    return mine
+
+
+def file_records(directory: Path, rank: int = 0, world_size: int = 1) -> dict[str, dict]:
+    """{relative path: {size, sha256}} for every file of a checkpoint except meta.json."""
+    return _shared(_checkpoint_files(directory), rank, world_size,
+                   lambda rel: {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)})
+
+
+def verify_checkpoint(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
+    """Problems found (empty: intact). Compares every file with the sizes and checksums in meta.json."""
+    try:
+        meta = json.loads((directory / META).read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{META} unreadable ({exc})"]
+    recorded = meta.get("files")
+    if recorded is None:  # written before checksums were recorded: nothing to compare with
+        return []
+    problems = []
+    present = set(_checkpoint_files(directory))
+    for rel in sorted(set(recorded) - present):
+        problems.append(f"{rel}: missing (expected {recorded[rel]['size']} bytes)")
+
+    def check(rel: str) -> str | None:
+        want, path = recorded[rel], directory / rel
+        size = path.stat().st_size
+        if size != want["size"]:
+            return f"{rel}: {size} bytes, expected {want['size']}"
+        digest = _sha256(path)
+        if digest != want["sha256"]:
+            return f"{rel}: sha256 {digest[:12]}..., expected {want['sha256'][:12]}..."
+        return None
+
+    found = _shared(sorted(set(recorded) & present), rank, world_size, check)
+    problems += [p for _, p in sorted(found.items()) if p]
+    return problems
+
+
+def ensure_safe_pickles(directory: Path) -> None:
+    """Refuse a checkpoint whose pickles name any global outside torch's safe set and our allow-list."""
+    for path in sorted(Path(directory).rglob("*.pt")):
+        try:
+            unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except Exception as exc:  # not a torch zip archive: cannot be inspected without running it
+            raise UnsafeCheckpointError(f"{path}: cannot be inspected safely ({exc}); refusing to load it") from exc
+        refused = sorted(unsafe - ALLOWED_PICKLE_GLOBALS)
+        if refused:
+            raise UnsafeCheckpointError(f"{path}: holds pickled objects outside the allow-list "
+                                        f"({', '.join(refused)}); refusing to load it: it could run code")
+
+
+def _allowed_classes() -> list:
+    import importlib
+
+    classes = []
+    for name in ALLOWED_PICKLE_GLOBALS:
+        module, attr = name.rsplit(".", 1)
+        try:
+            classes.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            pass
+    return classes
+
+
+def safe_load(path: Path):
+    """torch.load with weights_only and DeepSpeed's few allowed classes."""
+    with torch.serialization.safe_globals(_allowed_classes()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------ save/load --
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
 
-def save_training_checkpoint(wrapper, root: Path, step: int, meta: dict, rank: int, keep_last: int) -> Path:
-    """Write step_N atomically (temporary name, then rename) and prune to the last `keep_last`."""
+def save_training_checkpoint(wrapper, root: Path, step: int, meta: dict, rank: int, keep_last: int,
+                             world_size: int = 1) -> Path:
+    """Write step_N atomically (temporary name, checksums, then rename) and prune to the last `keep_last`."""
     final = step_dir(root, step)
     tmp = root / f".tmp-step_{step:08d}"
     if rank == 0:
@@ -69,24 +207,37 @@ def save_training_checkpoint(wrapper, root: Path, step: int, meta: dict, rank: i
     tmp.mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     _barrier()
+    records = file_records(tmp, rank, world_size)
     if rank == 0:
-        (tmp / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp / "meta.json.tmp", tmp / "meta.json")
+        (tmp / (META + ".tmp")).write_text(json.dumps({**meta, "files": records}, indent=1))
+        os.replace(tmp / (META + ".tmp"), tmp / META)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        done = sorted((d for d in root.iterdir() if d.is_dir() and is_complete(d)), key=lambda d: d.name)
-        for old in done[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(root, keep_last)
     _barrier()
     return final
 
 
+def prune(root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints; their universal conversions go with them."""
+    if keep_last <= 0:
+        return
+    for old in complete_checkpoints(root)[keep_last:]:
+        shutil.rmtree(old.parent / (old.name + "_universal"), ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    kept = {d.name for d in complete_checkpoints(root)}
+    for orphan in root.glob("step_*_universal"):
+        if orphan.name[: -len("_universal")] not in kept:
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
 def load_training_checkpoint(wrapper, directory: Path, rank: int) -> dict:
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = json.loads((directory / META).read_text())
+    ensure_safe_pickles(directory)
     wrapper.load(directory)
     rng_file = directory / f"rng_rank{rank}.pt"
     if rng_file.is_file():  # absent for ranks that did not exist when it was written
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(rng_file, weights_only=True))
     return meta
 
 
@@ -95,6 +246,10 @@ def consolidate(directory: Path) -> dict[str, torch.Tensor]:
     directory = Path(directory)
     if not is_complete(directory):
         raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no meta.json)")
+    problems = verify_checkpoint(directory)
+    if problems:
+        raise CheckpointError(f"{directory} is damaged: " + "; ".join(problems))
+    ensure_safe_pickles(directory)
     torch_file = directory / "model_and_optimizer.pt"
     if torch_file.is_file():
         state = torch.load(torch_file, map_location="cpu", weights_only=True)["model"]
@@ -104,7 +259,7 @@ def consolidate(directory: Path) -> dict[str, torch.Tensor]:
         state = get_fp32_state_dict_from_zero_checkpoint(str(directory.parent), tag=directory.name)
         # zero_to_fp32 keeps parameters only; buffers (BatchNorm statistics) come from the model-states file.
         for f in sorted(directory.glob("*model_states.pt")):
-            module = torch.load(f, map_location="cpu", weights_only=False).get("module") or {}
+            module = safe_load(f).get("module") or {}
             for k, v in module.items():
                 if k not in state and ("running_" in k or k.endswith("num_batches_tracked")):
                     state.setdefault(k, v)

@@ -70,14 +70,21 @@ def deepspeed_config(cfg: Config, world_size: int, num_params: int | None = None
 class DeepSpeedWrapper:
     kind = "deepspeed"
 
-    def __init__(self, model: nn.Module, cfg: Config, info: DistInfo, load_universal: bool = False):
+    def __init__(self, model: nn.Module, cfg: Config, info: DistInfo, resume_world_size: int | None = None):
         import deepspeed
 
-        self.cfg, self.info, self.load_universal = cfg, info, load_universal
+        # A checkpoint written at another world size loads through DeepSpeed's universal format.
+        self.load_universal = resume_world_size is not None and resume_world_size != info.world_size
+        self.cfg, self.info = cfg, info
         num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         ds_cfg = deepspeed_config(cfg, info.world_size, num_params)
-        if load_universal:
+        if self.load_universal:
             ds_cfg["checkpoint"] = {"load_universal": True}
+        if cfg.parallel.zero_stage == 3:
+            # Parameters a model reads outside its submodules' forwards (the MAE adds the
+            # backbone's pos_embed itself): ZeRO-3 must gather them for the model's forward.
+            for param in getattr(model, "parameters_used_in_own_forward", lambda: [])():
+                deepspeed.zero.register_external_parameter(model, param)
         optimizer = build_optimizer(model, cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         self.module = self.engine.module
@@ -120,7 +127,24 @@ class DeepSpeedWrapper:
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
 
+    def _universal(self, directory: Path) -> Path:
+        """DeepSpeed's universal format lets ZeRO states load at another world size (converted once)."""
+        target = directory.parent / (directory.name + "_universal")
+        if self.info.is_main and not (target / "zero").is_dir():
+            import subprocess
+            import sys
+
+            print(f"converting {directory} to DeepSpeed's universal checkpoint for a new world size", flush=True)
+            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                            str(directory), "--output_folder", str(target), "--num_extract_workers", "1",
+                            "--num_merge_workers", "1", "--no_strict"], check=True)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return target
+
     def load(self, directory: Path) -> None:
+        if self.load_universal:
+            directory = self._universal(directory)
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         path, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
                                               load_optimizer_states=True, load_lr_scheduler_states=False)
@@ -286,7 +310,8 @@ def whole_parameters_for_loading(model: nn.Module, cfg: Config):
         yield
 
 
-def wrap(model: nn.Module, cfg: Config, info: DistInfo, load_universal: bool = False):
+def wrap(model: nn.Module, cfg: Config, info: DistInfo, resume_world_size: int | None = None):
+    """The backend's wrapper; `resume_world_size`: ranks that wrote the checkpoint about to be loaded."""
     if cfg.parallel.backend == "deepspeed":
-        return DeepSpeedWrapper(model, cfg, info, load_universal=load_universal)
+        return DeepSpeedWrapper(model, cfg, info, resume_world_size=resume_world_size)
     return TorchWrapper(model, cfg, info)

@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 
-from vitpose_scale.config import Config
+from vitpose_scale.config import Config, check_run_paths
 from vitpose_scale.engine.parallel import build_model_for_backend
 from vitpose_scale.engine.trainer import Trainer
 
@@ -41,17 +41,15 @@ class MAEPretrainer(Trainer):
 
         return build_pretrain_dataset(self.cfg), None, None
 
+    def check_paths(self) -> None:
+        # Person crops come from the training sets only; image folders are checked by their loader.
+        check_run_paths(self.cfg, need_val=False) if self.cfg.mae.source == "person_crops" else \
+            check_run_paths(dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, kind="folder")))
+
     def build_model(self, fresh: bool):
         from vitpose_scale.models.mae import build_mae
 
-        model = build_model_for_backend(self.cfg, self.info, build_mae)
-        if self.cfg.parallel.backend == "deepspeed" and self.cfg.parallel.zero_stage == 3:
-            import deepspeed
-
-            # The MAE reads backbone.pos_embed in its own forward, not in ViT.forward:
-            # ZeRO-3 must be told to gather it there.
-            deepspeed.zero.register_external_parameter(model, model.backbone.pos_embed)
-        return model
+        return build_model_for_backend(self.cfg, self.info, build_mae)
 
     def optim_config(self) -> Config:
         # No layer-wise lr decay in pretraining: every group's lr scale is 1.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -16,11 +17,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vitpose_scale.config import Config
+from vitpose_scale.config import Config, check_run_paths
 from vitpose_scale.engine import checkpoint as ckpt
-from vitpose_scale.engine.distributed import DistInfo, all_reduce_max, average_buffers, broadcast_object
-from vitpose_scale.engine.metrics import (MetricsLog, SavedActivationMeter, held_tensor_bytes, peak_memory_mb,
-                                          training_tflops)
+from vitpose_scale.engine.distributed import (DistInfo, all_reduce_max, average_buffers, broadcast_object,
+                                              main_rank_first)
+from vitpose_scale.engine.metrics import (MetricsLog, SavedActivationMeter, drop_records_after, held_tensor_bytes,
+                                          peak_memory_mb, training_tflops)
 from vitpose_scale.engine.optim import lr_factor, set_lr
 from vitpose_scale.engine.parallel import (build_model_for_backend, check_engine_config, micro_batch_size,
                                            whole_parameters_for_loading, wrap)
@@ -53,6 +55,16 @@ class _Preemption:
         self.requested = True
 
 
+def _injected_fault(rank: int) -> int | None:
+    """Test hook: VITPOSE_SCALE_FAULT="rank=R,step=S" makes rank R raise at the start of step S
+    (how the tests prove that one rank's failure ends every rank promptly)."""
+    spec = os.environ.get("VITPOSE_SCALE_FAULT")
+    if not spec:
+        return None
+    fields = dict(item.split("=", 1) for item in spec.split(","))
+    return int(fields["step"]) if int(fields["rank"]) == rank else None
+
+
 def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
     from vitpose_scale.export import load_weights
     from vitpose_scale.models.mae_transfer import load_pretrained_backbone
@@ -73,7 +85,10 @@ def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
 
 class Trainer:
     """Pose training. Subclasses (MAE pretraining) override the hooks: `build_datasets`,
-    `build_model`, `optim_config`, `forward_loss`, `forward_flops`, `final_meta`."""
+    `build_model`, `optim_config`, `forward_loss`, `forward_flops`, `final_meta`.
+
+    Never branches on the backend: everything backend-specific is behind `engine.parallel`.
+    """
 
     desc = "train"
 
@@ -82,49 +97,48 @@ class Trainer:
         self.cfg, self.info = cfg, info
         self.out = Path(cfg.train.output_dir)
         self.ckpt_root = self.out / "checkpoints"
+        self.check_paths()
         if info.is_main:
             cfg.save(self.out / "config.yaml")
-            sets = self.build_datasets()  # rank 0 first: it may generate the synthetic set
-        if dist.is_initialized():
-            dist.barrier()
-        if not info.is_main:
-            sets = self.build_datasets()
-        self.train_set, self.val_set, self.val_ann = sets
+        # rank 0 first: it may generate the synthetic set
+        self.train_set, self.val_set, self.val_ann = main_rank_first(self.build_datasets)
         self.micro_bs = micro_batch_size(cfg, info.world_size)
         self.steps_per_epoch = (len(self.train_set) // info.world_size) // (self.micro_bs * cfg.parallel.grad_accum)
         if self.steps_per_epoch == 0:
             raise ValueError(f"training set of {len(self.train_set)} samples is smaller than one global batch "
                              f"({cfg.train.batch_size})")
         total = cfg.train.epochs * self.steps_per_epoch
+        # The schedule's length; train.stop_at pauses earlier without changing it.
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
         resume_dir = self._find_resume()
         meta = json.loads((resume_dir / "meta.json").read_text()) if resume_dir else None
-        load_universal = False
-        if meta and meta["world_size"] != info.world_size and cfg.parallel.backend == "deepspeed":
-            resume_dir = self._to_universal(resume_dir)
-            load_universal = True
-
         model = self.build_model(fresh=resume_dir is None)
         torch.manual_seed(cfg.train.seed + 1000 * info.rank + 1)  # per-rank stochastic depth / mask draws
-        self.wrapper = wrap(model, self.optim_config(), info, load_universal=load_universal)
+        self.wrapper = wrap(model, self.optim_config(), info,
+                            resume_world_size=meta["world_size"] if meta else None)
         self.lr_scales = [g.get("lr_scale", 1.0) for g in self.wrapper.param_groups]
         self.flops_per_image = self.forward_flops()
-        from vitpose_scale.engine.tracking import build_loggers
-
-        self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main, build_loggers(cfg, self.out, info.is_main))
-        self.step, self.best_ap, self.activation_bytes = 0, -1.0, 0
+        self.step, self.best_ap, self.activation_bytes, self._saved_step = 0, -1.0, 0, -1
         self.history: list[dict] = []
         if resume_dir is not None:
             loaded = ckpt.load_training_checkpoint(self.wrapper, resume_dir, info.rank)
-            self.step, self.best_ap = loaded["step"], loaded.get("best_ap", -1.0)
+            self.step, self.best_ap, self._saved_step = loaded["step"], loaded.get("best_ap", -1.0), loaded["step"]
             if info.is_main:
+                drop_records_after(self.out / "metrics.jsonl", self.step)  # the steps about to be replayed
                 print(f"resumed from {resume_dir} at step {self.step} "
                       f"(written by {meta['world_size']} ranks, now {info.world_size})", flush=True)
+        from vitpose_scale.engine.tracking import build_loggers
+
+        self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main, build_loggers(cfg, self.out, info.is_main))
         self.preemption = _Preemption()
+        self._fault = _injected_fault(info.rank)
         self._log_setup()
 
     # -------------------------------------------------------------- hooks --
+    def check_paths(self) -> None:
+        check_run_paths(self.cfg)
+
     def build_datasets(self):
         """(train set, validation set or None, validation annotation file or None)."""
         from vitpose_scale.data.coco import build_datasets
@@ -170,32 +184,28 @@ class Trainer:
 
     # ------------------------------------------------------------ helpers --
     def _find_resume(self) -> Path | None:
+        """The newest checkpoint that verifies against its recorded sizes and checksums."""
         r = self.cfg.train.resume
-        if r in (None, "", "none"):
+        if r in (None, "", "none", "no", "false"):
             return None
         if r == "auto":
-            return ckpt.latest_checkpoint(self.ckpt_root)
-        path = Path(r)
-        if not ckpt.is_complete(path):
-            raise FileNotFoundError(f"train.resume={r}: not a complete checkpoint directory (no meta.json)")
-        return path
-
-    def _to_universal(self, directory: Path) -> Path:
-        """DeepSpeed's universal format lets ZeRO states load at another world size."""
-        target = directory.parent / (directory.name + "_universal")
-        if self.info.is_main and not (target / "zero").is_dir():
-            import subprocess
-
-            print(f"converting {directory} to DeepSpeed's universal checkpoint for a new world size", flush=True)
-            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(directory), "--output_folder", str(target), "--num_extract_workers", "1",
-                            "--num_merge_workers", "1", "--no_strict"], check=True)
-            for f in directory.glob("rng_rank*.pt"):
-                (target / f.name).write_bytes(f.read_bytes())
-            (target / "meta.json").write_text((directory / "meta.json").read_text())
-        if dist.is_initialized():
-            dist.barrier()
-        return target
+            candidates = ckpt.complete_checkpoints(self.ckpt_root)
+        else:
+            candidates = [Path(r)]
+            if not ckpt.is_complete(candidates[0]):
+                raise ckpt.CheckpointError(f"train.resume={r}: not a complete checkpoint directory (no meta.json)")
+        for directory in candidates:
+            problems = ckpt.verify_checkpoint(directory, self.info.rank, self.info.world_size)
+            if not problems:
+                return directory
+            message = f"checkpoint {directory} is damaged and was not loaded: " + "; ".join(problems)
+            if r != "auto":
+                raise ckpt.CheckpointError(message)
+            if self.info.is_main:
+                print(message + " (trying the previous one)", file=sys.stderr, flush=True)
+        if candidates and self.info.is_main:
+            print("no intact checkpoint left: starting from scratch", file=sys.stderr, flush=True)
+        return None
 
     def _meta(self) -> dict:
         return {"step": self.step, "epoch": self.step // self.steps_per_epoch, "world_size": self.info.world_size,
@@ -204,8 +214,9 @@ class Trainer:
 
     def save(self) -> Path:
         average_buffers(self.wrapper.module)
+        self._saved_step = self.step
         return ckpt.save_training_checkpoint(self.wrapper, self.ckpt_root, self.step, self._meta(),
-                                             self.info.rank, self.cfg.train.keep_last)
+                                             self.info.rank, self.cfg.train.keep_last, self.info.world_size)
 
     def export_weights(self, path: Path, meta: dict) -> None:
         """Official-format fp32 file of the current weights (rank 0 writes)."""
@@ -235,10 +246,14 @@ class Trainer:
                                         self.out / "eval" / f"predictions_step{self.step:08d}.png")
         return broadcast_object(stats)
 
-    def _maybe_eval(self, force: bool = False) -> None:
-        every = self.cfg.train.eval_every or self.steps_per_epoch
-        if not force and self.step % every:
-            return
+    def _should_eval(self, at_end: bool) -> bool:
+        """Every train.eval_every steps (0: every epoch) and once at the end; -1: never."""
+        every = self.cfg.train.eval_every
+        if self.val_set is None or every < 0:
+            return False
+        return at_end or (self.step % (every or self.steps_per_epoch) == 0 and self.step < self.total_steps)
+
+    def _eval_and_keep_best(self) -> None:
         t0 = time.time()
         metrics = self.evaluate()
         self.log.write(step=self.step, kind="eval", seconds=time.time() - t0, **metrics)
@@ -271,72 +286,76 @@ class Trainer:
                                    f"checkpoint ({last or 'none written yet'}) is left as it was")
         return value
 
+    def _optimizer_step(self, batches, measure_activations: bool) -> tuple[float, float | None]:
+        """grad_accum micro-batches and one optimizer step: (global mean loss, grad norm)."""
+        accum = self.cfg.parallel.grad_accum
+        total, grad_norm = None, None
+        for micro in range(accum):
+            batch = next(batches)
+            if measure_activations and micro == 0:  # a Python call per saved tensor: logged steps only
+                with SavedActivationMeter(self.wrapper.module) as meter:
+                    loss = self.forward_loss(batch)
+                self.activation_bytes = meter.bytes
+            else:
+                loss = self.forward_loss(batch)
+            total = loss.detach() if total is None else total + loss.detach()
+            self.wrapper.backward(loss)
+            grad_norm = self.wrapper.step()
+        return self._global_loss(total / accum), grad_norm
+
     def train(self) -> dict:
+        """Run to the end of the schedule, to train.stop_at (paused) or to a preemption signal."""
         from tqdm import tqdm
 
-        cfg, info = self.cfg, self.info
-        accum = cfg.parallel.grad_accum
+        cfg, info, spe = self.cfg, self.info, self.steps_per_epoch
+        stop_at = min(cfg.train.stop_at or self.total_steps, self.total_steps)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, disable=not info.is_main,
                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
         self.wrapper.train(True)
         window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
-        preempted = False
-        while self.step < self.total_steps:
-            epoch = self.step // self.steps_per_epoch
-            start = (self.step % self.steps_per_epoch) * accum
-            batches = iter(self._loader(epoch, start))
-            for _ in range(self.steps_per_epoch - self.step % self.steps_per_epoch):
-                set_lr(self.wrapper.optimizer, cfg.optim.lr,
-                       lr_factor(self.step, cfg, self.steps_per_epoch, self.total_steps), self.lr_scales)
-                step_loss = 0.0
-                # The saved-activation hook costs a Python call per saved tensor: only on logged steps.
-                logged = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == self.total_steps
-                for micro in range(accum):
-                    batch = next(batches)
-                    if logged and micro == 0:
-                        with SavedActivationMeter(self.wrapper.module) as meter:
-                            loss = self.forward_loss(batch)
-                        self.activation_bytes = meter.bytes
-                    else:
-                        loss = self.forward_loss(batch)
-                    step_loss += self._global_loss(loss) / accum
-                    self.wrapper.backward(loss)
-                    grad_norm = self.wrapper.step()
-                self.step += 1
-                window_images += cfg.train.batch_size
-                loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
-                self.history.append({"step": self.step, "loss": step_loss})
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.3e}", epoch=epoch)
-                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                    self._log_train(window_t, window_images, loss_sum / loss_n, grad_norm, epoch)
-                    window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
-                save_every = cfg.train.save_every or self.steps_per_epoch
-                if self.step % save_every == 0 and self.step < self.total_steps:
-                    self.save()
-                if self.val_set is not None and cfg.train.eval_every > 0 and self.step < self.total_steps:
-                    self._maybe_eval()
-                if all_reduce_max(float(self.preemption.requested), info.device):
-                    preempted = True
-                    break
-                if self.step >= self.total_steps:
-                    break
-            if preempted:
+        batches, outcome = None, "finished"
+        save_every = cfg.train.save_every or spe
+        while self.step < stop_at:
+            epoch = self.step // spe
+            if batches is None or self.step % spe == 0:
+                batches = iter(self._loader(epoch, (self.step % spe) * cfg.parallel.grad_accum))
+            set_lr(self.wrapper.optimizer, cfg.optim.lr, lr_factor(self.step, cfg, spe, self.total_steps),
+                   self.lr_scales)
+            if self._fault == self.step + 1:
+                raise RuntimeError(f"injected fault (VITPOSE_SCALE_FAULT) at step {self.step + 1}")
+            logged = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == self.total_steps
+            loss, grad_norm = self._optimizer_step(batches, measure_activations=logged)
+            self.step += 1
+            window_images += cfg.train.batch_size
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1
+            self.history.append({"step": self.step, "loss": loss})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3e}", epoch=epoch)
+            if logged:
+                self._log_train(window_t, window_images, loss_sum / loss_n, grad_norm, epoch)
+                window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
+            if self.step % save_every == 0 and self.step < self.total_steps:
+                self.save()
+            if self._should_eval(at_end=False):
+                self._eval_and_keep_best()
+            if all_reduce_max(float(self.preemption.requested), info.device):
+                outcome = "preempted"
                 break
-            if self.val_set is not None and cfg.train.eval_every == 0 and self.step < self.total_steps:
-                self._maybe_eval(force=True)
+        else:
+            if self.step < self.total_steps:
+                outcome = "paused"
         bar.close()
-        if preempted:
-            path = self.save()
-            if info.is_main:
+        if outcome != "finished":
+            path = self.save() if self._saved_step != self.step else ckpt.step_dir(self.ckpt_root, self.step)
+            if info.is_main and outcome == "preempted":
                 print(f"preempted: checkpoint {path} written; exiting {PREEMPTED_EXIT_CODE} for requeue", flush=True)
-            return {"preempted": True, "step": self.step}
-        self.save()
-        if self.val_set is not None and cfg.train.eval_every >= 0:  # -1: never evaluate (benchmarks)
-            self._maybe_eval(force=True)
+            return {outcome: True, "step": self.step, "checkpoint": str(path)}
+        if self._saved_step != self.step:
+            self.save()
+        if self._should_eval(at_end=True):
+            self._eval_and_keep_best()
         self.export_weights(self.out / "final.pth", self.final_meta())
-        return {"preempted": False, "step": self.step, "best_ap": self.best_ap,
-                "final": str(self.out / "final.pth")}
+        return {"finished": True, "step": self.step, "best_ap": self.best_ap, "final": str(self.out / "final.pth")}
 
     def _log_train(self, t0: float, images: int, loss: float, grad_norm, epoch: int) -> None:
         elapsed = max(time.time() - t0, 1e-9)

@@ -147,6 +147,10 @@ class MaskedAutoencoder(nn.Module):
                 x = blk(x)
         return x
 
+    def parameters_used_in_own_forward(self) -> list[nn.Parameter]:
+        """Read here rather than inside the submodule that owns it (sharding wrappers must gather it)."""
+        return [self.backbone.pos_embed]
+
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Visible tokens only: (latent (B, keep, C), mask (B, L), ids_restore (B, L))."""
         x = self.backbone.patch_embed(images).flatten(2).transpose(1, 2)  # (B, L, C)

@@ -1,0 +1,299 @@
+"""Faults and bad inputs end cleanly, fast, and lose nothing (engine side).
+
+Runs use the real launchers as subprocesses on the tiny model (one process with backend
+`none` where the behaviour does not depend on the backend, 2 DeepSpeed ranks where it does).
+"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch_env import launcher_env
+from vitpose_scale.config import ConfigError, load_config
+from vitpose_scale.engine import checkpoint as ckpt
+from vitpose_scale.engine.metrics import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from vitpose_scale.data.synthetic import generate_synthetic_coco
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_coco(root, 16, 4, seed=5)
+    return root
+
+
+def _sets(out, data, *extra):
+    base = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=16", "data.synthetic_val=4",
+            "data.extra_train=[]", "train.batch_size=4", "train.max_steps=12", "train.log_every=1",
+            "train.eval_every=-1", "train.save_every=3", "train.keep_last=0", "model.depth=1",
+            "model.head=simple", "optim.warmup_iters=2", "optim.schedule=cosine", "parallel.backend=none"]
+    args = []
+    for s in base + list(extra):
+        args += ["--set", s]
+    return args
+
+
+def run(out, data, *extra, launcher=None, timeout=300, env=None):
+    cmd = [sys.executable, "launch/train.py", "--config", "configs/demo.yaml", *_sets(out, data, *extra)]
+    if launcher:
+        cmd = launcher + cmd[1:]
+    return subprocess.run(cmd, cwd=ROOT, env={**launcher_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# ------------------------------------------------------------ item 1 ---
+@pytest.mark.distributed
+@pytest.mark.parametrize("failing_rank", [1, 0])
+def test_one_failing_rank_ends_every_rank_fast_with_one_message(tmp_path, data, failing_rank):
+    port = str(29650 + failing_rank)
+    launcher = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port]
+    t0 = time.time()
+    proc = run(tmp_path, data, "parallel.backend=deepspeed", "train.max_steps=50", launcher=launcher,
+               env={"VITPOSE_SCALE_FAULT": f"rank={failing_rank},step=3"}, timeout=120)
+    elapsed = time.time() - t0
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert text.count("injected fault (VITPOSE_SCALE_FAULT) at step 3") == 1, text[-3000:]
+    assert f"rank {failing_rank} failed; stopping every rank" in text
+    # DeepSpeed's start-up takes most of this; the failure itself ends the job within seconds.
+    assert elapsed < 60, elapsed
+
+
+# ------------------------------------------------------------ item 2 ---
+def _fake_checkpoint(root: Path, step: int) -> Path:
+    d = ckpt.step_dir(root, step)
+    (d / "zero").mkdir(parents=True)
+    (d / "shard.pt").write_bytes(bytes(range(256)) * 40)
+    (d / "zero" / "nested.pt").write_bytes(b"x" * 100)
+    (d / "meta.json").write_text(json.dumps({"step": step, "files": ckpt.file_records(d)}))
+    return d
+
+
+def test_intact_checkpoint_verifies(tmp_path):
+    assert ckpt.verify_checkpoint(_fake_checkpoint(tmp_path, 3)) == []
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncate", "shard.pt: 5000 bytes, expected 10240"),
+    ("flip", "shard.pt: sha256"),
+    ("missing", "zero/nested.pt: missing (expected 100 bytes)"),
+])
+def test_damaged_checkpoint_names_file_expected_and_found(tmp_path, damage, expected):
+    d = _fake_checkpoint(tmp_path, 3)
+    shard = d / "shard.pt"
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:5000])
+    elif damage == "flip":
+        raw = bytearray(shard.read_bytes())
+        raw[1234] ^= 0x01
+        shard.write_bytes(bytes(raw))
+    else:
+        (d / "zero" / "nested.pt").unlink()
+    problems = ckpt.verify_checkpoint(d)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+@pytest.mark.parametrize("damage", ["flip"])  # every kind of damage: the unit tests above
+def test_resume_skips_a_damaged_checkpoint_for_the_previous_one(tmp_path, data, damage):
+    first = run(tmp_path, data, "train.stop_at=6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    latest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    assert latest.name == "step_00000006"
+    victim = latest / "model_and_optimizer.pt"
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:-100])
+    elif damage == "flip":
+        raw = bytearray(victim.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        victim.write_bytes(bytes(raw))
+    else:
+        victim.unlink()
+    second = run(tmp_path, data, "train.stop_at=8")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "checkpoint" in second.stderr and "step_00000006 is damaged and was not loaded" in second.stderr
+    assert "model_and_optimizer.pt" in second.stderr
+    assert "resumed from" in second.stdout and "step_00000003 at step 3" in second.stdout
+
+
+# ------------------------------------------------------------ item 3 ---
+class _Payload:
+    """Unpickling this creates a file: the side effect that must never happen."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _plant(directory: Path, name: str, marker: Path) -> None:
+    path = directory / name
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["extra"] = _Payload(marker)
+    torch.save(state, path)
+    # The attacker also fixes up the recorded checksums: only safe loading can stop it now.
+    meta = json.loads((directory / "meta.json").read_text())
+    meta["files"] = ckpt.file_records(directory)
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def deepspeed_run(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("ds_run")
+    proc = run(out, data, "parallel.backend=deepspeed", "train.stop_at=3",
+               launcher=[str(BIN / "deepspeed"), "--num_gpus", "1", "--master_port", "29661"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("victim", ["rng_rank0.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"])
+def test_pickled_code_is_refused_on_resume_and_convert(tmp_path, data, deepspeed_run, victim):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(deepspeed_run, out)
+    directory = ckpt.latest_checkpoint(out / "checkpoints")
+    marker = tmp_path / "payload-ran"
+    _plant(directory, victim, marker)
+
+    resumed = run(out, data, "parallel.backend=deepspeed", "train.stop_at=6",
+                  launcher=[str(BIN / "deepspeed"), "--num_gpus", "1", "--master_port", "29662"])
+    assert resumed.returncode == 4, resumed.stderr[-3000:]
+    assert "refusing to load it" in resumed.stderr and victim in resumed.stderr
+    assert not marker.exists()
+
+    convert = subprocess.run([str(BIN / "vitpose-scale"), "convert", "--checkpoint", str(directory),
+                              "--out", str(tmp_path / "c.pth")], cwd=ROOT, env=launcher_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert convert.returncode != 0 and "refusing to load it" in convert.stderr, convert.stderr[-2000:]
+    assert "Traceback" not in convert.stderr
+    assert not marker.exists()
+
+
+def test_rng_states_round_trip_as_plain_tensors(tmp_path):
+    import random
+
+    import numpy as np
+
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    np.random.normal()  # leaves a cached gaussian in numpy's state
+    random.gauss(0, 1)
+    torch.save(ckpt.rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), random.gauss(0, 1), np.random.normal(), np.random.rand(), torch.rand(3))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (random.random(), random.gauss(0, 1), np.random.normal(), np.random.rand(), torch.rand(3))
+    assert got[:4] == expected[:4] and torch.equal(got[4], expected[4])
+
+
+# ------------------------------------------------------------ item 4 ---
+def test_stop_at_then_resume_equals_the_uninterrupted_run(tmp_path, data):
+    whole = run(tmp_path / "whole", data, "model.drop_path=0.1")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    paused = run(tmp_path / "paused", data, "model.drop_path=0.1", "train.stop_at=5")
+    assert paused.returncode == 0, paused.stderr[-3000:]
+    assert "paused at step 5" in paused.stdout
+    assert not (tmp_path / "paused" / "final.pth").exists()
+    assert ckpt.latest_checkpoint(tmp_path / "paused" / "checkpoints").name == "step_00000005"
+    rest = run(tmp_path / "paused", data, "model.drop_path=0.1")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    a, b = weights(tmp_path / "whole" / "final.pth"), weights(tmp_path / "paused" / "final.pth")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # and each step is logged once, with the uninterrupted run's losses
+    steps = [r["step"] for r in read_jsonl(tmp_path / "paused" / "metrics.jsonl") if r.get("kind") == "train"]
+    assert steps == list(range(1, 13))
+
+
+# ------------------------------------------------------------ item 6 ---
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=-8", "train.batch_size: got -8, expected 1 <= batch_size"),
+    ("train.batch_size=0", "train.batch_size: got 0, expected 1 <= batch_size"),
+    ("train.epochs=0", "train.epochs: got 0, expected 1 <= epochs"),
+    ("train.max_steps=0", "train.max_steps: got 0, expected 1 <= max_steps"),
+    ("train.stop_at=-1", "train.stop_at: got -1, expected 1 <= stop_at"),
+    ("train.log_every=0", "train.log_every: got 0, expected 1 <= log_every"),
+    ("train.eval_every=-2", "train.eval_every: got -2, expected -1 <= eval_every"),
+    ("train.save_every=-1", "train.save_every: got -1, expected 0 <= save_every"),
+    ("optim.lr=0", "optim.lr: got 0.0, expected 0 < lr"),
+    ("optim.lr=-1e-3", "optim.lr: got -0.001, expected 0 < lr"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay: got -0.1, expected 0 <= weight_decay"),
+    ("optim.layer_decay=1.5", "optim.layer_decay: got 1.5, expected 0 < layer_decay <= 1"),
+    ("optim.warmup_iters=-5", "optim.warmup_iters: got -5, expected 0 <= warmup_iters"),
+    ("optim.betas=[0.9,1.0]", "optim.betas[1]: got 1.0, expected 0 <= beta < 1"),
+    ("eval.batch_size=0", "eval.batch_size: got 0, expected 1 <= batch_size"),
+    ("eval.oks_nms_thr=0", "eval.oks_nms_thr: got 0.0, expected 0 < oks_nms_thr <= 1"),
+    ("data.flip_prob=1.5", "data.flip_prob: got 1.5, expected 0 <= flip_prob <= 1"),
+    ("data.sigma=0", "data.sigma: got 0.0, expected 0 < sigma"),
+    ("data.num_workers=-1", "data.num_workers: got -1, expected 0 <= num_workers"),
+    ("model.num_heads=0", "model.num_heads: got 0, expected 1 <= num_heads"),
+    ("model.depth=0", "model.depth: got 0, expected 1 <= depth"),
+    ("mae.decoder_heads=0", "mae.decoder_heads: got 0, expected 1 <= decoder_heads"),
+    ("parallel.grad_accum=0", "parallel.grad_accum: got 0, expected 1 <= grad_accum"),
+])
+def test_bad_numbers_are_refused_with_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "demo.yaml", [override])
+    assert str(err.value) == message
+
+
+def test_string_fields_take_override_text_as_is():
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["train.output_dir=2024", "train.resume=no"])
+    assert cfg.train.output_dir == "2024" and cfg.train.resume == "no"
+
+
+def test_negative_batch_exits_2_without_training(tmp_path, data):
+    proc = run(tmp_path, data, "train.batch_size=-8")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "config error: train.batch_size: got -8, expected 1 <= batch_size"
+    assert not (tmp_path / "final.pth").exists()
+
+
+def test_unwritable_output_dir_and_missing_data_name_the_key(tmp_path, data):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run(blocker / "run", data)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"config error: train.output_dir: '{blocker / 'run'}' cannot be written")
+    assert "Traceback" not in proc.stderr
+    proc = run(tmp_path / "run", tmp_path / "no-such-dir", "data.kind=coco")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"config error: data.root: '{tmp_path / 'no-such-dir'}' does not exist")
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------ item 7 ---
+def test_keep_last_also_removes_universal_conversions(tmp_path):
+    for step in (2, 4, 6):
+        _fake_checkpoint(tmp_path, step)
+        (tmp_path / f"step_{step:08d}_universal" / "zero").mkdir(parents=True)
+    ckpt.prune(tmp_path, keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006", "step_00000006_universal"]
+
+
+def test_resume_after_a_crash_logs_each_step_once(tmp_path, data):
+    first = run(tmp_path, data, "train.max_steps=6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    import shutil
+
+    # As if killed after step 6 was logged but before its checkpoint was complete.
+    (ckpt.step_dir(tmp_path / "checkpoints", 6) / "meta.json").unlink()
+    shutil.rmtree(ckpt.step_dir(tmp_path / "checkpoints", 6))
+    second = run(tmp_path, data, "train.max_steps=6")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "at step 3" in second.stdout
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("kind") == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
