@@ -139,7 +139,8 @@ class ParallelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 210
-    max_steps: int | None = None  # stop after this many optimizer steps (demo, tests)
+    max_steps: int | None = None  # the schedule ends after this many optimizer steps (demo, tests)
+    stop_at: int | None = None  # pause here: checkpoint and exit 0, the schedule unchanged (resume continues it)
     batch_size: int = 512  # global batch, all ranks and accumulation steps together
     seed: int = 0
     output_dir: str = "runs/default"
@@ -211,8 +212,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+class Override:
+    """A --set value: YAML-parsed, with its text kept for string fields (output_dir=2024, resume=no)."""
+
+    def __init__(self, text: str, value: Any):
+        self.text, self.value = text, value
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against annotation `tp`; ints are accepted as floats."""
+    if isinstance(value, Override):
+        takes_str = tp is str or str in typing.get_args(tp)
+        if takes_str and value.value is not None and not isinstance(value.value, (list, dict)):
+            return value.text
+        value = value.value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -266,7 +279,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+            kwargs[name] = _build(tp, value.value if isinstance(value, Override) else value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
     return cls(**kwargs)
@@ -277,7 +290,56 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}: got {value!r}, expected one of {list(allowed)}")
 
 
+# Ranges of the numeric fields: (low, high, low inclusive, high inclusive); None is open.
+# A null value of an optional field (max_steps, stop_at, layer_decay, ...) is not checked.
+RANGES: dict[str, tuple] = {
+    "model.depth": (1, None, True, None), "model.embed_dim": (1, None, True, None),
+    "model.num_heads": (1, None, True, None), "model.mlp_ratio": (0, None, False, None),
+    "model.patch_size": (1, None, True, None), "model.head_channels": (1, None, True, None),
+    "model.num_keypoints": (1, None, True, None),
+    "data.det_score_thr": (0, 1, True, True), "data.synthetic_train": (0, None, True, None),
+    "data.synthetic_val": (0, None, True, None), "data.bbox_padding": (0, None, False, None),
+    "data.sigma": (0, None, False, None), "data.flip_prob": (0, 1, True, True),
+    "data.half_body_prob": (0, 1, True, True), "data.half_body_min_joints": (0, None, True, None),
+    "data.scale_factor": (0, 1, True, False), "data.rot_factor": (0, 180, True, True),
+    "data.rot_prob": (0, 1, True, True), "data.num_workers": (0, None, True, None),
+    "optim.lr": (0, None, False, None), "optim.weight_decay": (0, None, True, None),
+    "optim.layer_decay": (0, 1, False, True), "optim.grad_clip": (0, None, True, None),
+    "optim.warmup_iters": (0, None, True, None), "optim.warmup_ratio": (0, 1, True, True),
+    "optim.step_gamma": (0, None, False, None),
+    "parallel.grad_accum": (1, None, True, None), "parallel.zero3_persistence_threshold": (0, None, True, None),
+    "parallel.bucket_size": (1, None, True, None),
+    "train.epochs": (1, None, True, None), "train.max_steps": (1, None, True, None),
+    "train.stop_at": (1, None, True, None), "train.batch_size": (1, None, True, None),
+    "train.log_every": (1, None, True, None), "train.eval_every": (-1, None, True, None),
+    "train.save_every": (0, None, True, None), "train.keep_last": (0, None, True, None),
+    "train.peak_tflops": (0, None, False, None),
+    "eval.batch_size": (1, None, True, None), "eval.oks_nms_thr": (0, 1, False, True),
+    "eval.rescore_thr": (0, 1, True, True),
+    "mae.decoder_dim": (1, None, True, None), "mae.decoder_depth": (1, None, True, None),
+    "mae.decoder_heads": (1, None, True, None),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (low, high, low_incl, high_incl) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            continue
+        too_low = low is not None and (value < low if low_incl else value <= low)
+        too_high = high is not None and (value > high if high_incl else value >= high)
+        if too_low or too_high:
+            lo = "" if low is None else f"{low} {'<=' if low_incl else '<'} "
+            hi = "" if high is None else f" {'<=' if high_incl else '<'} {high}"
+            raise ConfigError(f"{key}: got {value}, expected {lo}{name}{hi}")
+    for i, beta in enumerate(cfg.optim.betas):
+        if not 0 <= beta < 1:
+            raise ConfigError(f"optim.betas[{i}]: got {beta}, expected 0 <= beta < 1")
+
+
 def validate(cfg: Config) -> Config:
+    _check_ranges(cfg)
     m = cfg.model
     _choice("model.preset", m.preset, tuple(PRESETS))
     _choice("model.attention", m.attention, ("plain", "sdpa", "triton"))
@@ -291,6 +353,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"model.image_size: {axis} {size} is not compatible with the patch grid: "
                 f"expected a multiple of 16 (the 16-pixel patches and the 1/4-scale heatmaps)")
+    for key in ("embed_dim", "depth", "num_heads"):
+        if getattr(r, key) < 1:
+            raise ConfigError(f"model.{key}: got {getattr(r, key)}, expected a positive int")
     if r.embed_dim % r.num_heads:
         raise ConfigError(
             f"model.num_heads: {r.num_heads} does not divide model.embed_dim {r.embed_dim}: "
@@ -335,6 +400,35 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def check_run_paths(cfg: Config, need_val: bool = True) -> None:
+    """Before any work: the output directory can be written and the data files exist.
+    Each failure names the key, the value and the reason (no traceback)."""
+    out = Path(cfg.train.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"train.output_dir: {cfg.train.output_dir!r} cannot be written "
+                          f"({exc.strerror or exc}): expected a writable directory") from None
+    d = cfg.data
+    if d.kind != "coco":
+        return  # synthetic sets are generated under data.root
+    root = Path(d.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: {d.root!r} does not exist: expected the dataset directory "
+                          f"(see docs/datasets.md)")
+    files = [("data.train_ann", d.train_ann)]
+    if need_val:
+        files += [("data.val_ann", d.val_ann)] + ([("data.det_file", d.det_file)] if d.det_file else [])
+    for key, rel in files:
+        candidates = [root / rel, Path(rel)]  # relative to data.root, or as given
+        if not any(p.is_file() for p in candidates):
+            raise ConfigError(f"{key}: {rel!r} not found (looked for {candidates[0]}): "
+                              f"expected a COCO-format JSON file")
+
+
 # ---------------------------------------------------------------- loading --
 def _parse_scalar(text: str) -> Any:
     value = yaml.safe_load(text) if text != "" else ""
@@ -358,7 +452,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = _parse_scalar(text)
+        node[parts[-1]] = Override(text.strip(), _parse_scalar(text))
     return raw
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -155,3 +156,15 @@ def held_tensor_bytes(*roots, max_depth: int = 6) -> int:
     for root in roots:
         visit(root, 0)
     return sum(storages.values())
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """Remove records of steps after `step` (written after the checkpoint a run resumes from, and
+    about to be written again), so metrics.jsonl holds each step once. Atomic rewrite."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
