@@ -269,3 +269,15 @@ def test_udp_inverse_transform_equals_official_transform_preds():
         s = scale.astype(np.float64)
         ref = coords * (s / (np.array(hm_hw[::-1]) - 1.0)) + center - 0.5 * s
         assert np.abs(ours - ref).max() < 1e-9
+
+
+def test_decode_config_is_checked_and_old_configs_still_load():
+    from vitpose_scale.config import ConfigError, from_dict
+
+    assert from_dict({}).eval.decode == "udp_dark"
+    assert from_dict({"eval": {"dark": True}}).eval.decode == "dark"  # a run's config.yaml from before
+    assert from_dict({"eval": {"dark": False}}).eval.decode == "argmax"
+    with pytest.raises(ConfigError, match="eval.decode"):
+        from_dict({"eval": {"decode": "dakr"}})
+    with pytest.raises(ConfigError, match="eval.blur_kernel"):
+        from_dict({"eval": {"blur_kernel": 10}})

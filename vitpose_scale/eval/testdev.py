@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitpose_scale.data.transforms import TopDownTransform, box_to_center_scale
+from vitpose_scale.data.images import read_rgb
+from vitpose_scale.data.transforms import TopDownTransform, box_to_center_scale, normalize_batch
 
 RESULT_KEYS = ("image_id", "category_id", "keypoints", "score")
 
@@ -77,8 +77,8 @@ class DetectionBoxes(Dataset):
         aspect = self.image_size[1] / self.image_size[0]
         self.records = []
         for det in dets:
-            if det.get("category_id", 1) != 1 or det["score"] <= data_cfg.det_score_thr:
-                continue
+            if det.get("category_id", 1) != 1 or det["score"] < data_cfg.det_score_thr:
+                continue  # kept at score >= thr, as the validation set and the reference
             image = self.images.get(int(det["image_id"]))
             if image is None:
                 raise ValueError(f"{det_file}: detection for image_id {det['image_id']}, which is not in "
@@ -86,7 +86,7 @@ class DetectionBoxes(Dataset):
             center, scale = box_to_center_scale(det["bbox"], aspect, data_cfg.bbox_padding)
             self.records.append(dict(image_id=int(det["image_id"]), file_name=image["file_name"], center=center,
                                      scale=scale, bbox_score=float(det["score"])))
-        self.transform = TopDownTransform(image_size=self.image_size, train=False, sigma=data_cfg.sigma)
+        self.transform = TopDownTransform(image_size=self.image_size, cfg=data_cfg, train=False)
         self._no_joints = np.zeros((self.num_keypoints, 3), dtype=np.float32)
 
     def __len__(self) -> int:
@@ -95,14 +95,10 @@ class DetectionBoxes(Dataset):
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         rec = self.records[index]
-        path = self.img_dir / rec["file_name"]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
-        if img is None:
-            raise FileNotFoundError(f"image {path} (image_id {rec['image_id']}, listed in {self.ann_file}) "
-                                    f"is missing or unreadable")
-        out = self.transform(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), self._no_joints, rec["center"], rec["scale"])
+        img = read_rgb(self.img_dir / rec["file_name"], f"image_id {rec['image_id']}, listed in {self.ann_file}")
+        out = self.transform(img, self._no_joints, rec["center"], rec["scale"])
         return {
-            "img": torch.from_numpy(out["img"]),
+            "img": normalize_batch(torch.from_numpy(out["img"])),  # float32, as the validation set's
             "target": torch.from_numpy(out["target"]),
             "target_weight": torch.from_numpy(out["target_weight"]),
             "center": out["center"],
