@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from vitpose_scale.config import from_dict
-from vitpose_scale.eval.postprocess import rescore
 from vitpose_scale.eval.testdev import check_results_format, results_file_name
 from vitpose_scale.evaluate import evaluate_checkpoints, main
 from vitpose_scale.models.interop import export_official

@@ -159,7 +159,8 @@ def params_main(argv: list[str] | None = None) -> int:
 COMMANDS = {
     "train": ("train a model (see also launch/train.py for multi-process launchers)", "vitpose_scale.cli:train_main"),
     "pretrain": ("MAE pretraining of the backbone (see launch/pretrain_mae.py)", "vitpose_scale.cli:pretrain_main"),
-    "eval": ("evaluate a checkpoint on the validation set, distributed", "vitpose_scale.evaluate:main"),
+    "eval": ("evaluate a checkpoint or a heatmap ensemble on val (or write test-dev results), distributed",
+             "vitpose_scale.evaluate:main"),
     "infer": ("pose estimation on an image, drawing the skeletons", "vitpose_scale.infer:main"),
     "coco-eval": ("evaluate a COCO keypoint results file (pycocotools-equal, faster)", "vitpose_scale.eval.coco_eval:main"),
     "convert": ("consolidate ZeRO/FSDP checkpoints; official <-> Hugging Face", "vitpose_scale.cli:convert_main"),
