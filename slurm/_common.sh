@@ -36,23 +36,35 @@ vitpose_setup() {
 # the tasks get the SIGTERM too, checkpoint and exit 143; the batch shell must not die first.
 _VITPOSE_TERM=0
 vitpose_srun() {
-    local pid rc
+    local pid rc rc_file
+    rc_file=$(mktemp "${TMPDIR:-/tmp}/vitpose_rc.XXXXXX")
     trap '_VITPOSE_TERM=1; echo "[$(date "+%F %T")] batch shell: SIGTERM (cancel/preemption); waiting for the tasks"' TERM
-    # USR1 is meant for the tasks (#SBATCH --signal=USR1@180, no B:); should it reach this shell too
-    # (scancel --full/--batch), do not die of it.
-    trap 'echo "[$(date "+%F %T")] batch shell: SIGUSR1 (the tasks checkpoint and exit 143)"' USR1
-    if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v srun >/dev/null; then
-        srun "$@" &
-    else
-        "$@" &
-    fi
+    # USR1 is meant for the tasks (#SBATCH --signal=USR1@180, no B:); should it reach this shell
+    # (scancel --batch: this shell only; --full: the tasks too), do not die of it, and do not
+    # forward it: whether the tasks checkpoint depends on whether Slurm signalled them as well.
+    trap 'echo "[$(date "+%F %T")] batch shell: SIGUSR1 ignored here; it is not forwarded to the tasks:" \
+               "they checkpoint and exit 143 only if Slurm signalled them too (scancel --full or without" \
+               "--batch), else they keep training"' USR1
+    # The command's exit code goes through a file: a `wait` cut short by a trapped signal loses
+    # it when the command ends at that very moment. The subshell survives TERM/USR1 like this
+    # shell (no-op handlers; the command itself starts with the default ones).
+    (
+        trap ':' TERM USR1
+        if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v srun >/dev/null; then
+            srun "$@"
+        else
+            "$@"
+        fi
+        echo "$?" > "$rc_file"
+    ) &
     pid=$!
     while :; do
         wait "$pid"
-        rc=$?
         kill -0 "$pid" 2>/dev/null || break  # wait was interrupted by a trapped signal: keep waiting
     done
-    return "$rc"
+    rc=$(cat "$rc_file" 2>/dev/null)
+    rm -f "$rc_file"
+    return "${rc:-1}"
 }
 
 # vitpose_train [--config C] [--set k=v ...]: the default --config comes first, so a --config in
