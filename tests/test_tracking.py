@@ -1,5 +1,6 @@
 """train.loggers: TensorBoard event files and an offline W&B run, read back with the tools' own readers."""
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -28,21 +29,24 @@ def _events(log_dir: Path):
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
-    """A real 1-process training run (6 steps, an evaluation at steps 3 and 6) with TensorBoard on."""
+    """A real 1-process training run (4 steps, evaluations at steps 2 and 4) with TensorBoard and W&B on."""
     pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
     from vitpose_scale.data.synthetic import generate_synthetic_coco
 
     tmp = tmp_path_factory.mktemp("tracked")
     generate_synthetic_coco(tmp / "data", 32, 6, seed=5)
     out = tmp / "run"
     sets = [f"train.output_dir={out}", f"data.root={tmp / 'data'}", "data.synthetic_train=32",
-            "data.synthetic_val=6", "data.extra_train=[]", "train.batch_size=8", "train.max_steps=6",
-            "train.log_every=2", "train.eval_every=3", "train.save_every=100", "eval.flip_test=false",
-            "parallel.backend=none", "model.activation_checkpointing=false", "train.loggers=[jsonl,tensorboard]"]
+            "data.synthetic_val=6", "data.extra_train=[]", "train.batch_size=8", "train.max_steps=4",
+            "train.log_every=1", "train.eval_every=2", "train.save_every=100", "eval.flip_test=false",
+            "parallel.backend=none", "model.activation_checkpointing=false",
+            "train.loggers=[jsonl,tensorboard,wandb]"]
     args = [sys.executable, "launch/train.py", "--config", "configs/demo.yaml"]
     for s in sets:
         args += ["--set", s]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # offline must be the default
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out
 
@@ -53,7 +57,7 @@ def test_tensorboard_holds_every_metric_of_a_training_run(tracked_run):
     rows = read_jsonl(tracked_run / "metrics.jsonl")
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
-    assert [r["step"] for r in train] == [2, 4, 6] and [r["step"] for r in evals] == [3, 6]
+    assert [r["step"] for r in train] == [1, 2, 3, 4] and [r["step"] for r in evals] == [2, 4]
     wanted = {"loss", "lr", "lr_group0", "grad_norm", "images_per_s", "tflops", "mfu"}
     assert {f"train/{k}" for k in wanted} | {"train/peak_mem_mb/rank0", "train/model_state_mb/rank0",
                                              "train/activation_mb/rank0"} <= tags
@@ -69,12 +73,33 @@ def test_tensorboard_holds_every_metric_of_a_training_run(tracked_run):
     assert 0 < lr0 < lr  # layer-wise decay: the patch embedding's group learns slowest
 
     images = acc.Images("eval/predictions")
-    assert [i.step for i in images] == [3, 6]
+    assert [i.step for i in images] == [2, 4]
     import cv2
 
-    png = cv2.imread(str(tracked_run / "eval" / "predictions_step00000006.png"))
+    png = cv2.imread(str(tracked_run / "eval" / "predictions_step00000004.png"))
     decoded = cv2.imdecode(np.frombuffer(images[-1].encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == png.shape and np.abs(decoded.astype(int) - png).max() <= 1
+
+
+def test_wandb_run_of_a_training_run_holds_its_config_and_metrics(tracked_run):
+    run_id = (tracked_run / WANDB_ID_FILE).read_text().strip()
+    (run,) = (tracked_run / "wandb").glob(f"offline-run-*-{run_id}")
+    records = _wandb_records(run / f"run-{run_id}.wandb")
+    (run_record,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    config = {item.key: json.loads(item.value_json) for item in run_record.config.update if item.key != "_wandb"}
+    assert config == yaml.safe_load((tracked_run / "config.yaml").read_text())  # the resolved config
+    history = [{"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    logged = {(int(h["_step"]), k): v for h in history for k, v in h.items() if "/" in k}
+    rows = read_jsonl(tracked_run / "metrics.jsonl")
+    for r in rows:
+        for tag, value in scalars(r).items():
+            assert logged[(r["step"], tag)] == pytest.approx(value, rel=1e-12), tag
+    media = run / "files" / logged[(4, "eval/predictions/path")]  # the skeleton figure, as a W&B image
+    import cv2
+
+    png = cv2.imread(str(tracked_run / "eval" / "predictions_step00000004.png"))
+    assert cv2.imread(str(media)).shape == png.shape
 
 
 def test_scalars_from_records():

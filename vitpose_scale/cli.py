@@ -161,7 +161,7 @@ COMMANDS = {
     "pretrain": ("MAE pretraining of the backbone (see launch/pretrain_mae.py)", "vitpose_scale.cli:pretrain_main"),
     "eval": ("evaluate a checkpoint or a heatmap ensemble on val (or write test-dev results), distributed",
              "vitpose_scale.evaluate:main"),
-    "infer": ("pose estimation on an image, drawing the skeletons", "vitpose_scale.infer:main"),
+    "infer": ("pose estimation on an image or a folder, drawing the skeletons", "vitpose_scale.infer:main"),
     "coco-eval": ("evaluate a COCO keypoint results file (pycocotools-equal, faster)", "vitpose_scale.eval.coco_eval:main"),
     "convert": ("consolidate ZeRO/FSDP checkpoints; official <-> Hugging Face", "vitpose_scale.cli:convert_main"),
     "export": ("a checkpoint as a Hugging Face directory, ONNX or safetensors", "vitpose_scale.export:main"),
