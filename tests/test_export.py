@@ -1,6 +1,9 @@
 """`vitpose-scale export`: Hugging Face directory, ONNX, safetensors; each read back by its own runtime."""
+import io
 import json
+import logging
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +63,17 @@ def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(r
     assert config["id2label"]["0"] == "nose" and [15, 13] in config["edges"] and len(config["edges"]) == 19
     assert config["backbone_config"]["image_size"] == [128, 96]
 
-    theirs, info = transformers.VitPoseForPoseEstimation.from_pretrained(str(out), output_loading_info=True)
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.WARNING)
+    transformers.logging.get_logger().addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            theirs, info = transformers.VitPoseForPoseEstimation.from_pretrained(str(out), output_loading_info=True)
+    finally:
+        transformers.logging.get_logger().removeHandler(handler)
+    assert log.getvalue() == "" and [str(w.message) for w in caught] == []  # no warning of any kind
     assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
     assert info["mismatched_keys"] == set() and info["error_msgs"] == []
     x = _images(cfg, 2)
