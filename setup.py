@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     # Ranges here; the exact tested set is requirements.txt (see README "Dependencies").
     install_requires=[
-        "torch>=2.6", "numpy>=1.26", "pyyaml>=6", "pycocotools>=2.0.8", "opencv-python-headless>=4.9",
+        "torch>=2.6", "numpy>=1.26", "pyyaml>=6", "pycocotools>=2.0.8", "msgspec>=0.18", "opencv-python-headless>=4.9",
         "tqdm>=4.66", "matplotlib>=3.8", "timm>=1.0", "deepspeed>=0.16", "submitit>=1.5", "safetensors>=0.4",
     ],
     extras_require={

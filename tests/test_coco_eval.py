@@ -244,8 +244,13 @@ def _good(coco_sample):
     (lambda r: r[2].update(keypoints=r[2]["keypoints"][:-3]), "'keypoints' has 48 values, expected 3*K = 51"),
     (lambda r: r[9].pop("score"), "results[9] (image_id="),
     (lambda r: r[9].pop("keypoints"), "is missing the 'keypoints' field"),
-    (lambda r: r[1].update(category_id=7), "category_id"),
+    (lambda r: r[1].update(category_id=[7]), "category_id"),
     (lambda r: r[1].update(score="high"), "'score' is not a number"),
+    # numbers in disguise: numpy would convert these silently
+    (lambda r: r[1].update(score="0.9"), "results[1] (image_id="),
+    (lambda r: r[4].update(score=True), "'score' is not a number (True)"),
+    (lambda r: r[6]["keypoints"].__setitem__(10, "12.5"), "results[6] (image_id="),
+    (lambda r: r[6]["keypoints"].__setitem__(10, "12.5"), "'keypoints' must be 51 numbers"),
 ])
 def test_bad_results_are_reported(coco_sample, mutate, message):
     gt, results = _good(coco_sample)
@@ -269,6 +274,12 @@ def test_nan_message_names_entry_and_image(coco_sample):
     (lambda g: g["categories"][0].pop("keypoints"), "has no 'keypoints' list"),
     (lambda g: g["annotations"][2].pop("keypoints"), "annotations[2]"),
     (lambda g: g["annotations"][1].update(keypoints=[1, 2, 3]), "has 3 keypoint values, expected 51"),
+    (lambda g: g["annotations"][1]["keypoints"].__setitem__(3, "7"), "annotations[1] (id="),
+    (lambda g: g["annotations"][1]["keypoints"].__setitem__(3, "7"), "'keypoints' must be 51 numbers"),
+    (lambda g: g["annotations"][2].update(image_id=[1]), "annotations[2] (id="),
+    (lambda g: g["annotations"][2].update(image_id=[1]), "is not a valid id"),
+    (lambda g: g["annotations"][4].update(bbox=[1, 2, 3]), "bbox is not 4 numbers"),
+    (lambda g: g["annotations"][4].update(area=float("nan")), "has NaN/inf area"),
 ])
 def test_bad_gt_is_reported(coco_sample, mutate, message):
     gt, _ = _sample(coco_sample)
@@ -352,3 +363,144 @@ def test_two_rank_gloo_gather_equals_single_rank():
             got = np.load(os.path.join(d, f"rank{rank}.npy"))
             assert got[10] == len(results)
             assert np.array_equal(got[:10], single)
+
+
+# ------------------------------------------------------------ hardening
+
+
+@pytest.mark.parametrize("variant", ["no annotations", "other category"])
+def test_gt_without_scorable_annotations_gives_minus_one_like_pycocotools(coco_sample, variant):
+    gt, results = _good(coco_sample)
+    if variant == "no annotations":
+        gt["annotations"] = []
+    else:  # every GT in a category the file does not list
+        for a in gt["annotations"]:
+            a["category_id"] = 2
+    ref, _ = _reference(gt, results)
+    assert (np.asarray(ref) == -1).all()
+    ours = KeypointEvaluator(gt).evaluate(results)
+    assert np.array_equal(ours, ref)
+    assert (KeypointEvaluator(gt).evaluate([]) == -1).all()
+
+
+def test_duplicate_gt_ids_are_rejected(coco_sample):
+    gt, results = _good(coco_sample)
+    anns = gt["annotations"]
+    dup = anns[3]["id"]
+    anns[5]["id"] = dup
+    anns[9]["id"] = dup
+    # pycocotools indexes annotations by id (the last one wins), so its numbers
+    # would silently change; we refuse the file instead
+    ref, _ = _reference(gt, results)
+    assert not np.array_equal(ref, _reference(*_good(coco_sample))[0])
+    with pytest.raises(EvaluationInputError) as exc:
+        KeypointEvaluator(gt)
+    assert f"annotation id {dup} occurs 3 times" in str(exc.value)
+
+
+def test_results_of_other_categories_are_ignored_like_pycocotools(coco_sample, tmp_path, capsys):
+    gt, results = _good(coco_sample)
+    extra = [dict(results[i], category_id=c) for i, c in ((0, 7), (3, 2), (8, 7))]
+    mixed = results[:5] + extra + results[5:]
+    ref, _ = _reference(gt, mixed)
+    ev = KeypointEvaluator(gt)
+    assert np.array_equal(ev.evaluate(mixed), ref)
+    assert ev.num_ignored == 3
+    assert np.array_equal(ev.evaluate(results), ref) and ev.num_ignored == 0
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(mixed))
+    assert coco_eval.main(["--gt", str(coco_sample / "test_coco.json"), "--results", str(res_path)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 10
+    assert "3 of 121 results ignored: category_id not a GT category" in err
+
+
+def _cli_error(capsys, argv):
+    rc = coco_eval.main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert out == ""  # nothing evaluated or printed before the error
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vitpose-scale coco-eval: error: "), err
+    return lines[0]
+
+
+def test_cli_unreadable_inputs_are_one_line_errors(coco_sample, tmp_path, capsys):
+    gt_path = str(coco_sample / "test_coco.json")
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(_good(coco_sample)[1]))
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    msg = _cli_error(capsys, ["--gt", str(tmp_path), "--results", str(res_path)])
+    assert f"GT annotation file {tmp_path} cannot be read: is a directory" in msg
+    msg = _cli_error(capsys, ["--gt", gt_path, "--results", str(tmp_path)])
+    assert f"results file {tmp_path} cannot be read: is a directory" in msg
+    msg = _cli_error(capsys, ["--gt", gt_path, "--results", str(a_file / "res.json")])
+    assert f"results file {a_file / 'res.json'} cannot be read" in msg
+    if os.geteuid() != 0:  # root reads any file
+        locked = tmp_path / "locked.json"
+        locked.write_text("[]")
+        locked.chmod(0)
+        msg = _cli_error(capsys, ["--gt", gt_path, "--results", str(locked)])
+        assert "cannot be read: permission denied" in msg
+
+
+def test_cli_unwritable_out_is_checked_before_evaluating(coco_sample, tmp_path, capsys):
+    gt_path = str(coco_sample / "test_coco.json")
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(_good(coco_sample)[1]))
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    msg = _cli_error(capsys, ["--gt", gt_path, "--results", str(res_path), "--out", str(tmp_path)])
+    assert f"--out {tmp_path} cannot be written: is a directory" in msg
+    out = a_file / "sub" / "stats.json"
+    msg = _cli_error(capsys, ["--gt", gt_path, "--results", str(res_path), "--out", str(out)])
+    assert f"--out {out} cannot be written: {a_file} is not a directory" in msg
+    # checked first: a bad --out is reported even when the inputs are bad too
+    msg = _cli_error(capsys, ["--gt", gt_path, "--results", str(tmp_path / "missing.json"),
+                              "--out", str(tmp_path)])
+    assert "--out" in msg
+    assert a_file.read_text() == "x"
+
+
+def test_cli_reads_json_with_nan_literals(coco_sample, tmp_path, capsys):
+    """Python's json.dump writes NaN for float('nan'), which strict JSON parsers
+    refuse; the evaluator still names the entry, as for in-memory results."""
+    _, results = _good(coco_sample)
+    results[4]["score"] = float("nan")
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(results))
+    msg = _cli_error(capsys, ["--gt", str(coco_sample / "test_coco.json"), "--results", str(res_path)])
+    assert f"results[4] (image_id={results[4]['image_id']}): 'score' is NaN/inf" in msg
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"image_id": 1,')
+    msg = _cli_error(capsys, ["--gt", str(coco_sample / "test_coco.json"), "--results", str(bad)])
+    assert f"results file {bad} is not valid JSON" in msg
+
+
+def test_file_and_in_memory_inputs_give_identical_stats(tmp_path):
+    gt, results = make_eval_set(200, seed=4, crowd_frac=0.3, tie_frac=0.3, many_det_frac=0.1)
+    gt_path, res_path = tmp_path / "gt.json", tmp_path / "res.json"
+    gt_path.write_text(json.dumps(gt))
+    res_path.write_text(json.dumps(results))
+    from_files = coco_eval.evaluate(gt_path, res_path)
+    ref, _ = _reference(gt, results)
+    assert np.array_equal(from_files, ref)
+    assert np.array_equal(KeypointEvaluator(gt).evaluate(results), ref)
+
+
+def test_coco_eval_command_does_not_import_torch(coco_sample, tmp_path):
+    """Process start counts in end-to-end time: coco-eval must stay numpy-only."""
+    import subprocess
+    import sys
+
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(_good(coco_sample)[1]))
+    code = ("import sys; from vitpose_scale.cli import main; "
+            f"rc = main(['coco-eval', '--gt', {str(coco_sample / 'test_coco.json')!r}, '--results', {str(res_path)!r}]); "
+            "heavy = sorted(m for m in ('torch', 'deepspeed', 'cv2', 'matplotlib', 'pycocotools') if m in sys.modules); "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "HEAVY []"

@@ -19,11 +19,14 @@ detection / GT it works on flat numpy arrays:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import math
 import os
 import sys
-from itertools import chain, repeat
+from collections import Counter
+from itertools import chain, compress, repeat
 
 import numpy as np
 
@@ -41,6 +44,7 @@ MAX_DETS = 20
 _EPS = np.spacing(1)
 _RESULT_FIELDS = ("image_id", "category_id", "keypoints", "score")
 _GT_FIELDS = ("id", "image_id", "category_id", "keypoints", "area", "bbox")
+_MISSING = object()
 
 
 class EvaluationInputError(ValueError):
@@ -50,16 +54,83 @@ class EvaluationInputError(ValueError):
 # ----------------------------------------------------------------------------- GT
 
 
+def _fast_decoder():
+    """msgspec (pinned) or orjson, whichever is installed; None when neither is."""
+    try:
+        import msgspec
+    except ImportError:
+        try:
+            import orjson
+        except ImportError:
+            return None
+        return orjson.loads
+    return msgspec.json.decode
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause the cyclic GC: parsing creates millions of lists and dicts, each batch
+    of which would trigger another collection (about half the parse time).
+    Parsed JSON holds no cycles, and reference counting still frees everything."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_json(path, what):
+    """Parse a JSON file; every failure is one EvaluationInputError line naming the file."""
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{what} file not found: {name}") from None
+    except OSError as e:  # a directory, no permission, a path through a file ...
+        reason = (e.strerror or str(e)).lower()
+        raise EvaluationInputError(f"{what} file {name} cannot be read: {reason}") from None
+    decode = _fast_decoder()
+    with gc_paused():
+        if decode is not None:
+            try:
+                return decode(data)
+            except Exception:  # noqa: BLE001 - NaN literals, a BOM, bad JSON: the stdlib decides
+                pass
+        # the standard library reads what Python's json.dump writes (NaN, Infinity, 1e400)
+        # and gives the line and column of real syntax errors
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EvaluationInputError(f"{what} file {name} is not valid JSON: {e}") from None
+
+
 def _load_json(src, what):
     if isinstance(src, (str, os.PathLike)):
-        try:
-            with open(src) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            raise EvaluationInputError(f"{what} file not found: {os.fspath(src)}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EvaluationInputError(f"{what} file {os.fspath(src)} is not valid JSON: {e}") from None
+        return _read_json(src, what)
     return src
+
+
+def _all_real(values):
+    """True when every value is a real number (bools count, as numpy converts them).
+    sum() makes the type check in C; numpy itself would silently parse "1.5"."""
+    try:
+        sum(values, 0.0)
+    except (TypeError, OverflowError):
+        return False
+    return True
+
+
+def _is_score(v):
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+
+
+def _scores_ok(values):
+    """Every value a real number and not a bool; checked per type, not per value."""
+    return all(issubclass(t, (int, float, np.number)) and not issubclass(t, (bool, np.bool_))
+               for t in set(map(type, values)))
 
 
 class KeypointEvaluator:
@@ -110,12 +181,14 @@ class KeypointEvaluator:
         self.img_ids = img_list
         self._img_index = {v: i for i, v in enumerate(img_list)}
         self._cat_index = {v: i for i, v in enumerate(self.cat_ids)}
-        n_img = len(img_list)
-        self._n_img = n_img
+        self._n_img = len(img_list)
+        self.num_results = self.num_ignored = 0
+        self._init_gt_arrays(gt["annotations"], where)
 
-        # pycocotools evaluates the GT of listed images and categories only
-        anns = []
-        for j, a in enumerate(gt["annotations"]):
+    def _explain_bad_gt(self, anns, where):
+        """Slow path: find the first malformed annotation and raise a precise error."""
+        k = self.num_joints
+        for j, a in enumerate(anns):
             if not isinstance(a, dict):
                 raise EvaluationInputError(f"{where}: annotations[{j}] is not an object")
             for f in _GT_FIELDS:
@@ -123,45 +196,91 @@ class KeypointEvaluator:
                     raise EvaluationInputError(
                         f"{where} is not a keypoint annotation file: annotations[{j}] "
                         f"(id={a.get('id')!r}) has no '{f}'")
-            if a["image_id"] in self._img_index and a["category_id"] in self._cat_index:
-                anns.append((j, a))
-        self._init_gt_arrays(anns, where)
-
-    def _init_gt_arrays(self, anns, where):
-        k = self.num_joints
-        g = len(anns)
-        for j, a in anns:
+            at = f"{where}: annotations[{j}] (id={a['id']!r})"
+            try:
+                hash(a["id"])
+                scored = a["image_id"] in self._img_index and a["category_id"] in self._cat_index
+            except TypeError:
+                raise EvaluationInputError(f"{at}: id / image_id / category_id is not a valid id") from None
+            if not scored:
+                continue
             kp = a["keypoints"]
             if not hasattr(kp, "__len__") or len(kp) != 3 * k:
                 raise EvaluationInputError(
-                    f"{where}: annotations[{j}] (id={a['id']!r}) has "
-                    f"{len(kp) if hasattr(kp, '__len__') else 'no'} keypoint values, expected {3 * k}")
-            if not hasattr(a["bbox"], "__len__") or len(a["bbox"]) != 4:
-                raise EvaluationInputError(f"{where}: annotations[{j}] (id={a['id']!r}) bbox is not 4 numbers")
+                    f"{at} has {len(kp) if hasattr(kp, '__len__') else 'no'} keypoint values, expected {3 * k}")
+            if not _all_real(kp):
+                raise EvaluationInputError(f"{at}: 'keypoints' must be {3 * k} numbers")
+            bb = a["bbox"]
+            if not hasattr(bb, "__len__") or len(bb) != 4 or not _all_real(bb):
+                raise EvaluationInputError(f"{at} bbox is not 4 numbers")
+            if not _all_real([a["area"]]):
+                raise EvaluationInputError(f"{at}: 'area' is not a number ({a['area']!r})")
+        raise EvaluationInputError(f"{where}: malformed annotations")
+
+    def _init_gt_arrays(self, anns, where):
+        """The GT index as flat arrays, built column by column (no loop per annotation
+        in Python); any malformed entry sends us to _explain_bad_gt for the message."""
+        k = self.num_joints
+        all_anns = anns
         try:
-            kps = np.array([a["keypoints"] for _, a in anns], dtype=np.float64).reshape(g, k, 3)
-            area = np.array([a["area"] for _, a in anns], dtype=np.float64).reshape(g)
-            bbox = np.array([a["bbox"] for _, a in anns], dtype=np.float64).reshape(g, 4)
-        except (TypeError, ValueError) as e:
-            raise EvaluationInputError(f"{where}: non-numeric keypoints/area/bbox in annotations ({e})") from None
+            cols = {f: [a[f] for a in anns] for f in _GT_FIELDS}
+            n_unique = len(set(cols["id"]))
+            # pycocotools evaluates the GT of listed images and categories only
+            img = np.fromiter(map(self._img_index.get, cols["image_id"], repeat(-1)), np.int64, len(anns))
+            cat = np.fromiter(map(self._cat_index.get, cols["category_id"], repeat(-1)), np.int64, len(anns))
+        except (KeyError, TypeError, IndexError):
+            self._explain_bad_gt(anns, where)
+        if n_unique != len(anns):
+            # pycocotools indexes annotations by id, so all but the last of a
+            # duplicate would be evaluated as copies of the last: other numbers
+            dups = [(v, c) for v, c in Counter(cols["id"]).items() if c > 1]
+            v, c = dups[0]
+            raise EvaluationInputError(
+                f"{where}: annotation id {v!r} occurs {c} times ({len(dups)} duplicated id(s)); "
+                f"ids must be unique (pycocotools would evaluate only the last annotation of an id)")
+        scored = (img >= 0) & (cat >= 0)
+        ann_index = np.flatnonzero(scored)  # position in the file, for messages
+        if not scored.all():
+            keep = scored.tolist()
+            anns = list(compress(anns, keep))
+            cols = {f: list(compress(v, keep)) for f, v in cols.items()}
+            img, cat = img[scored], cat[scored]
+        g = len(anns)
+        ids, kp_raw, bbox_raw, area_raw = cols["id"], cols["keypoints"], cols["bbox"], cols["area"]
+        try:
+            lens_ok = (np.fromiter(map(len, kp_raw), np.int64, g) == 3 * k).all()
+            bbox_ok = (np.fromiter(map(len, bbox_raw), np.int64, g) == 4).all()
+            if not (lens_ok and bbox_ok and _all_real(chain.from_iterable(kp_raw))
+                    and _all_real(chain.from_iterable(bbox_raw)) and _all_real(area_raw)):
+                raise ValueError
+            kps = np.fromiter(chain.from_iterable(kp_raw), np.float64, g * 3 * k).reshape(g, k, 3)
+            area = np.fromiter(area_raw, np.float64, g)
+            bbox = np.fromiter(chain.from_iterable(bbox_raw), np.float64, g * 4).reshape(g, 4)
+        except (TypeError, ValueError, OverflowError):
+            self._explain_bad_gt(all_anns, where)
         for name, arr in (("keypoints", kps), ("area", area), ("bbox", bbox)):
             bad = ~np.isfinite(arr.reshape(g, int(np.prod(arr.shape[1:])))).all(axis=1)
             if bad.any():
-                j, a = anns[int(np.flatnonzero(bad)[0])]
-                raise EvaluationInputError(f"{where}: annotations[{j}] (id={a['id']!r}) has NaN/inf {name}")
-        crowd = np.array([bool(a.get("iscrowd", 0)) for _, a in anns], dtype=bool).reshape(g)
+                i = int(np.flatnonzero(bad)[0])
+                j = int(ann_index[i])
+                raise EvaluationInputError(f"{where}: annotations[{j}] (id={ids[i]!r}) has NaN/inf {name}")
+        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, g)
         # num_keypoints decides ignore (not the visibility flags), as in pycocotools;
         # a file without the field falls back to the number of labelled joints
         nvis = (kps[:, :, 2] > 0).sum(axis=1)
-        numk = np.array([a.get("num_keypoints", nvis[i]) for i, (_, a) in enumerate(anns)],
-                        dtype=np.float64).reshape(g)
-        ids = [a["id"] for _, a in anns]
+        numk_raw = [a.get("num_keypoints", _MISSING) for a in anns]
+        try:
+            numk = np.fromiter((nvis[i] if v is _MISSING else v for i, v in enumerate(numk_raw)),
+                               np.float64, g)
+        except (TypeError, ValueError):
+            i = next(i for i, v in enumerate(numk_raw) if not (v is _MISSING or _all_real([v])))
+            raise EvaluationInputError(
+                f"{where}: annotations[{int(ann_index[i])}] (id={ids[i]!r}): "
+                f"'num_keypoints' is not a number ({numk_raw[i]!r})") from None
         # pycocotools stores the matched GT id in dtMatches and tests it for != 0,
         # so a GT with id 0 never counts as matched; mirror that quirk
-        id_nonzero = np.array([not (isinstance(v, (int, float, np.number)) and v == 0) for v in ids],
-                              dtype=bool).reshape(g)
-        img = np.fromiter((self._img_index[a["image_id"]] for _, a in anns), np.int64, g)
-        cat = np.fromiter((self._cat_index[a["category_id"]] for _, a in anns), np.int64, g)
+        id_nonzero = np.fromiter((not (isinstance(v, (int, float, np.number)) and v == 0) for v in ids),
+                                 bool, g)
         key = cat * self._n_img + img
         order = np.argsort(key, kind="stable")  # file order within an image, as pycocotools
         key = key[order]
@@ -199,9 +318,7 @@ class KeypointEvaluator:
             try:
                 if img not in self._img_index:
                     raise EvaluationInputError(f"{at}: image_id is not an image of the GT")
-                if r["category_id"] not in self._cat_index:
-                    raise EvaluationInputError(
-                        f"{at}: category_id {r['category_id']!r} is not a GT category {self.cat_ids}")
+                r["category_id"] in self._cat_index  # other categories are ignored, but must hash
             except TypeError:
                 raise EvaluationInputError(f"{at}: image_id / category_id is not a valid id") from None
             kp = r["keypoints"]
@@ -212,22 +329,23 @@ class KeypointEvaluator:
                     f"{at}: 'keypoints' has {len(kp)} values, expected 3*K = {k3}")
             try:
                 vals = np.asarray(kp, dtype=np.float64)
-                if vals.shape != (k3,):
+                if vals.shape != (k3,) or not _all_real(kp):
                     raise ValueError
             except (TypeError, ValueError):
                 raise EvaluationInputError(f"{at}: 'keypoints' must be {k3} numbers") from None
             if not np.isfinite(vals).all():
                 raise EvaluationInputError(f"{at}: 'keypoints' contains NaN/inf")
             s = r["score"]
-            if isinstance(s, bool) or not isinstance(s, (int, float, np.number)):
+            if not _is_score(s):
                 raise EvaluationInputError(f"{at}: 'score' is not a number ({s!r})")
             if not math.isfinite(float(s)):
                 raise EvaluationInputError(f"{at}: 'score' is NaN/inf ({s!r})")
             if res_bbox:
                 bb = r.get("bbox")
                 try:
+                    ok = _all_real(bb)
                     bb = np.asarray(bb, dtype=np.float64)
-                    ok = bb.shape == (4,) and np.isfinite(bb).all()
+                    ok = ok and bb.shape == (4,) and np.isfinite(bb).all()
                 except (TypeError, ValueError):
                     ok = False
                 if not ok:
@@ -242,7 +360,9 @@ class KeypointEvaluator:
             f"results[{i}] (image_id={img!r}): {what} ({int(mask.sum())} bad entries in total)")
 
     def _load_results(self, results):
-        """Validate results and turn them into arrays (the pycocotools loadRes step)."""
+        """Validate results and turn them into arrays (the pycocotools loadRes step).
+        Results of a category the GT does not list are dropped (as COCOeval does)
+        after validation; their number is kept in ``num_ignored``."""
         if isinstance(results, tuple):
             results = list(results)
         if not isinstance(results, list):
@@ -258,19 +378,18 @@ class KeypointEvaluator:
             img_raw = [r["image_id"] for r in results]
             cat_raw = [r["category_id"] for r in results]
             kps = [r["keypoints"] for r in results]
-            score = np.array([r["score"] for r in results], dtype=np.float64)
+            score_raw = [r["score"] for r in results]
             img = np.fromiter(map(self._img_index.get, img_raw, repeat(-1)), np.int64, n)
             cat = np.fromiter(map(self._cat_index.get, cat_raw, repeat(-1)), np.int64, n)
             lens = np.fromiter(map(len, kps), np.int64, n)
-            if score.shape != (n,):
+            if not _scores_ok(score_raw):  # numpy would take "0.9" and True
                 raise ValueError
+            score = np.fromiter(score_raw, np.float64, n)
         except (KeyError, TypeError, ValueError, AttributeError):
             self._scan_results(results, res_bbox)
             raise EvaluationInputError("results are malformed") from None
         if (img < 0).any():
             self._bad(results, img < 0, "image_id is not an image of the GT")
-        if (cat < 0).any():
-            self._bad(results, cat < 0, f"category_id is not a GT category {self.cat_ids}")
         if (lens != 3 * k).any():
             i = int(np.flatnonzero(lens != 3 * k)[0])
             self._bad(results, lens != 3 * k,
@@ -278,9 +397,11 @@ class KeypointEvaluator:
         if not np.isfinite(score).all():
             self._bad(results, ~np.isfinite(score), "'score' is NaN/inf")
         try:
+            if not _all_real(chain.from_iterable(kps)):
+                raise ValueError
             # lengths are checked, so a flat iterator is exact and ~3x faster
             kp = np.fromiter(chain.from_iterable(kps), np.float64, n * 3 * k).reshape(n, k, 3)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self._scan_results(results, res_bbox)
             raise EvaluationInputError("results keypoints are malformed") from None
         finite = np.isfinite(kp.reshape(n, 3 * k)).all(axis=1)
@@ -288,8 +409,9 @@ class KeypointEvaluator:
             self._bad(results, ~finite, "'keypoints' contains NaN/inf")
         if res_bbox:
             try:
-                bb = np.array([r["bbox"] for r in results], dtype=np.float64)
-                if bb.shape != (n, 4) or not np.isfinite(bb).all():
+                bbs = [r["bbox"] for r in results]
+                bb = np.array(bbs, dtype=np.float64)
+                if bb.shape != (n, 4) or not _all_real(chain.from_iterable(bbs)) or not np.isfinite(bb).all():
                     raise ValueError
             except (KeyError, TypeError, ValueError):
                 self._scan_results(results, res_bbox)
@@ -299,7 +421,12 @@ class KeypointEvaluator:
             # loadRes: extent of all joints, labelled or not
             x, y = kp[:, :, 0], kp[:, :, 1]
             area = (x.max(axis=1) - x.min(axis=1)) * (y.max(axis=1) - y.min(axis=1))
-        return img, cat, np.ascontiguousarray(kp[:, :, :2]), score, area
+        xy = kp[:, :, :2]
+        scored = cat >= 0
+        self.num_results, self.num_ignored = n, n - int(scored.sum())
+        if self.num_ignored:
+            img, cat, xy, score, area = img[scored], cat[scored], xy[scored], score[scored], area[scored]
+        return img, cat, np.ascontiguousarray(xy), score, area
 
     # ------------------------------------------------------------------ evaluate
 
@@ -368,10 +495,14 @@ class KeypointEvaluator:
             dt_gt[a_i, t_i, dd[seg[s_i]]] = gsel
 
         has_m = dt_gt >= 0
-        gidx = np.where(has_m, dt_gt, 0)
-        matched = has_m & self._g_id_nonzero[gidx]
+        if ng:
+            gidx = np.where(has_m, dt_gt, 0)
+            matched = has_m & self._g_id_nonzero[gidx]
+            matched_ig = has_m & np.take_along_axis(g_ig[:, None, :], gidx, axis=2)
+        else:  # no scorable GT: nothing matches (and every stat comes out -1)
+            matched = matched_ig = has_m
         dt_out = np.stack([(area < lo) | (area > hi) for lo, hi in self.area_rng])[:, None, :]
-        dt_ig = (has_m & np.take_along_axis(g_ig[:, None, :], gidx, axis=2)) | (~matched & dt_out)
+        dt_ig = matched_ig | (~matched & dt_out)
 
         # ---- accumulate (pycocotools accumulate for the single maxDets setting)
         n_k, n_r = len(self.cat_ids), len(self.rec_thrs)
@@ -470,6 +601,22 @@ def evaluate(gt, results, sigmas=None):
     return KeypointEvaluator(gt, sigmas=sigmas).evaluate(res)
 
 
+def check_writable(path, option="--out"):
+    """Raise a one-line EvaluationInputError unless ``path`` can be created or
+    overwritten as a file (its missing parent folders are made when writing)."""
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise EvaluationInputError(f"{option} {path} cannot be written: is a directory")
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise EvaluationInputError(f"{option} {path} cannot be written: {parent} is not a directory")
+    target = full if os.path.exists(full) else parent
+    if not os.access(target, os.W_OK):
+        raise EvaluationInputError(f"{option} {path} cannot be written: no write permission on {target}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="vitpose-scale coco-eval",
@@ -478,19 +625,31 @@ def main(argv=None):
     parser.add_argument("--results", required=True, help="keypoint results JSON (list of objects)")
     parser.add_argument("--out", default=None, help="write the 10 stats as a JSON object here")
     args = parser.parse_args(argv)
+    with gc_paused():  # a short run over acyclic data: the cyclic GC only costs time
+        return _run(parser.prog, args)
+
+
+def _run(prog, args):
     try:
+        if args.out:  # before the work, not after it
+            check_writable(args.out)
         ev = KeypointEvaluator(args.gt)
-        res = _load_json(args.results, "results")
-        stats = ev.evaluate(res)
+        stats = ev.evaluate(_read_json(args.results, "results"))
     except EvaluationInputError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     print_stats(stats)
+    if ev.num_ignored:
+        print(f"{prog}: note: {ev.num_ignored} of {ev.num_results} results ignored: category_id "
+              f"not a GT category {ev.cat_ids} (pycocotools ignores them too)", file=sys.stderr)
     if args.out:
-        d = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(d, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({n: float(v) for n, v in zip(STAT_NAMES, stats)}, f, indent=2)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump({n: float(v) for n, v in zip(STAT_NAMES, stats)}, f, indent=2)
+        except OSError as e:
+            print(f"{prog}: error: --out {args.out} cannot be written: {e.strerror or e}", file=sys.stderr)
+            return 2
     return 0
 
 
