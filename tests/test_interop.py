@@ -194,6 +194,8 @@ def test_init_weights_from_a_hugging_face_file_and_errors_name_the_file(tmp_path
         load_init_weights(dst, tmp_path / "k14.pth")
     with pytest.raises(CheckpointError, match="nope.pth does not exist"):
         load_init_weights(dst, tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="is a directory: expected a file"):
+        load_init_weights(dst, tmp_path)
 
 
 def test_pos_embed_grid_in_meta_decides_the_resize_also_at_equal_token_counts(tmp_path):

@@ -25,6 +25,8 @@ class CheckpointError(ValueError):
 def safe_load(path: str | Path) -> dict:
     """Load a torch file without executing pickled code (tensors, dicts, lists, numbers, strings only)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory: expected a file (.pth, .safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":

@@ -56,16 +56,10 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> None:
     _load_backbone(model, extract_state_dict(raw, str(path)), pos_embed_grid_from_meta(raw, str(path)), str(path))
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> str:
-    """Load `path` into `model` by its detected layout; returns what was loaded, for the log.
-
-    Raises CheckpointError (one message naming the file) when the file is unreadable, of an
-    unknown layout, or does not fit the model; any other exception is a bug and propagates.
-    """
-    source = str(path)
-    raw = safe_load(path)
-    state = extract_state_dict(raw, source)
-    grid = pos_embed_grid_from_meta(raw, source)
+def init_weights_from_state(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                            grid: tuple[int, int] | None = None) -> str:
+    """Load an already-read state_dict of any supported layout into `model` (see load_init_weights);
+    `grid` is the checkpoint's pos_embed grid when known (meta.pos_embed_grid)."""
     kind = detect_checkpoint_format(state, source)
     if kind in ("official", "hf"):
         if kind == "hf":
@@ -76,3 +70,15 @@ def load_init_weights(model: nn.Module, path: str | Path) -> str:
     _load_backbone(model, state, grid, source)
     what = "MAE checkpoint" if kind == "mae" else "ViT backbone checkpoint"
     return f"{what}: backbone only (last_norm and the head keep their initialisation)"
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> str:
+    """Load the checkpoint file `path` into `model` by its detected layout; returns what was loaded,
+    for the log (e.g. "MAE checkpoint: backbone only ...").
+
+    Raises CheckpointError (one message naming the file) when the file is unreadable, of an
+    unknown layout, or does not fit the model; any other exception is a bug and propagates.
+    """
+    raw = safe_load(path)
+    state = extract_state_dict(raw, str(path))
+    return init_weights_from_state(model, state, str(path), pos_embed_grid_from_meta(raw, str(path)))
