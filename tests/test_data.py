@@ -364,3 +364,36 @@ def test_training_crops_ship_as_uint8_and_normalise_to_the_same_input(coco_sampl
         assert b["img"].dtype == torch.uint8 and a["img"].dtype == torch.float32
         assert torch.equal(normalize_batch(b["img"]), a["img"])
         assert torch.equal(a["target"], b["target"]) and torch.equal(a["target_weight"], b["target_weight"])
+
+
+def test_reader_decodes_like_opencv_imread(coco_sample):
+    import cv2
+
+    from vitpose_scale.data.images import read_rgb
+
+    for path in sorted(coco_sample.glob("*.jpg")):
+        reference = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(read_rgb(path), reference)
+
+
+def test_training_box_centres_shift_at_load_like_the_reference(coco_sample):
+    # ViTPose's _xywh2cs (training only): with probability 0.3 the centre moves by
+    # 0.4 * (U(0,1) - 0.5) * (w, h) of the cleaned box, once, when the set is built.
+    val = _ds(coco_sample, train=False)
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    boxes = {a["id"]: a["bbox"] for a in data["annotations"]}
+    shifted, total = 0, 0
+    for seed in range(40):
+        train = _ds(coco_sample, seed=seed)
+        for t, v in zip(train.records, val.records):
+            assert t["ann_id"] == v["ann_id"] and np.array_equal(t["scale"], v["scale"])
+            delta = np.abs(t["center"] - v["center"])
+            w, h = boxes[t["ann_id"]][2], boxes[t["ann_id"]][3]
+            assert delta[0] <= 0.2 * w + 1e-3 and delta[1] <= 0.2 * h + 1e-3
+            shifted += bool(delta.any())
+            total += 1
+    assert shifted / total == pytest.approx(0.3, abs=0.05)
+    same = _ds(coco_sample, seed=3)
+    assert all(np.array_equal(a["center"], b["center"]) for a, b in zip(same.records, _ds(coco_sample, seed=3).records))
+    off = TopDownCocoDataset(coco_sample, "test_coco.json", ".", DataConfig(bbox_shift_prob=0.0), SIZE)
+    assert all(np.array_equal(a["center"], b["center"]) for a, b in zip(off.records, val.records))

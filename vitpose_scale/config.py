@@ -94,6 +94,10 @@ class DataConfig:
     synthetic_train: int = 0  # images to generate when kind == synthetic
     synthetic_val: int = 0
     bbox_padding: float = 1.25
+    # Official ViTPose (_xywh2cs, training only): when the set is built, shift this share of the
+    # boxes' centres by up to +-bbox_shift_factor / 2 of the box size, fixed for the whole run.
+    bbox_shift_prob: float = 0.3
+    bbox_shift_factor: float = 0.4
     sigma: float = 2.0
     flip_prob: float = 0.5
     half_body_prob: float = 0.3

@@ -207,6 +207,9 @@ class TopDownCocoDataset(Dataset):
     def _load_gt(self, coco) -> list[dict]:
         aspect = self.image_size[1] / self.image_size[0]
         records, drops, people = [], Counter(), 0
+        # The reference shifts training box centres once, at load (ViTPose's _xywh2cs), from its
+        # global RNG; ours is a pure function of (seed, stream) so every rank builds the same set.
+        shift_rng = np.random.default_rng([self.seed, self.stream, 0xB0C5]) if self.train else None
         for img_id, info in self.images.items():
             width, height = info.get("width"), info.get("height")
             for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
@@ -228,6 +231,9 @@ class TopDownCocoDataset(Dataset):
                     continue
                 joints[:, 2] = np.minimum(joints[:, 2], 2)
                 center, scale = box_to_center_scale(box, aspect, self.cfg.bbox_padding)
+                if shift_rng is not None and shift_rng.random() < self.cfg.bbox_shift_prob:
+                    center += (self.cfg.bbox_shift_factor * (shift_rng.random(2) - 0.5)
+                               * np.array(box[2:4])).astype(np.float32)
                 records.append(dict(image_id=img_id, file_name=info["file_name"], center=center,
                                     scale=scale, joints=joints, bbox_score=1.0, ann_id=ann["id"],
                                     size=(int(height), int(width))))

@@ -238,15 +238,15 @@ def udp_heatmap_targets(joints_xy: np.ndarray, visible: np.ndarray, image_size_h
     weight = (np.asarray(visible).reshape(k) > 0).astype(np.float32)
     outside = (ul[:, 0] >= hm_w) | (ul[:, 1] >= hm_h) | (br[:, 0] < 0) | (br[:, 1] < 0)
     weight[outside] = 0.0
+    # Separable Gaussian, masked to the window [ul, end): two small exps, one float32 outer product.
     xs = np.arange(hm_w, dtype=np.float64)
     ys = np.arange(hm_h, dtype=np.float64)
-    # Separable Gaussian, masked to the window [ul, end).
-    in_x = (xs[None] >= ul[:, :1]) & (xs[None] < end[:, :1])
-    in_y = (ys[None] >= ul[:, 1:]) & (ys[None] < end[:, 1:])
-    gx = np.exp(-((xs[None] - center[:, :1]) ** 2) / (2 * sigma ** 2)) * in_x
-    gy = np.exp(-((ys[None] - center[:, 1:]) ** 2) / (2 * sigma ** 2)) * in_y
-    target = (gy[:, :, None] * gx[:, None, :]).astype(np.float32)
-    target *= weight[:, None, None]
+    gx = np.exp((-0.5 / sigma ** 2) * (xs - center[:, :1]) ** 2)
+    gx[(xs < ul[:, :1]) | (xs >= end[:, :1])] = 0.0
+    gy = np.exp((-0.5 / sigma ** 2) * (ys - center[:, 1:]) ** 2)
+    gy[(ys < ul[:, 1:]) | (ys >= end[:, 1:])] = 0.0
+    gy *= weight[:, None]
+    target = gy.astype(np.float32)[:, :, None] * gx.astype(np.float32)[:, None, :]
     return target, weight[:, None]
 
 
