@@ -191,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = evaluate_checkpoints(cfg, args.checkpoint, args.model_config, args.weight, info.rank,
                                        info.world_size, info.device, progress=info.is_main)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:  # data or checkpoint files (CheckpointError is a ValueError)
-        print(f"error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:  # config, data or checkpoint (CheckpointError is a ValueError)
+        print(f"{'config error' if isinstance(exc, ConfigError) else 'error'}: {exc}", file=sys.stderr)
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # every rank meets the same error: no barrier to wait at
+            dist.destroy_process_group()
         return 2
     if info.is_main:
         out = Path(args.out or Path(cfg.train.output_dir) / "eval")
