@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def test_tensorboard_holds_every_metric_of_a_training_run(tracked_run):
 def test_wandb_run_of_a_training_run_holds_its_config_and_metrics(tracked_run):
     run_id = (tracked_run / WANDB_ID_FILE).read_text().strip()
     (run,) = (tracked_run / "wandb").glob(f"offline-run-*-{run_id}")
-    records = _wandb_records(run / f"run-{run_id}.wandb")
+    records = _finished_wandb_records(run / f"run-{run_id}.wandb")
     (run_record,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     config = {item.key: json.loads(item.value_json) for item in run_record.config.update if item.key != "_wandb"}
     assert config == yaml.safe_load((tracked_run / "config.yaml").read_text())  # the resolved config
@@ -150,6 +151,17 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
+def _finished_wandb_records(path: Path, timeout: float = 60.0) -> list:
+    """The records once the run's exit record is in: wandb-core writes the file asynchronously and
+    `finish()` can return before a second run of the same process is flushed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path) if path.is_file() else []
+        if (records and records[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def test_wandb_offline_run_holds_the_config_and_resumes_the_same_id(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the default must be offline
@@ -164,7 +176,7 @@ def test_wandb_offline_run_holds_the_config_and_resumes_the_same_id(tmp_path, mo
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     for step, run in zip((1, 2), runs):
-        records = _wandb_records(run / f"run-{run_id}.wandb")  # both offline runs carry the one W&B run id
+        records = _finished_wandb_records(run / f"run-{run_id}.wandb")  # both offline runs: the one W&B run id
         (run_record,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         assert run_record.run_id == run_id
         config = {item.key: json.loads(item.value_json) for item in run_record.config.update}
