@@ -27,9 +27,9 @@ torchrun --nproc_per_node 2 --master_port 29511 launch/evaluate.py --config conf
   --checkpoint "$OUT/untrained.pth" --out "$OUT/eval_untrained" "${sets[@]}" 2>&1 | grep -v "^W1\|OMP_NUM\|\*\*\*\*"
 
 echo "== training: deepspeed --num_gpus 2, ZeRO-3, activation checkpointing"
-# The launcher warns "Unable to find hostfile" whenever no hostfile lists other machines: on one
-# machine that is expected (a hostfile would switch it to its multi-node ssh/pdsh path), so it is
-# replaced by this line.
+# The launcher warns "Unable to find hostfile" whenever no hostfile lists machines: on one machine
+# that is expected (with a hostfile it would first require passwordless ssh to the listed host), so
+# the warning is replaced by this line.
 echo "(no DeepSpeed hostfile: one machine, local ranks only, as intended)"
 deepspeed --num_gpus 2 --master_port 29512 launch/train.py --config configs/demo.yaml "${sets[@]}" 2>&1 \
   | grep -v "\[INFO\]\|^W1\|FutureWarning\|return func\|UserWarning\|warnings.warn\|Unable to find hostfile"
