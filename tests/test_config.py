@@ -44,3 +44,13 @@ def test_bad_configs_name_key_value_and_expectation(override, message):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/nope.yaml")
+
+
+def test_saved_config_reloads_equal(tmp_path):
+    from vitpose_scale.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "vitpose_g_576x432.yaml",
+                      ["train.output_dir=2024", "optim.lr=1e-3", "parallel.offload_optimizer=cpu"])
+    cfg.save(tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == cfg and again.train.output_dir == "2024"

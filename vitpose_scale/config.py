@@ -377,6 +377,17 @@ def validate(cfg: Config) -> Config:
     _choice("parallel.precision", p.precision, ("fp32", "bf16", "fp16"))
     _choice("parallel.offload_optimizer", p.offload_optimizer, ("none", "cpu", "nvme"))
     _choice("parallel.offload_params", p.offload_params, ("none", "cpu", "nvme"))
+    offloads = p.offload_optimizer != "none" or p.offload_params != "none"
+    if offloads and p.backend != "deepspeed":
+        raise ConfigError(f"parallel.offload_optimizer/offload_params: offload is DeepSpeed's (ZeRO-Offload), "
+                          f"got parallel.backend {p.backend!r}: expected deepspeed")
+    if p.offload_optimizer != "none" and p.zero_stage == 0:
+        raise ConfigError("parallel.offload_optimizer: needs ZeRO stage 1, 2 or 3 (got parallel.zero_stage 0)")
+    if p.offload_params != "none" and p.zero_stage != 3:
+        raise ConfigError(f"parallel.offload_params: parameters are offloaded by ZeRO-3 only "
+                          f"(got parallel.zero_stage {p.zero_stage}): expected zero_stage 3")
+    if "nvme" in (p.offload_optimizer, p.offload_params) and not p.nvme_path:
+        raise ConfigError("parallel.nvme_path: required for nvme offload: expected a directory on a fast local disk")
     if p.grad_accum < 1:
         raise ConfigError(f"parallel.grad_accum: got {p.grad_accum}, expected >= 1")
     if p.backend == "fsdp" and p.precision == "fp16":

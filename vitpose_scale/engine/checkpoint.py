@@ -169,6 +169,48 @@ def ensure_safe_pickles(directory: Path) -> None:
                                         f"({', '.join(refused)}); refusing to load it: it could run code")
 
 
+# torch.distributed.checkpoint's `.metadata` is a plain pickle that it loads with pickle.load:
+# only its own metadata dataclasses, torch sizes/dtypes and builtin containers may appear in it.
+_DCP_ALLOWED_MODULES = ("torch.distributed.checkpoint.", "torch", "collections", "builtins", "_codecs")
+
+
+def pickle_globals(data: bytes) -> set[str]:
+    """Every global a pickle stream would import ("module.name"), found without unpickling.
+    A reference that cannot be resolved statically is reported as "?"."""
+    import pickletools
+
+    found, strings, memo = set(), [], {}
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
+                       "BINSTRING", "STRING"):
+            strings.append(arg)
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = strings[-1] if strings else None
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = strings[-1] if strings else None
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            strings.append(memo.get(arg))
+        elif op.name in ("GLOBAL", "INST"):
+            found.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            module, name = (strings[-2], strings[-1]) if len(strings) >= 2 else (None, None)
+            found.add(f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else "?")
+    return found
+
+
+def ensure_safe_dcp_metadata(directory: Path) -> None:
+    """Refuse a torch.distributed.checkpoint directory whose metadata pickle imports anything else."""
+    path = Path(directory) / ".metadata"
+    try:
+        names = pickle_globals(path.read_bytes())
+    except Exception as exc:
+        raise UnsafeCheckpointError(f"{path}: cannot be inspected safely ({exc}); refusing to load it") from exc
+    refused = sorted(n for n in names if n == "?" or not n.startswith(_DCP_ALLOWED_MODULES))
+    if refused:
+        raise UnsafeCheckpointError(f"{path}: holds pickled objects outside the allow-list "
+                                    f"({', '.join(refused)}); refusing to load it: it could run code")
+
+
 def _allowed_classes() -> list:
     import importlib
 
@@ -234,6 +276,8 @@ def prune(root: Path, keep_last: int) -> None:
 def load_training_checkpoint(wrapper, directory: Path, rank: int) -> dict:
     meta = json.loads((directory / META).read_text())
     ensure_safe_pickles(directory)
+    if (directory / ".metadata").is_file():
+        ensure_safe_dcp_metadata(directory)
     wrapper.load(directory)
     rng_file = directory / f"rng_rank{rank}.pt"
     if rng_file.is_file():  # absent for ranks that did not exist when it was written
@@ -253,6 +297,15 @@ def consolidate(directory: Path) -> dict[str, torch.Tensor]:
     torch_file = directory / "model_and_optimizer.pt"
     if torch_file.is_file():
         state = torch.load(torch_file, map_location="cpu", weights_only=True)["model"]
+    elif (directory / ".metadata").is_file():  # FSDP2: torch.distributed.checkpoint shards
+        import tempfile
+
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        ensure_safe_dcp_metadata(directory)
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(str(directory), f"{tmp}/whole.pt")
+            state = torch.load(f"{tmp}/whole.pt", map_location="cpu", weights_only=True)["model"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

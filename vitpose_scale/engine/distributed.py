@@ -29,17 +29,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Slurm's compressed host list ("gpu[01-03,07],login1") as host names: `scontrol show
+    hostnames` where Slurm is installed, else the same expansion done here."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout.split()
+            if out:
+                return out
+        except (subprocess.SubprocessError, OSError):
+            pass
+    hosts = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{i:0{len(lo)}d}")
+    return hosts
+
+
+def slurm_rendezvous(env: dict) -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT of an
+    `srun` task (one task per GPU, no torchrun/deepspeed launcher), from the variables srun sets;
+    values already in `env` win. MASTER_ADDR is the job's first node, MASTER_PORT a function of
+    the job id (the same after a requeue; slurm/_common.sh computes the same)."""
+    out = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
+           "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "NODE_RANK": env.get("SLURM_NODEID", "0")}
+    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
+    out["LOCAL_WORLD_SIZE"] = per_node.split("(")[0].split(",")[0]
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    out["MASTER_ADDR"] = expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1"
+    out["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    return {k: env.get(k, v) for k, v in out.items()}
+
+
 def prepare_environment() -> None:
     """Environment that must exist before deepspeed is imported (CPU accelerator, extension cache)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(root, ".cache", "torch_extensions"))
-    # Slurm without torchrun/deepspeed: srun sets SLURM_PROCID per task.
+    # Slurm without torchrun/deepspeed: srun starts one task per GPU and sets SLURM_PROCID per task.
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
-        os.environ["RANK"] = os.environ["SLURM_PROCID"]
-        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        os.environ.update(slurm_rendezvous(dict(os.environ)))
     if "RANK" not in os.environ:  # plain `python launch/train.py`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -68,6 +108,56 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+# Command lines of the launcher processes above a rank (deepspeed runner and launch.py, torchrun).
+_LAUNCHER_MARKS = ("deepspeed", "torchrun", "torch.distributed.run", "torch.distributed.launch")
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process, None when it is gone (or a zombie)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else (fields[0], int(fields[1]))
+
+
+def launcher_pids() -> list[int]:
+    """This rank's launcher processes: the chain of ancestors whose command line names a launcher."""
+    pids, pid = [], os.getppid()
+    while pid > 1 and len(pids) < 4:
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            break
+        if not any(mark in cmdline for mark in _LAUNCHER_MARKS):
+            break
+        pids.append(pid)
+        stat = _proc_stat(pid)
+        if stat is None:
+            break
+        pid = stat[1]
+    return pids
+
+
+class LauncherWatch:
+    """Calls `on_exit(pid)` once when a launcher above this rank exits (polled each second)."""
+
+    def __init__(self, on_exit, poll_seconds: float = 1.0):
+        self.pids, self.on_exit, self.poll = launcher_pids(), on_exit, poll_seconds
+        if self.pids:
+            threading.Thread(target=self._watch, name="launcher-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        import time
+
+        while True:
+            time.sleep(self.poll)
+            for pid in self.pids:
+                if _proc_stat(pid) is None:
+                    self.on_exit(pid)
+                    return
 
 
 class PeerFailureWatch:

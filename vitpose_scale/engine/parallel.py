@@ -55,6 +55,14 @@ def deepspeed_config(cfg: Config, world_size: int, num_params: int | None = None
     if p.zero_stage == 3:
         zero.update(stage3_param_persistence_threshold=p.zero3_persistence_threshold,
                     stage3_prefetch_bucket_size=bucket, stage3_gather_16bit_weights_on_model_save=False)
+    # ZeRO-Offload (optimizer states and the fp32 master on the host, the step on its CPUs) and
+    # ZeRO-Infinity (the same, or the ZeRO-3 parameters, on an NVMe drive).
+    if p.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": p.offload_optimizer, "pin_memory": True,
+                                     **({"nvme_path": p.nvme_path} if p.offload_optimizer == "nvme" else {})}
+    if p.offload_params != "none":
+        zero["offload_param"] = {"device": p.offload_params, "pin_memory": True,
+                                 **({"nvme_path": p.nvme_path} if p.offload_params == "nvme" else {})}
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world_size),
         "gradient_accumulation_steps": p.grad_accum,
@@ -65,6 +73,70 @@ def deepspeed_config(cfg: Config, world_size: int, num_params: int | None = None
         "steps_per_print": 10 ** 12,
         "wall_clock_breakdown": False,
     }
+
+
+# Settings a user's DeepSpeed JSON may not change: they come from the toolkit's config
+# (batch sizes from train.batch_size and parallel.grad_accum, precision, ZeRO stage).
+FIXED_DEEPSPEED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                        "bf16.enabled", "fp16.enabled", "zero_optimization.stage")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def merge_user_deepspeed_config(generated: dict, path: str, cfg: Config, world_size: int) -> tuple[dict, list[str]]:
+    """The generated DeepSpeed config with a user's JSON merged over it, and the keys it changed.
+
+    Refused (ConfigError) where the JSON contradicts the toolkit's config; `train_batch_size`
+    is checked against train.batch_size (DeepSpeed derives it otherwise)."""
+    import copy
+    import json
+
+    try:
+        user = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"parallel.deepspeed_config: {path!r} is not a readable JSON file ({exc})") from None
+    if not isinstance(user, dict):
+        raise ConfigError(f"parallel.deepspeed_config: {path!r} holds {type(user).__name__}, expected an object")
+    flat_user, flat_gen = _flatten(user), _flatten(generated)
+    flat_gen["train_batch_size"] = cfg.train.batch_size
+    for key in FIXED_DEEPSPEED_KEYS:
+        if key in flat_user and flat_user[key] != flat_gen.get(key):
+            raise ConfigError(f"parallel.deepspeed_config: {path} sets {key}={flat_user[key]!r} but the config "
+                              f"gives {flat_gen.get(key)!r}: set it in the toolkit's config instead "
+                              f"(train.batch_size, parallel.grad_accum, parallel.precision, parallel.zero_stage)")
+    merged = copy.deepcopy(generated)
+
+    def merge(into: dict, over: dict) -> None:
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(merged, {k: v for k, v in user.items() if k != "train_batch_size"})
+    changed = sorted(k for k, v in flat_user.items() if k != "train_batch_size" and flat_gen.get(k, object()) != v)
+    return merged, changed
+
+
+def _offload_optimizer(model: nn.Module, cfg: Config):
+    """DeepSpeedCPUAdam over the same layer-decay groups: ZeRO-Offload steps on the host's CPUs."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    from vitpose_scale.engine.optim import param_groups
+
+    groups = param_groups(model, cfg)
+    for g in groups:
+        g.pop("names")
+    return DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay, adamw_mode=True)
 
 
 class DeepSpeedWrapper:
@@ -85,7 +157,13 @@ class DeepSpeedWrapper:
             # backbone's pos_embed itself): ZeRO-3 must gather them for the model's forward.
             for param in getattr(model, "parameters_used_in_own_forward", lambda: [])():
                 deepspeed.zero.register_external_parameter(model, param)
-        optimizer = build_optimizer(model, cfg)
+        if cfg.parallel.deepspeed_config:
+            ds_cfg, changed = merge_user_deepspeed_config(ds_cfg, cfg.parallel.deepspeed_config, cfg, info.world_size)
+            if info.is_main:
+                print(f"parallel.deepspeed_config {cfg.parallel.deepspeed_config} changed: "
+                      f"{', '.join(changed) or 'nothing'}", flush=True)
+        offload = cfg.parallel.offload_optimizer != "none"
+        optimizer = _offload_optimizer(model, cfg) if offload else build_optimizer(model, cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         self.module = self.engine.module
         self.dtype = DTYPES[cfg.parallel.precision]
@@ -177,53 +255,47 @@ class DeepSpeedWrapper:
         return local, full
 
 
-class TorchWrapper:
-    """torch FSDP2 (`fully_shard` per block, then the root), or DDP/plain for backend `none`."""
+class _TorchWrapper:
+    """What the torch backends share: layer-decay AdamW, autocast, accumulation, clipping."""
+
+    kind = "none"
 
     def __init__(self, model: nn.Module, cfg: Config, info: DistInfo):
         self.cfg, self.info = cfg, info
-        self.kind = cfg.parallel.backend
         self.dtype = DTYPES[cfg.parallel.precision]
-        model = model.to(info.device)
-        if self.kind == "fsdp":
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            mp = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
-            for block in model.backbone.blocks:
-                fully_shard(block, mp_policy=mp)
-            fully_shard(model, mp_policy=mp)
-            self.model = self.module = model
-        elif info.world_size > 1:
-            self.module = model
-            self.model = nn.parallel.DistributedDataParallel(model)
-        else:
-            self.model = self.module = model
+        self.module = self.model = self._distribute(model.to(info.device))
         self.optimizer = build_optimizer(self.module, cfg)
         self.micro = 0
+
+    def _distribute(self, model: nn.Module) -> nn.Module:
+        return model
 
     @property
     def param_groups(self):
         return self.optimizer.param_groups
 
+    def _is_boundary(self) -> bool:
+        """True when the coming backward ends an accumulation window."""
+        return (self.micro + 1) % self.cfg.parallel.grad_accum == 0
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.info.device)
-        if self.kind == "fsdp":
-            return self.model(images.to(self.dtype))
         with torch.autocast(self.info.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             return self.model(images)
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.cfg.parallel.grad_accum).backward()
 
+    def _clip(self) -> torch.Tensor:
+        # max_norm inf measures without clipping (0 would zero every gradient); DeepSpeed treats 0 as off.
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        return torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+
     def step(self) -> float | None:
         self.micro += 1
         if self.micro % self.cfg.parallel.grad_accum:
             return None
-        # max_norm inf measures without clipping (0 would zero every gradient); DeepSpeed treats 0 as off.
-        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
+        norm = self._clip()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
@@ -233,34 +305,19 @@ class TorchWrapper:
 
     @contextlib.contextmanager
     def full_parameters(self):
-        if self.kind == "fsdp":
-            self.module.unshard()
-            try:
-                yield self.module
-            finally:
-                self.module.reshard()
-        else:
-            yield self.module
+        yield self.module
 
-    def _options(self):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-        return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
+    # One file, written by rank 0: the model is whole on every rank.
     def save(self, directory: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=self._options())
         if self.info.is_main:
             directory.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model_sd, "optimizer": optim_sd}, directory / "model_and_optimizer.pt")
+            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict()},
+                       directory / "model_and_optimizer.pt")
 
     def load(self, directory: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = torch.load(directory / "model_and_optimizer.pt", map_location="cpu", weights_only=True)
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=self._options())
+        state = torch.load(directory / "model_and_optimizer.pt", map_location=self.info.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def local_param_numel(self) -> tuple[int, int]:
         local = full = 0
@@ -268,6 +325,86 @@ class TorchWrapper:
             local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
             full += p.numel()
         return local, full
+
+
+class PlainWrapper(_TorchWrapper):
+    """One process, no distribution (backend `none` at world size 1)."""
+
+    kind = "none"
+
+
+class DDPWrapper(_TorchWrapper):
+    """DistributedDataParallel; gradients are all-reduced only on the last micro-batch of a step."""
+
+    kind = "ddp"
+
+    def _distribute(self, model: nn.Module) -> nn.Module:
+        self.ddp = nn.parallel.DistributedDataParallel(model)
+        return model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # DDP decides in forward whether the coming backward all-reduces.
+        sync = contextlib.nullcontext() if self._is_boundary() else self.ddp.no_sync()
+        with sync:
+            images = images.to(self.info.device)
+            with torch.autocast(self.info.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                return self.ddp(images)
+
+    def train(self, mode: bool = True) -> None:
+        self.ddp.train(mode)
+
+
+class FSDPWrapper(_TorchWrapper):
+    """torch FSDP2 (`fully_shard` per block, then the root); sharded checkpoints through
+    torch.distributed.checkpoint (each rank writes its shards; loadable at any world size)."""
+
+    kind = "fsdp"
+
+    def _distribute(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+        for block in model.backbone.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Gradients are reduce-scattered only at the end of an accumulation window.
+        self.module.set_requires_gradient_sync(self._is_boundary())
+        return self.model(images.to(self.info.device, self.dtype))
+
+    def _clip(self) -> torch.Tensor:
+        norm = super()._clip()
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    @contextlib.contextmanager
+    def full_parameters(self):
+        self.module.unshard()
+        try:
+            yield self.module
+        finally:
+            self.module.reshard()
+
+    def save(self, directory: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(directory))
+
+    def load(self, directory: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        from vitpose_scale.engine.checkpoint import ensure_safe_dcp_metadata
+
+        ensure_safe_dcp_metadata(directory)
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)  # also creates the Adam states
+        state = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(state, checkpoint_id=str(directory))
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
 
 
 def build_model_for_backend(cfg: Config, info: DistInfo, builder) -> nn.Module:
@@ -314,4 +451,6 @@ def wrap(model: nn.Module, cfg: Config, info: DistInfo, resume_world_size: int |
     """The backend's wrapper; `resume_world_size`: ranks that wrote the checkpoint about to be loaded."""
     if cfg.parallel.backend == "deepspeed":
         return DeepSpeedWrapper(model, cfg, info, resume_world_size=resume_world_size)
-    return TorchWrapper(model, cfg, info)
+    if cfg.parallel.backend == "fsdp":
+        return FSDPWrapper(model, cfg, info)
+    return DDPWrapper(model, cfg, info) if info.world_size > 1 else PlainWrapper(model, cfg, info)

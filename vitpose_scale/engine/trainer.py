@@ -19,8 +19,8 @@ import torch.distributed as dist
 
 from vitpose_scale.config import Config, check_run_paths
 from vitpose_scale.engine import checkpoint as ckpt
-from vitpose_scale.engine.distributed import (DistInfo, all_reduce_max, average_buffers, broadcast_object,
-                                              main_rank_first)
+from vitpose_scale.engine.distributed import (DistInfo, LauncherWatch, all_reduce_max, average_buffers,
+                                              broadcast_object, main_rank_first)
 from vitpose_scale.engine.metrics import (MetricsLog, SavedActivationMeter, drop_records_after, held_tensor_bytes,
                                           peak_memory_mb, training_tflops)
 from vitpose_scale.engine.optim import lr_factor, set_lr
@@ -41,7 +41,13 @@ def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
 
 
 class _Preemption:
-    """Sets a flag on SIGTERM/SIGUSR1; the loop checkpoints and exits at the next step."""
+    """Sets a flag on SIGTERM/SIGUSR1, or when the launcher that started this rank is gone;
+    the loop checkpoints and exits 143 at the next step.
+
+    The launcher watch covers what launchers do not forward: the deepspeed runner dies of a
+    SIGTERM or SIGUSR1 sent to it alone (its child launch.py and the ranks would train on),
+    and torchrun dies of SIGUSR1 unless started with --signals-to-handle.
+    """
 
     def __init__(self):
         self.requested = False
@@ -50,8 +56,14 @@ class _Preemption:
                 signal.signal(sig, self._handler)
             except ValueError:  # not the main thread (e.g. under some test runners)
                 pass
+        self._watch = LauncherWatch(on_exit=self._launcher_gone)
 
     def _handler(self, signum, _frame):
+        self.requested = True
+
+    def _launcher_gone(self, pid: int) -> None:
+        print(f"launcher process {pid} exited: checkpointing and stopping as on SIGTERM", file=sys.stderr,
+              flush=True)
         self.requested = True
 
 
