@@ -70,17 +70,25 @@ def _impls(torch):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v)
 
+    def sdpa_math(q, k, v):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v)
+
     def triton_fa(q, k, v):
         from vitpose_scale.kernels.flash_attn import flash_attention
 
         return flash_attention(q, k, v)
 
-    return {"plain": plain, "sdpa": sdpa, "sdpa_flash": sdpa_flash, "triton": triton_fa}
+    return {"plain": plain, "sdpa": sdpa, "sdpa_flash": sdpa_flash, "sdpa_math": sdpa_math, "triton": triton_fa}
 
 
 # ---------------------------------------------------------------- timing --
 def _time_cuda(torch, fn, warmup: int, reps: int, inner: int) -> float:
-    """Median milliseconds per call."""
+    """Median milliseconds per call (CUDA events; wall clock on a CPU, for bench/gpu_suite.py --smoke)."""
+    if not torch.cuda.is_available():
+        return _time_cpu(fn, warmup, reps, inner)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -97,9 +105,21 @@ def _time_cuda(torch, fn, warmup: int, reps: int, inner: int) -> float:
     return statistics.median(times)
 
 
+def _time_cpu(fn, warmup: int, reps: int, inner: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t0) * 1e3 / inner)
+    return statistics.median(times)
+
+
 def bench_shape(torch, impls, shape, args) -> dict:
     name, b, h, n, d = shape
-    dev = torch.device("cuda")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator(device=dev).manual_seed(0)
     q, k, v, do = (torch.randn(b, h, n, d, device=dev, dtype=torch.bfloat16, generator=gen) for _ in range(4))
     for t in (q, k, v):
@@ -134,14 +154,16 @@ def bench_shape(torch, impls, shape, args) -> dict:
             res.update(fwd_ms=t_f, fwd_bwd_ms=t_fb,
                        fwd_tflops=flops / (t_f * 1e-3) / 1e12,
                        fwd_bwd_tflops=FWD_BWD_FACTOR * flops / (t_fb * 1e-3) / 1e12)
-            torch.cuda.reset_peak_memory_stats()
-            fwd_bwd()
-            torch.cuda.synchronize()
-            res["fwd_bwd_peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                fwd_bwd()
+                torch.cuda.synchronize()
+                res["fwd_bwd_peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
         except Exception as exc:  # e.g. flash backend refusing a head dim
             res = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
         entry["results"][impl_name] = res
-        torch.cuda.empty_cache()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
     ratios = {}
     tri = entry["results"].get("triton", {})
@@ -254,7 +276,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/attention_<gpu>.json)")
     p.add_argument("--impls", nargs="+", default=["plain", "sdpa", "sdpa_flash", "triton"],
-                   choices=["plain", "sdpa", "sdpa_flash", "triton"])
+                   choices=["plain", "sdpa", "sdpa_flash", "sdpa_math", "triton"])
     p.add_argument("--shapes", nargs="+", default=None, help=f"subset of {[s[0] for s in SHAPES]}")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--reps", type=int, default=20)

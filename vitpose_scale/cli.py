@@ -146,13 +146,15 @@ def params_main(argv: list[str] | None = None) -> int:
     from vitpose_scale.config import PRESETS, ModelConfig
     from vitpose_scale.models.pose import build_pose_model, count_parameters, forward_flops_per_image
 
-    print(f"{'preset':>6} {'backbone':>12} {'head':>10} {'GFLOPs/img':>11}")
-    for name in PRESETS:
-        size = [576, 432] if name == "G" else args.image_size
-        cfg = ModelConfig(preset=name, image_size=size)
+    # G at its recipe resolution, once more with the overlapping stride-8 patches (4x the tokens).
+    rows = [(name, [576, 432] if name == "G" else args.image_size, 16) for name in PRESETS] + [("G", [576, 432], 8)]
+    print(f"{'preset':>6} {'stride':>6} {'tokens':>6} {'backbone':>12} {'head':>10} {'GFLOPs/img':>11}")
+    for name, size, stride in rows:
+        cfg = ModelConfig(preset=name, image_size=size, patch_stride=stride)
         model = build_pose_model(cfg, device="meta")
-        print(f"{name:>6} {count_parameters(model.backbone) / 1e6:>10.1f} M {count_parameters(model.keypoint_head) / 1e6:>8.2f} M "
-              f"{forward_flops_per_image(cfg) / 1e9:>11.1f}  ({size[0]}x{size[1]})")
+        print(f"{name:>6} {stride:>6} {cfg.grid[0] * cfg.grid[1]:>6} {count_parameters(model.backbone) / 1e6:>10.1f} M "
+              f"{count_parameters(model.keypoint_head) / 1e6:>8.2f} M {forward_flops_per_image(cfg) / 1e9:>11.1f}  "
+              f"({size[0]}x{size[1]})")
     return 0
 
 

@@ -1,101 +1,530 @@
-"""`vitpose-scale plan`: the scale arithmetic of a config before anything is launched (REFERENCE §6).
+"""`vitpose-scale plan`: which training settings fit a GPU budget, and how fast they run (docs/full_scale.md).
 
-Model states under ZeRO-3 with mixed-precision Adam: 16 bytes per parameter
-(2 bf16 weights + 2 bf16 gradients + 4 fp32 master + 8 Adam moments) divided
-over the ranks (ZeRO-0 keeps all 16 on every rank, ZeRO-1 shards the 12 of the
-optimizer, ZeRO-2 also the gradients). Activations: with per-block
-checkpointing each block keeps its input (tokens x width) plus, during the
-backward of one block, that block's own activations; without it every block
-keeps them all. Compute: training is about 3x the forward FLOPs.
+For the model and resolution of a config and a number of GPUs of a given memory,
+every combination of ZeRO stage (0-3), optimizer offload (ZeRO 1-3), parameter
+offload (ZeRO-3), activation checkpointing and micro-batch (gradient
+accumulation makes up the config's global batch) is costed:
+
+memory per rank, split the way the trainer accounts it (metrics.jsonl):
+  model states    what DeepSpeed holds between steps (DeepSpeed 0.19 layouts,
+                  checked against `held_tensor_bytes` on 2 CPU ranks):
+                    ZeRO-0  fp32: 4P weights + 8P Adam;  bf16: 2P + 4P fp32 master + 8P Adam
+                    ZeRO-1/2  bP flat weights + (4 master + 8 Adam) P/w
+                    ZeRO-3  (b + 4 + 8 + b) P/w partitions of weights, master, Adam, gradients
+                            + b x persistent small params (whole on every rank) + b x one reduce bucket
+                  (P parameters, w ranks, b bytes of the compute dtype; in fp32 DeepSpeed
+                  keeps a separate fp32 "master" copy too). Offload moves the master copy,
+                  Adam and its fp32 gradient partition (optimizer), or the weight partitions
+                  (params), to host memory.
+  activations     bytes autograd saves for backward in one micro-batch (what
+                  SavedActivationMeter counts), op by op: see `saved_activation_bytes`.
+  working set     gradients during backward, one block's activations again (its
+                  recomputation under checkpointing, and its gradients), comm buckets.
+  allowance       CONTEXT_GB for the CUDA context, cuBLAS/NCCL workspaces, plus
+                  FRAGMENTATION of everything else for the caching allocator.
+
+step time = compute + communication + offload traffic, not overlapped (an upper bound):
+  compute         forward FLOPs (models/pose.py) x images x (3, or 4 with checkpointing:
+                  the recomputed forward) / (peak x MFU), where the MFU reaches the
+                  assumed value for large micro-batches: mfu x T / (T + MFU_HALF_TOKENS)
+                  with T tokens per micro-batch
+  communication   ring collectives at the per-GPU bus bandwidth (NVLink inside a node,
+                  the network across nodes): ZeRO-0/1 all-reduce gradients once per step,
+                  ZeRO-2 reduce-scatters every micro-batch and all-gathers weights after
+                  the step, ZeRO-3 all-gathers weights in forward and backward and
+                  reduce-scatters gradients every micro-batch
+  offload         gradients down and weights up over PCIe once per step, the CPU Adam
+                  step; parameter offload fetches every weight partition over PCIe twice
+                  per micro-batch
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from vitpose_scale.config import Config
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+FP32, ADAM = 4, 8  # fp32 master copy; Adam's two fp32 moments
+GB = 1e9
+CONTEXT_GB = 1.5  # CUDA context + cuBLAS workspace + NCCL buffers per process
+FRAGMENTATION = 0.10  # caching-allocator slack on top of what tensors hold
+MFU_HALF_TOKENS = 1024  # tokens per micro-batch at which the GPU reaches half the assumed MFU
+LAYER_NORM_STATS = 4  # mean and rstd per token, fp32 on GPUs
+# People with keypoints per epoch of the training sets the presets use (annotation file name -> count).
+KNOWN_TRAIN_SETS = {
+    "person_keypoints_train2017.json": 149_813,  # COCO train2017 instances with num_keypoints > 0
+    "aic_train.json": 378_352,  # AI Challenger train, converted to the COCO layout (docs/datasets.md)
+}
 
 
-def model_state_bytes_per_rank(params: int, zero_stage: int, world: int, precision: str) -> float:
-    w = BYTES[precision]
-    weights, grads = w * params, w * params
-    optimizer = (12 if precision != "fp32" else 8) * params  # fp32 master (mixed precision) + Adam moments
-    if zero_stage >= 1:
-        optimizer /= world
-    if zero_stage >= 2:
-        grads /= world
-    if zero_stage >= 3:
-        weights /= world
-    return weights + grads + optimizer
+# ------------------------------------------------------------------ shape --
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory and FLOP formulas need, read off the model built on the meta device."""
+    params: int
+    param_sizes: tuple[int, ...]  # numel of every parameter (ZeRO-3 partitions each one)
+    block_linear_weights: tuple[int, ...]  # numel of each Linear weight inside the blocks
+    buffer_bytes: int  # BatchNorm running statistics: whole on every rank
+    depth: int
+    dim: int
+    hidden: int
+    heads: int
+    grid: tuple[int, int]
+    image_size: tuple[int, int]
+    heatmap: tuple[int, int]
+    keypoints: int
+    head: str
+    head_channels: int
+    num_deconv: int
+    patch_stride: int
+    attention: str
+    drop_path_layers: int  # blocks with a DropPath (rate > 0)
+    forward_flops: float  # per image
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
 
 
-def block_activation_bytes(micro_batch: int, tokens: int, dim: int, hidden: int, heads: int, precision: str,
-                           fused_attention: bool) -> float:
-    """Tensors one pre-norm block saves for backward: norms, qkv, attention output, proj, MLP in/hidden/GELU."""
-    b = BYTES[precision]
-    per_token = (2 * dim + 3 * dim + dim + dim + 2 * hidden + dim) * b
-    attention = 0 if fused_attention else 2 * heads * tokens * tokens * b  # scores + softmax
-    return micro_batch * (tokens * per_token + attention)
+def model_shape(cfg: Config) -> ModelShape:
+    from torch import nn
 
-
-def plan(cfg: Config, world: int, samples_per_epoch: int, peak_tflops: float, mfu: float) -> dict:
-    from vitpose_scale.models.pose import build_pose_model, count_parameters, forward_flops_per_image
+    from vitpose_scale.models.pose import build_pose_model, forward_flops_per_image
 
     m = cfg.model.resolved()
     model = build_pose_model(cfg.model, device="meta")
-    params = count_parameters(model)
-    hp, wp = cfg.model.grid
-    tokens, hidden = hp * wp, int(round(m.embed_dim * m.mlp_ratio))
-    micro = cfg.train.batch_size // (world * cfg.parallel.grad_accum)
-    precision = cfg.parallel.precision
-    block = block_activation_bytes(micro, tokens, m.embed_dim, hidden, m.num_heads, precision,
-                                   fused_attention=m.attention != "plain")
-    if m.activation_checkpointing:
-        activations = m.depth * micro * tokens * m.embed_dim * BYTES[precision] + block
+    linear = tuple(mod.weight.numel() for blk in model.backbone.blocks for mod in blk.modules()
+                   if isinstance(mod, nn.Linear))
+    drop_paths = sum(1 for mod in model.backbone.modules() if type(mod).__name__ == "DropPath")
+    return ModelShape(
+        params=sum(p.numel() for p in model.parameters()),
+        param_sizes=tuple(p.numel() for p in model.parameters()),
+        block_linear_weights=linear,
+        buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+        depth=m.depth, dim=m.embed_dim, hidden=int(round(m.embed_dim * m.mlp_ratio)), heads=m.num_heads,
+        grid=cfg.model.grid, image_size=tuple(cfg.model.image_size), heatmap=cfg.model.heatmap_size,
+        keypoints=m.num_keypoints, head=m.head, head_channels=m.head_channels,
+        num_deconv=int(math.log2(m.patch_stride // 4)), patch_stride=m.patch_stride, attention=m.attention,
+        drop_path_layers=drop_paths, forward_flops=forward_flops_per_image(cfg.model))
+
+
+# --------------------------------------------------------------- settings --
+@dataclass(frozen=True)
+class Setting:
+    zero_stage: int
+    offload_optimizer: str  # none | cpu | nvme
+    offload_params: str  # none | cpu | nvme
+    checkpointing: bool
+    micro_batch: int
+    grad_accum: int
+
+    def label(self) -> str:
+        off = []
+        if self.offload_optimizer != "none":
+            off.append(f"opt->{self.offload_optimizer}")
+        if self.offload_params != "none":
+            off.append(f"params->{self.offload_params}")
+        return (f"ZeRO-{self.zero_stage} {'+'.join(off) or 'no offload':<21} ckpt {'on ' if self.checkpointing else 'off'}"
+                f" micro {self.micro_batch:>3} x accum {self.grad_accum:>3}")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpus: int
+    gpu_mem_gb: float
+    gpus_per_node: int = 8
+    peak_tflops: float = 989.0  # bf16 dense (H100 SXM)
+    mfu: float = 0.40
+    nvlink_gbps: float = 150.0  # per-GPU bus bandwidth of collectives inside a node (GB/s)
+    network_gbps: float = 25.0  # per-GPU bus bandwidth across nodes (GB/s, 200 Gb/s per GPU)
+    pcie_gbps: float = 20.0  # host <-> GPU per GPU (GB/s)
+    cpu_adam_params_per_s: float = 1.0e9  # DeepSpeed CPU Adam throughput per rank
+    nvme_gbps: float = 3.0  # NVMe read/write per GPU (GB/s)
+    host_mem_gb: float = 1024.0  # per node, for offloaded states
+    nvme: bool = False  # offer nvme offload targets
+
+    @property
+    def bus_gbps(self) -> float:
+        return self.nvlink_gbps if self.gpus <= self.gpus_per_node else self.network_gbps
+
+
+def bucket_elements(cfg: Config, params: int, world: int) -> int:
+    """The reduce/all-gather bucket the trainer configures (engine/parallel.deepspeed_config)."""
+    from vitpose_scale.engine.parallel import deepspeed_config
+
+    return deepspeed_config(cfg, world, params)["zero_optimization"]["reduce_bucket_size"]
+
+
+# ----------------------------------------------------------------- memory --
+def model_state_bytes(shape: ModelShape, setting: Setting, world: int, precision: str, bucket: int,
+                      persistence_threshold: int) -> dict:
+    """Bytes held between steps per rank, on the GPU and on the host (offload); DeepSpeed 0.19 layouts."""
+    b, P, stage = BYTES[precision], shape.params, setting.zero_stage
+    part = P / world
+    if stage == 0:
+        weights = b * P
+        master = 0 if precision == "fp32" else FP32 * P  # fp32: the weights are the master copy
+        optimizer, grads = ADAM * P, 0
+    elif stage in (1, 2):
+        weights, master, optimizer, grads = b * P, FP32 * part, ADAM * part, 0
     else:
-        activations = m.depth * block
-    flops_img = forward_flops_per_image(cfg.model)
-    epoch_flops = 3 * flops_img * samples_per_epoch
-    hours = cfg.train.epochs * epoch_flops / (world * peak_tflops * 1e12 * mfu) / 3600
-    return {"params": params, "tokens": tokens, "micro_batch_per_rank": micro,
-            "model_states_gb_per_rank": model_state_bytes_per_rank(params, cfg.parallel.zero_stage, world,
-                                                                   precision) / 1e9,
-            "activations_gb_per_rank": activations / 1e9, "forward_tflop_per_image": flops_img / 1e12,
-            "training_flop_per_epoch": epoch_flops, "hours": hours}
+        part = sum(-(-n // world) for n in shape.param_sizes)  # each parameter padded to the world size
+        persistent = sum(n for n in shape.param_sizes if n <= persistence_threshold)
+        weights = b * (part + persistent)
+        master, optimizer = FP32 * part, ADAM * part
+        grads = b * (part + bucket)  # gradient partitions + the reduce bucket, both allocated up front
+    gpu, host = weights + master + optimizer + grads + shape.buffer_bytes, 0.0
+    if setting.offload_optimizer != "none":
+        moved = master + optimizer + FP32 * part  # + the fp32 gradient partition the CPU Adam reads
+        gpu -= master + optimizer
+        host += moved
+    if setting.offload_params != "none":
+        gpu -= b * part
+        host += b * part
+    return {"gpu": gpu, "host": host, "total": gpu + host}
+
+
+def block_saved_bytes(shape: ModelShape, micro: int, precision: str) -> float:
+    """Tensors one block saves for backward without checkpointing (per micro-batch).
+
+    Per token: the block input and norm1 output (2C), the qkv output shared by q, k, v (3C),
+    the attention output (C; the fused kernels lay it out so the head merge is a view, ours
+    is a copy: one more C), the residual sum and norm2 output (2C), fc1 output and GELU
+    output (2 x hidden), LayerNorm statistics; the fused kernels keep a row logsumexp per
+    head, plain attention instead keeps q, k, v copies and the softmax matrix (heads x N).
+    """
+    b, C, H, N = BYTES[precision], shape.dim, shape.hidden, shape.tokens
+    per_token = b * (8 * C + 2 * H) + 2 * 2 * LAYER_NORM_STATS
+    if shape.attention == "plain":
+        per_token += b * shape.heads * N
+    else:
+        per_token += FP32 * shape.heads  # logsumexp
+        if shape.attention == "triton":
+            per_token += b * C  # output (B, H, N, D) contiguous: merging the heads copies
+    return micro * N * per_token
+
+
+def head_saved_bytes(shape: ModelShape, micro: int, precision: str) -> float:
+    """The head and the loss: input features, per deconv stage the fp32 BatchNorm input
+    (heads.Fp32BatchNorm2d upcasts) and the ReLU output, BN statistics; the simple head's
+    ReLU and upsampled features; the fp32 loss product (pred - target) * weight."""
+    b, C, N, ch = BYTES[precision], shape.dim, shape.tokens, shape.head_channels
+    total = micro * N * C * b  # features entering the head
+    if shape.head == "classic":
+        hp, wp = shape.grid
+        for i in range(1, shape.num_deconv + 1):
+            elements = micro * ch * (hp << i) * (wp << i)
+            total += elements * (FP32 + b)
+            total += ch * FP32 * (4 if precision == "fp32" else 5)  # running/saved stats (+ fp32 weight copy)
+    else:
+        total += micro * N * C * b * (shape.patch_stride // 4) ** 2  # upsampled features, saved by the conv
+    h, w = shape.heatmap
+    return total + micro * shape.keypoints * (h * w + 1) * FP32
+
+
+def saved_activation_bytes(shape: ModelShape, micro: int, precision: str, checkpointing: bool,
+                           zero_stage: int = 0, persistence_threshold: int = 0) -> float:
+    """Bytes autograd keeps for backward in one micro-batch (the trainer's activation_mb_per_rank).
+
+    Outside the blocks: the input images (saved by the patch convolution), the last norm's
+    input, the head (`head_saved_bytes`). Blocks: with checkpointing only each block's input
+    (tokens x width); without, `block_saved_bytes` each. Under ZeRO-3 without checkpointing the
+    blocks' Linear layers keep the gathered weights until backward (autograd saves a transposed
+    view of each, so releasing the parameter does not free it).
+    """
+    b, N, C = BYTES[precision], shape.tokens, shape.dim
+    H, W = shape.image_size
+    total = micro * 3 * H * W * b + micro * N * (C * b + 2 * LAYER_NORM_STATS)
+    if checkpointing:
+        total += shape.depth * micro * N * C * b
+    else:
+        total += shape.depth * block_saved_bytes(shape, micro, precision)
+        total += 2 * shape.drop_path_layers * micro * FP32  # each block's DropPath mask (B, 1, 1), both branches
+        if zero_stage == 3:
+            total += b * sum(n for n in shape.block_linear_weights if n > persistence_threshold)
+    return total + head_saved_bytes(shape, micro, precision)
+
+
+def working_bytes(shape: ModelShape, setting: Setting, world: int, precision: str, bucket: int) -> float:
+    """Transient memory at the backward peak: gradients not held between steps, one block's
+    activations (recomputed under checkpointing) and their gradients, communication buckets."""
+    b, P = BYTES[precision], shape.params
+    block = block_saved_bytes(shape, setting.micro_batch, precision)
+    work = block * (2 if setting.checkpointing else 1)
+    if setting.zero_stage == 0:
+        grads = b * P + (FP32 * P if precision != "fp32" else 0)  # + fp32 master gradients at the step
+    elif setting.zero_stage == 1:
+        grads = b * P + FP32 * P / world
+    elif setting.zero_stage == 2:
+        grads = b * bucket + (b + FP32) * P / world
+    else:
+        grads = 2 * b * bucket  # gathered weights: the current layer and the prefetch bucket
+    return work + grads
+
+
+def peak_gpu_bytes(states_gpu: float, activations: float, working: float) -> float:
+    return (states_gpu + activations + working) * (1 + FRAGMENTATION) + CONTEXT_GB * GB
+
+
+# ------------------------------------------------------------------- time --
+def step_seconds(shape: ModelShape, setting: Setting, hw: Hardware, precision: str) -> dict:
+    b, P, w = BYTES[precision], shape.params, hw.gpus
+    images = setting.micro_batch * setting.grad_accum
+    tokens = setting.micro_batch * shape.tokens
+    mfu = hw.mfu * tokens / (tokens + MFU_HALF_TOKENS)
+    passes = 4 if setting.checkpointing else 3
+    compute = passes * shape.forward_flops * images / (hw.peak_tflops * 1e12 * mfu)
+    ring = (w - 1) / w * P * b / (hw.bus_gbps * GB) if w > 1 else 0.0  # one all-gather / reduce-scatter
+    accum, stage = setting.grad_accum, setting.zero_stage
+    comm = {0: 2 * ring, 1: 2 * ring, 2: accum * ring + ring, 3: accum * 3 * ring}[stage]
+    offload = 0.0
+    part = P / w
+    if setting.offload_optimizer != "none":
+        offload += 2 * part * b / (hw.pcie_gbps * GB) + part / hw.cpu_adam_params_per_s
+        if setting.offload_optimizer == "nvme":
+            offload += 2 * (FP32 + ADAM) * part / (hw.nvme_gbps * GB)  # read and write the states
+    if setting.offload_params != "none":
+        per_pass = part * b / ((hw.nvme_gbps if setting.offload_params == "nvme" else hw.pcie_gbps) * GB)
+        offload += accum * 2 * per_pass
+    total = compute + comm + offload
+    return {"compute": compute, "comm": comm, "offload": offload, "total": total, "mfu": mfu}
+
+
+# ------------------------------------------------------------------- plan --
+@dataclass
+class Candidate:
+    setting: Setting
+    states_gpu_gb: float
+    host_gb: float
+    activations_gb: float
+    peak_gb: float
+    step_s: float
+    breakdown: dict
+    images_per_s: float
+    hours: float
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self.setting), **{k: v for k, v in dataclasses.asdict(self).items()
+                                                      if k != "setting"}}
+
+
+def settings_for(global_batch: int, gpus: int, nvme: bool) -> list[Setting]:
+    if global_batch % gpus:
+        raise ValueError(f"train.batch_size {global_batch} does not divide over {gpus} GPUs: "
+                         f"expected a multiple of {gpus}")
+    per_gpu = global_batch // gpus
+    micros = [m for m in range(1, per_gpu + 1) if per_gpu % m == 0]
+    targets = ["none", "cpu"] + (["nvme"] if nvme else [])
+    out = []
+    for stage in (0, 1, 2, 3):
+        for opt in targets if stage >= 1 else ["none"]:
+            for params in (targets if stage == 3 and opt != "none" else ["none"]):
+                for ckpt in (False, True):
+                    for m in micros:
+                        out.append(Setting(stage, opt, params, ckpt, m, per_gpu // m))
+    return out
+
+
+def evaluate(cfg: Config, shape: ModelShape, setting: Setting, hw: Hardware, samples_per_epoch: int) -> Candidate:
+    precision, threshold = cfg.parallel.precision, cfg.parallel.zero3_persistence_threshold
+    bucket = bucket_elements(cfg, shape.params, hw.gpus)
+    states = model_state_bytes(shape, setting, hw.gpus, precision, bucket, threshold)
+    acts = saved_activation_bytes(shape, setting.micro_batch, precision, setting.checkpointing,
+                                  setting.zero_stage, threshold)
+    work = working_bytes(shape, setting, hw.gpus, precision, bucket)
+    peak = peak_gpu_bytes(states["gpu"], acts, work)
+    t = step_seconds(shape, setting, hw, precision)
+    global_batch = cfg.train.batch_size
+    steps = cfg.train.epochs * math.ceil(samples_per_epoch / global_batch)
+    return Candidate(setting, states["gpu"] / GB, states["host"] / GB, acts / GB, peak / GB, t["total"], t,
+                     global_batch / t["total"], steps * t["total"] / 3600)
+
+
+def plan_settings(cfg: Config, hw: Hardware, samples_per_epoch: int) -> tuple[list[Candidate], ModelShape]:
+    """Every setting that fits, fastest first (ties: less GPU memory)."""
+    shape = model_shape(cfg)
+    fits = []
+    for setting in settings_for(cfg.train.batch_size, hw.gpus, hw.nvme):
+        c = evaluate(cfg, shape, setting, hw, samples_per_epoch)
+        host_per_node = c.host_gb * min(hw.gpus, hw.gpus_per_node)
+        if c.peak_gb <= hw.gpu_mem_gb and (setting.offload_optimizer != "cpu" and setting.offload_params != "cpu"
+                                           or host_per_node <= hw.host_mem_gb):
+            fits.append(c)
+    fits.sort(key=lambda c: (round(c.step_s, 6), c.peak_gb))
+    return fits, shape
+
+
+def samples_per_epoch(cfg: Config) -> int:
+    """People per epoch of the config's training sets: known sets by annotation file name,
+    small annotation files counted (people with keypoints), else an error asking for the number."""
+    d = cfg.data
+    if d.kind == "synthetic":
+        raise ValueError("data.kind synthetic: pass --samples-per-epoch (people per epoch are generated)")
+    sets = [(d.root, d.train_ann)] + [(e.get("root", d.root), e.get("ann", "")) for e in d.extra_train]
+    total = 0
+    for root, ann in sets:
+        name = Path(ann).name
+        if name in KNOWN_TRAIN_SETS:
+            total += KNOWN_TRAIN_SETS[name]
+            continue
+        path = Path(root) / ann
+        if not path.is_file() or path.stat().st_size > 50_000_000:
+            raise ValueError(f"training set {path}: unknown size (known: {sorted(KNOWN_TRAIN_SETS)}): "
+                             f"pass --samples-per-epoch")
+        anns = json.loads(path.read_text()).get("annotations", [])
+        total += sum(1 for a in anns if a.get("num_keypoints", 0) > 0)
+    return total
+
+
+def written_config(cfg: Config, setting: Setting, nvme_path: str | None = None) -> Config:
+    """The config with the chosen setting, ready for `deepspeed launch/train.py --config`."""
+    out = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, activation_checkpointing=setting.checkpointing),
+        parallel=dataclasses.replace(cfg.parallel, backend="deepspeed", zero_stage=setting.zero_stage,
+                                     offload_optimizer=setting.offload_optimizer,
+                                     offload_params=setting.offload_params, grad_accum=setting.grad_accum,
+                                     nvme_path=nvme_path or cfg.parallel.nvme_path))
+    from vitpose_scale.config import validate
+
+    return validate(out)
+
+
+# -------------------------------------------------------------------- CLI --
+ASSUMPTIONS = (
+    "assumptions: MFU {mfu:.0%} of {peak:g} TFLOP/s reached from large micro-batches (x T/(T+{half}) for T tokens"
+    " per micro-batch), checkpointing adds one forward; collectives at {nv:g} GB/s per GPU in a node, {net:g} GB/s"
+    " across nodes; PCIe {pcie:g} GB/s; CPU Adam {adam:.1e} params/s per rank; no overlap of compute, communication"
+    " and offload (upper bound); memory allowance {ctx:g} GB CUDA context/workspaces + {frag:.0%} fragmentation")
+
+
+def format_table(cands: list[Candidate], limit: int | None) -> list[str]:
+    lines = [f"  {'setting':<60} {'GPU GB':>7} {'states':>7} {'acts':>6} {'host GB':>8} {'step s':>8} "
+             f"{'img/s':>8} {'hours':>7}"]
+    for i, c in enumerate(cands[:limit]):
+        mark = "*" if i == 0 else " "
+        lines.append(f"{mark} {c.setting.label():<60} {c.peak_gb:7.1f} {c.states_gpu_gb:7.2f} "
+                     f"{c.activations_gb:6.2f} {c.host_gb:8.1f} {c.step_s:8.3f} {c.images_per_s:8.0f} {c.hours:7.1f}")
+    return lines
+
+
+def hardware_from_args(args, cfg: Config | None) -> Hardware:
+    return Hardware(gpus=args.gpus, gpu_mem_gb=args.gpu_mem, gpus_per_node=args.gpus_per_node,
+                    peak_tflops=args.peak_tflops or (cfg.train.peak_tflops if cfg else 989.0), mfu=args.mfu,
+                    nvlink_gbps=args.nvlink_gbps, network_gbps=args.network_gbps, pcie_gbps=args.pcie_gbps,
+                    cpu_adam_params_per_s=args.cpu_adam, host_mem_gb=args.host_mem, nvme=args.nvme_path is not None)
+
+
+# The README's "what fits where" table: presets x GPU budgets (`vitpose-scale plan --readme-table`).
+README_CONFIGS = [("B", "configs/vitpose_b_256x192.yaml"), ("L", "configs/vitpose_l_256x192.yaml"),
+                  ("H", "configs/vitpose_h_256x192.yaml"), ("G", "configs/vitpose_g_576x432.yaml")]
+README_BUDGETS = [(1, 24.0), (8, 40.0), (8, 80.0), (64, 80.0)]
+
+
+def readme_table(args) -> list[str]:
+    from vitpose_scale.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    lines = ["| model | GPUs | fastest setting that fits | GPU GB (est.) | step s | images/s | hours, 210 epochs |",
+             "|---|---|---|---|---|---|---|"]
+    for name, path in README_CONFIGS:
+        cfg = load_config(root / path)
+        samples = samples_per_epoch(cfg)
+        for gpus, mem in README_BUDGETS:
+            args.gpus, args.gpu_mem = gpus, mem
+            fits, _ = plan_settings(cfg, hardware_from_args(args, cfg), samples)
+            size = f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}"
+            if not fits:
+                lines.append(f"| {name} {size} | {gpus} x {mem:g} GB | does not fit | - | - | - | - |")
+                continue
+            c, s = fits[0], fits[0].setting
+            off = ", ".join(f"{k} offload {v}" for k, v in (("optimizer", s.offload_optimizer),
+                                                             ("param", s.offload_params)) if v != "none")
+            text = (f"ZeRO-{s.zero_stage}{', ' + off if off else ''}, checkpointing {'on' if s.checkpointing else 'off'},"
+                    f" micro-batch {s.micro_batch} x {s.grad_accum} accumulation")
+            lines.append(f"| {name} {size} | {gpus} x {mem:g} GB | {text} | {c.peak_gb:.1f} | {c.step_s:.2f} | "
+                         f"{c.images_per_s:.0f} | {c.hours:.1f} |")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vitpose_scale.cli import add_config_args
+
+    parser = argparse.ArgumentParser(prog="vitpose-scale plan", description=__doc__.split("\n\n")[0],
+                                     epilog="the memory and time model is in vitpose_scale/plan.py and docs/full_scale.md")
+    add_config_args(parser)
+    parser.set_defaults(config=None)
+    for action in parser._actions:
+        if action.dest == "config":
+            action.required = False
+    parser.add_argument("--gpus", type=int, default=None, help="total ranks (nodes x GPUs per node)")
+    parser.add_argument("--gpu-mem", type=float, default=80.0, help="GB of memory per GPU (default 80)")
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--samples-per-epoch", type=int, default=None,
+                        help="people per epoch (default: counted from the config's training sets)")
+    parser.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation at large micro-batches")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="per GPU (default: train.peak_tflops)")
+    parser.add_argument("--nvlink-gbps", type=float, default=150.0, help="collective bandwidth per GPU in a node")
+    parser.add_argument("--network-gbps", type=float, default=25.0, help="collective bandwidth per GPU across nodes")
+    parser.add_argument("--pcie-gbps", type=float, default=20.0, help="host <-> GPU bandwidth per GPU")
+    parser.add_argument("--cpu-adam", type=float, default=1.0e9, help="CPU Adam parameters per second per rank")
+    parser.add_argument("--host-mem", type=float, default=1024.0, help="host GB per node for offloaded states")
+    parser.add_argument("--nvme-path", default=None, help="also consider NVMe offload to this path")
+    parser.add_argument("--top", type=int, default=None, help="print only the N fastest settings")
+    parser.add_argument("--json", default=None, help="also write every fitting setting to this JSON file")
+    parser.add_argument("--write", default=None, help="write the recommended setting as a config file")
+    parser.add_argument("--readme-table", action="store_true",
+                        help="print the README table: B/L/H/G on 1x24, 8x40, 8x80, 64x80 GB")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vitpose_scale.cli import add_config_args, load_config_or_report
+    from vitpose_scale.cli import load_config_or_report
 
-    parser = argparse.ArgumentParser(prog="vitpose-scale plan", description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    parser.add_argument("--gpus", type=int, required=True, help="total ranks (nodes x GPUs per node)")
-    parser.add_argument("--samples-per-epoch", type=int, default=149_813,
-                        help="training instances per epoch (default: COCO train2017 people with keypoints)")
-    parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.readme_table:
+        print("\n".join(readme_table(args)))
+        return 0
+    if args.config is None or args.gpus is None:
+        print("plan: --config and --gpus are required (or --readme-table)", file=sys.stderr)
+        return 2
     cfg = load_config_or_report(args)
     if cfg is None:
         return 2
-    if cfg.train.batch_size % (args.gpus * cfg.parallel.grad_accum):
-        print(f"train.batch_size {cfg.train.batch_size} does not divide over {args.gpus} ranks x "
-              f"{cfg.parallel.grad_accum} accumulation steps", file=sys.stderr)
+    try:
+        samples = args.samples_per_epoch or samples_per_epoch(cfg)
+        hw = hardware_from_args(args, cfg)
+        fits, shape = plan_settings(cfg, hw, samples)
+    except ValueError as exc:
+        print(f"plan: {exc}", file=sys.stderr)
         return 2
-    p = plan(cfg, args.gpus, args.samples_per_epoch, cfg.train.peak_tflops, args.mfu)
     m = cfg.model.resolved()
-    print(f"{m.preset} preset ({m.embed_dim} wide, {m.depth} deep) at {cfg.model.image_size[0]}x"
-          f"{cfg.model.image_size[1]}: {p['params'] / 1e9:.3f} B parameters, {p['tokens']} tokens")
-    print(f"ranks {args.gpus}, micro-batch {p['micro_batch_per_rank']} per rank, ZeRO-{cfg.parallel.zero_stage}, "
-          f"{cfg.parallel.precision}, checkpointing {'on' if m.activation_checkpointing else 'off'}, "
-          f"attention {m.attention}")
-    print(f"model states per rank     {p['model_states_gb_per_rank']:8.2f} GB")
-    print(f"activations per rank      {p['activations_gb_per_rank']:8.2f} GB (estimate)")
-    print(f"forward per image         {p['forward_tflop_per_image']:8.3f} TFLOP")
-    print(f"training per epoch        {p['training_flop_per_epoch']:8.2e} FLOP ({args.samples_per_epoch} samples)")
-    print(f"{cfg.train.epochs} epochs at {args.mfu:.0%} MFU of {cfg.train.peak_tflops:g} TFLOP/s: "
-          f"{p['hours']:.1f} hours")
+    print(f"{m.preset} preset ({m.embed_dim} wide, {m.depth} deep, stride {m.patch_stride}) at "
+          f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}: {shape.params / 1e9:.3f} B parameters, "
+          f"{shape.tokens} tokens, {shape.forward_flops / 1e12:.3f} TFLOP forward per image")
+    print(f"{hw.gpus} x {hw.gpu_mem_gb:g} GB GPUs, {cfg.parallel.precision}, attention {m.attention}, global batch "
+          f"{cfg.train.batch_size}, {samples} samples per epoch, {cfg.train.epochs} epochs")
+    print(ASSUMPTIONS.format(mfu=hw.mfu, peak=hw.peak_tflops, half=MFU_HALF_TOKENS, nv=hw.nvlink_gbps,
+                             net=hw.network_gbps, pcie=hw.pcie_gbps, adam=hw.cpu_adam_params_per_s, ctx=CONTEXT_GB,
+                             frag=FRAGMENTATION))
+    if not fits:
+        print(f"nothing fits in {hw.gpu_mem_gb:g} GB per GPU", file=sys.stderr)
+        return 1
+    print(f"{len(fits)} settings fit, fastest first (* recommended; GB per rank: GPU peak estimate, model states "
+          f"and saved activations on the GPU, offloaded states on the host):")
+    print("\n".join(format_table(fits, args.top)))
+    if args.json:
+        Path(args.json).write_text(json.dumps([c.to_dict() for c in fits], indent=1))
+    if args.write:
+        out = written_config(cfg, fits[0].setting, args.nvme_path)
+        out.save(args.write)
+        print(f"wrote {args.write}: deepspeed --num_gpus {min(hw.gpus, hw.gpus_per_node)} launch/train.py "
+              f"--config {args.write}")
     return 0
 
 

@@ -1,0 +1,256 @@
+"""`vitpose-scale plan` and `params` against hand arithmetic, and the planner's memory model against
+the trainer's own accounting (metrics.jsonl of real 2-rank DeepSpeed runs on CPU).
+
+What the trainer logs (engine/metrics.py): `model_state_mb_per_rank`, every tensor held for
+parameters, gradients, optimizer states and ZeRO buffers after a step; `activation_mb_per_rank`,
+the tensors autograd saved for backward in one micro-batch. On a CPU machine offloaded states are
+held too, so the planner's GPU + host bytes are what the trainer sees.
+
+ZeRO-3 and the activation meter: the meter records a saved tensor's storage when autograd saves it.
+ZeRO-3 gathers a partitioned weight for its layer and frees it after the forward; a convolution
+saves the parameter itself, so its gathered copy is freed (and the meter counts it anyway, or not,
+depending on whether the allocator reuses its address), while a Linear layer saves a transposed
+view that keeps the gathered copy alive (held for real; the planner counts it). The ZeRO-3 runs
+here therefore keep the convolutions whole (zero3_persistence_threshold above their size) and
+partition the blocks' Linear weights, the part whose accounting is well defined.
+"""
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch_env import launcher_env  # noqa: E402
+from vitpose_scale import plan
+from vitpose_scale.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TOLERANCE = 0.10  # the issue's bound; the measured agreement is far closer (see the runs' messages)
+
+
+def _run_cli(func, argv) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert func(argv) == 0
+    return out.getvalue()
+
+
+# --------------------------------------------------------- hand arithmetic --
+def _vit_params(C, depth, hidden, tokens):
+    """qkv + proj with biases, fc1 + fc2 with biases, two LayerNorms per block; patch conv, pos_embed
+    with its extra token, last norm."""
+    block = (3 * C * C + 3 * C) + (C * C + C) + (C * hidden + hidden) + (hidden * C + C) + 4 * C
+    return depth * block + (3 * 16 * 16 * C + C) + (tokens + 1) * C + 2 * C
+
+
+def _vit_flops(C, depth, hidden, tokens):
+    linear = depth * (4 * C * C + 2 * C * hidden)
+    return 2 * (linear + 3 * 16 * 16 * C) * tokens + 4 * depth * tokens ** 2 * C
+
+
+def test_params_table_against_hand_arithmetic():
+    from vitpose_scale.cli import params_main
+
+    rows = {(r.split()[0], int(r.split()[1])): r.split() for r in _run_cli(params_main, []).splitlines()[1:]}
+    cases = {("B", 16): (768, 12, 3072, 16 * 12, 85_794_816),
+             ("G", 16): (1408, 40, 6144, 36 * 27, 1_012_462_592),
+             ("G", 8): (1408, 40, 6144, 72 * 54, 1_016_568_320)}  # stride 8 at 576x432: 4x the tokens
+    for key, (C, depth, hidden, tokens, official) in cases.items():
+        row = rows[key]
+        assert int(row[2]) == tokens
+        assert _vit_params(C, depth, hidden, tokens) == official
+        assert float(row[3]) == round(official / 1e6, 1)
+        assert float(row[7]) == round(_vit_flops(C, depth, hidden, tokens) / 1e9, 1)
+    # classic head: deconv (C->256, 4x4) + BN + deconv (256->256) + BN + 1x1 conv to 17; stride 8: one deconv
+    assert float(rows[("G", 16)][5]) == round((1408 * 256 * 16 + 512 + 256 * 256 * 16 + 512 + 256 * 17 + 17) / 1e6, 2)
+    assert float(rows[("G", 8)][5]) == round((1408 * 256 * 16 + 512 + 256 * 17 + 17) / 1e6, 2)
+
+
+def test_model_states_against_hand_arithmetic():
+    """ViTPose-B, bf16, 8 ranks: the DeepSpeed layouts of every stage written out by hand."""
+    cfg = load_config(ROOT / "configs/vitpose_b_256x192.yaml")
+    shape = plan.model_shape(cfg)
+    P = 85_794_816 + 4_199_697
+    assert shape.params == P
+    bn_buffers = 2 * (256 * 4 * 2 + 8)  # running mean and var (fp32) + num_batches_tracked (int64)
+    bucket = 50_000_000  # parallel.bucket_size, below the parameter count
+    setting = lambda stage, opt="none", par="none": plan.Setting(stage, opt, par, True, 8, 8)  # noqa: E731
+    states = lambda s: plan.model_state_bytes(shape, s, 8, "bf16", bucket, 100_000)  # noqa: E731
+    assert states(setting(0))["gpu"] == 2 * P + 4 * P + 8 * P + bn_buffers
+    assert states(setting(2))["gpu"] == 2 * P + 12 * P / 8 + bn_buffers
+    assert states(setting(2, "cpu")) == {"gpu": 2 * P + bn_buffers, "host": 16 * P / 8,
+                                         "total": 2 * P + bn_buffers + 16 * P / 8}
+    padded = sum(-(-n // 8) for n in shape.param_sizes)
+    assert P / 8 <= padded < P / 8 + len(shape.param_sizes)
+    persistent = sum(n for n in shape.param_sizes if n <= 100_000)  # biases, norms, the 1x1 conv
+    assert states(setting(3))["gpu"] == 16 * padded + 2 * persistent + 2 * bucket + bn_buffers
+
+
+def test_activations_against_hand_arithmetic():
+    """G at 576x432, bf16, 64 images, checkpointing on: block inputs, images, the head (the part the
+    old planner left out: about 2 GB here)."""
+    cfg = load_config(ROOT / "configs/vitpose_g_576x432.yaml")
+    shape = plan.model_shape(cfg)
+    m, N, C = 64, 972, 1408
+    head = (m * N * C * 2  # features into the head
+            + m * 256 * 72 * 54 * (4 + 2) + 256 * 4 * 5  # deconv 1: fp32 BN input + bf16 ReLU output; BN vectors
+            + m * 256 * 144 * 108 * (4 + 2) + 256 * 4 * 5  # deconv 2
+            + m * 17 * (144 * 108 + 1) * 4)  # fp32 loss product and target weights
+    assert plan.head_saved_bytes(shape, m, "bf16") == head
+    assert 2.1e9 < head < 2.2e9
+    total = m * 3 * 576 * 432 * 2 + m * N * (C * 2 + 8) + 40 * m * N * C * 2 + head
+    assert plan.saved_activation_bytes(shape, m, "bf16", True) == total
+    # without checkpointing, per block and token: 8C + 2 x 6144 values, LayerNorm statistics (16 B) and
+    # 16 heads' logsumexp (fp32), + 2 bytes x C for the Triton kernel's head merge; DropPath masks
+    block = m * N * ((8 * C + 2 * 6144 + C) * 2 + 16 + 16 * 4)
+    drop_path_masks = 2 * 39 * m * 4  # blocks 1-39 (block 0 has rate 0), attention and MLP branches
+    total = m * 3 * 576 * 432 * 2 + m * N * (C * 2 + 8) + 40 * block + drop_path_masks + head
+    assert plan.saved_activation_bytes(shape, m, "bf16", False) == total
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.preset=tiny", "model.head=classic"],
+    ["model.preset=tiny", "model.head=simple", "model.patch_stride=8"],
+    ["model.preset=tiny", "model.attention=plain"],
+    ["model.preset=tiny", "model.attention=triton"],
+    ["model.preset=S", "model.activation_checkpointing=true", "parallel.precision=bf16"],
+], ids=["classic", "simple_stride8", "plain", "triton", "S_ckpt_bf16"])
+def test_activations_equal_the_meter_in_process(overrides):
+    """The op-by-op count against SavedActivationMeter on the real model (one process, no wrapper)."""
+    import torch
+
+    from vitpose_scale.engine.metrics import SavedActivationMeter
+    from vitpose_scale.engine.trainer import heatmap_loss
+    from vitpose_scale.models.pose import build_pose_model
+
+    cfg = load_config(None, ["model.image_size=[64,48]", *overrides])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.parallel.precision]
+    model = build_pose_model(cfg.model).to(dtype).train()
+    h, w = cfg.model.heatmap_size
+    with SavedActivationMeter(model) as meter:
+        loss = heatmap_loss(model(torch.randn(3, 3, 64, 48).to(dtype)), torch.rand(3, 17, h, w), torch.ones(3, 17, 1))
+    loss.backward()
+    predicted = plan.saved_activation_bytes(plan.model_shape(cfg), 3, cfg.parallel.precision,
+                                            cfg.model.activation_checkpointing)
+    # fp32: exact; bf16 on CPU keeps LayerNorm statistics in bf16 (GPUs: fp32, which the planner assumes)
+    assert predicted == pytest.approx(meter.bytes, rel=0.0 if dtype == torch.float32 else 0.01)
+
+
+# ------------------------------------------------------ the trainer's view --
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    from vitpose_scale.data.synthetic import generate_synthetic_coco
+
+    root = tmp_path_factory.mktemp("plan_synthetic")
+    generate_synthetic_coco(root, 16, 4, seed=5)
+    return root
+
+
+def _trainer_accounting(out: Path, data: Path, sets: list[str]) -> dict:
+    base = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=16", "data.synthetic_val=4",
+            "data.extra_train=[]", "data.num_workers=0", "model.image_size=[64,48]", "train.max_steps=1",
+            "train.log_every=1", "train.eval_every=-1", "train.save_every=100000"]
+    args = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29300 + hash(str(out)) % 1000),
+            "launch/train.py", "--config", "configs/demo.yaml"]
+    for s in base + sets:
+        args += ["--set", s]
+    proc = subprocess.run(args, cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"training failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r.get("kind") == "train"][-1]
+
+
+S = ["model.preset=S", "model.embed_dim=null", "model.num_heads=null"]
+slow = pytest.mark.slow
+# name: (overrides, compare activations too); each is one 2-rank launch (10-60 s, machine load dependent)
+RUNS = {
+    "tiny_zero0_fp32_nockpt": (["parallel.zero_stage=0", "model.activation_checkpointing=false"], True),
+    "tiny_zero0_bf16": (["parallel.zero_stage=0", "parallel.precision=bf16"], True),
+    "tiny_zero2_fp32": (["parallel.zero_stage=2"], True),
+    # tiny's convolutions are larger than its Linear layers: no threshold separates them (module docstring)
+    "tiny_zero3_bf16": (["parallel.zero_stage=3", "parallel.precision=bf16"], False),
+    # S: qkv/fc1/fc2 (442 k-590 k elements) partitioned, patch conv (295 k) and simple head whole
+    "S_zero3_fp32": (S + ["model.head=simple", "parallel.zero_stage=3", "parallel.zero3_persistence_threshold=300000"],
+                     True),
+    # without checkpointing the meter saw 64 of the planner's 89 MB: 2/3 of the gathered Linear weights
+    # (address reuse again); the planner keeps the upper bound, states are compared
+    "S_zero3_fp32_nockpt": (S + ["model.head=simple", "parallel.zero_stage=3", "model.activation_checkpointing=false",
+                                 "parallel.zero3_persistence_threshold=300000"], False),
+    "S_zero2_bf16": (S + ["parallel.zero_stage=2", "parallel.precision=bf16"], True),
+}
+DEFAULT_SUITE = {"tiny_zero2_fp32", "S_zero3_fp32"}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", [n if n in DEFAULT_SUITE else pytest.param(n, marks=slow) for n in RUNS])
+def test_planner_matches_trainer_accounting(name, tmp_path, synthetic_root):
+    overrides, compare_activations = RUNS[name]
+    sets = ["train.batch_size=8", *overrides]
+    record = _trainer_accounting(tmp_path, synthetic_root, sets)
+    cfg = load_config(ROOT / "configs/demo.yaml", ["model.image_size=[64,48]", "data.extra_train=[]", *sets])
+    shape = plan.model_shape(cfg)
+    p = cfg.parallel
+    setting = plan.Setting(p.zero_stage, p.offload_optimizer, p.offload_params, cfg.model.activation_checkpointing,
+                           4, 1)
+    states = plan.model_state_bytes(shape, setting, 2, p.precision, plan.bucket_elements(cfg, shape.params, 2),
+                                    p.zero3_persistence_threshold)["total"] / 2 ** 20
+    acts = plan.saved_activation_bytes(shape, 4, p.precision, setting.checkpointing, p.zero_stage,
+                                       p.zero3_persistence_threshold) / 2 ** 20
+    for rank in range(2):
+        measured_states = record["model_state_mb_per_rank"][rank]
+        measured_acts = record["activation_mb_per_rank"][rank]
+        assert states == pytest.approx(measured_states, rel=TOLERANCE), (name, rank, states, measured_states)
+        if compare_activations:
+            assert acts == pytest.approx(measured_acts, rel=TOLERANCE), (name, rank, acts, measured_acts)
+    print(f"{name}: states {states:.3f} vs {record['model_state_mb_per_rank']} MB, "
+          f"activations {acts:.3f} vs {record['activation_mb_per_rank']} MB")
+
+
+# ------------------------------------------------------------ the command --
+def test_samples_per_epoch_from_the_config_datasets():
+    g = load_config(ROOT / "configs/vitpose_g_576x432.yaml")
+    assert plan.samples_per_epoch(g) == 149_813 + 378_352  # COCO + AI Challenger
+    b = load_config(ROOT / "configs/vitpose_b_256x192.yaml")
+    assert plan.samples_per_epoch(b) == 149_813
+    sample = load_config(ROOT / "configs/vitpose_b_256x192.yaml",
+                         ["data.extra_train=[{root: data/coco_sample, ann: test_coco.json, images: .}]"])
+    people = sum(1 for a in json.loads((ROOT / "data/coco_sample/test_coco.json").read_text())["annotations"]
+                 if a["num_keypoints"] > 0)
+    assert plan.samples_per_epoch(sample) == 149_813 + people
+
+
+def test_plan_lists_fitting_settings_and_writes_the_recommended_one(tmp_path):
+    out = tmp_path / "planned.yaml"
+    table = tmp_path / "plan.json"
+    text = _run_cli(plan.main, ["--config", "configs/vitpose_b_256x192.yaml", "--gpus", "8", "--gpu-mem", "40",
+                                "--json", str(table), "--write", str(out), "--samples-per-epoch", "1000"])
+    rows = json.loads(table.read_text())
+    assert rows and all(r["peak_gb"] <= 40 for r in rows)
+    assert [r["step_s"] for r in rows] == sorted(r["step_s"] for r in rows)
+    assert all(r["micro_batch"] * r["grad_accum"] * 8 == 512 for r in rows)
+    assert "assumptions: MFU 40%" in text and text.count("\n* ") == 1
+    best = rows[0]
+    written = load_config(out)
+    assert written.parallel.zero_stage == best["zero_stage"]
+    assert written.parallel.grad_accum == best["grad_accum"]
+    assert written.parallel.offload_optimizer == best["offload_optimizer"]
+    assert written.model.activation_checkpointing == best["checkpointing"]
+    assert written.train.batch_size == 512
+    # hours: 210 epochs of ceil(1000 / 512) = 2 steps
+    assert best["hours"] == pytest.approx(210 * 2 * best["step_s"] / 3600)
+
+
+def test_tight_memory_forces_checkpointing_and_sharding():
+    """G on 8 x 40 GB: 64 images without checkpointing cannot fit; one 8 GB GPU needs offload; 2 GB nothing."""
+    cfg = load_config(ROOT / "configs/vitpose_g_576x432.yaml")
+    fits, _ = plan.plan_settings(cfg, plan.Hardware(gpus=8, gpu_mem_gb=40), 528_165)
+    assert fits and all(c.peak_gb <= 40 for c in fits)
+    assert not any(c.setting.micro_batch == 64 and not c.setting.checkpointing for c in fits)
+    one_gpu, _ = plan.plan_settings(cfg, plan.Hardware(gpus=1, gpu_mem_gb=8), 528_165)
+    assert one_gpu and all(c.setting.offload_optimizer == "cpu" for c in one_gpu)  # 14 B x 1.02 B = 14 GB
+    nothing, _ = plan.plan_settings(cfg, plan.Hardware(gpus=1, gpu_mem_gb=2), 528_165)
+    assert nothing == []
