@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:  # annotation only: the config module stays free of data imports
+    from vitpose_scale.config import DataConfig
 
 # ------------------------------------------------------------ COCO layout --
 COCO_KEYPOINT_NAMES = [
@@ -274,7 +278,7 @@ class TopDownTransform:
     """
 
     image_size: tuple  # (H, W) of the network input
-    cfg: "DataConfig"  # noqa: F821 - vitpose_scale.config.DataConfig (not imported: no cycle)
+    cfg: DataConfig  # augmentation and target settings
     train: bool = True
     flip_pairs: list = field(default_factory=lambda: list(COCO_FLIP_PAIRS))
     upper_body_ids: list = field(default_factory=lambda: list(COCO_UPPER_BODY_IDS))
