@@ -94,6 +94,56 @@ def test_run_inference_maps_heatmaps_back_to_the_image(flip):
     assert (people[0][:, 2] > 0.9).all()  # the grid's highest value (the peak may fall between pixels)
 
 
+class _OffGridPeaks(torch.nn.Module):
+    """Fake model: joint j's heatmap is a Gaussian at a sub-pixel spot of its own, so the decodes disagree."""
+
+    def __init__(self, k=17):
+        super().__init__()
+        self.k = k
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        hm_h, hm_w = h // 4, w // 4
+        j = torch.arange(self.k, dtype=torch.float32)[:, None, None]
+        cx = 3.3 + 0.37 * j * (hm_w - 7) / self.k  # fractional positions well inside the map
+        cy = 4.6 + 0.71 * j * (hm_h - 9) / self.k
+        ys, xs = torch.meshgrid(torch.arange(float(hm_h)), torch.arange(float(hm_w)), indexing="ij")
+        g = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 1.7 ** 2))
+        return g.expand(b, -1, -1, -1).clone()
+
+
+@pytest.mark.parametrize("decode,kernel", [("argmax", 11), ("udp_dark", 11), ("udp_dark", 5), ("dark", 11)])
+def test_infer_decodes_with_the_configured_method_as_the_evaluator_does(decode, kernel):
+    """eval.decode / eval.blur_kernel reach infer's decoder: its keypoints equal the evaluator's
+    (predict_dataset on the same crops and heatmaps), and the methods really differ on these maps."""
+    from vitpose_scale.data.transforms import box_to_center_scale, crop_box, normalize_image
+    from vitpose_scale.eval.postprocess import predict_dataset
+
+    cfg = load_config(CONFIG, [f"eval.decode={decode}", f"eval.blur_kernel={kernel}"])
+    model = _OffGridPeaks()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    boxes = np.array([[40.0, 30.0, 90.0, 150.0], [150.0, 20.0, 120.0, 100.0]])
+    people = run_inference(model, image, boxes, cfg, flip=False)
+
+    in_h, in_w = cfg.model.image_size
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    cs = [box_to_center_scale(b, in_w / in_h, cfg.data.bbox_padding) for b in boxes]
+    batch = {"img": torch.from_numpy(np.stack([normalize_image(crop_box(rgb, c, s, (in_h, in_w))) for c, s in cs])),
+             "center": np.stack([c for c, _ in cs]), "scale": np.stack([s for _, s in cs]),
+             "rotation": np.zeros(len(boxes)), "image_id": [1, 1], "bbox_score": [1.0, 1.0], "index": [0, 1]}
+    cfg.eval.flip_test = False
+    evaluated = predict_dataset(model, [batch], cfg.eval, [], postprocess=False)
+    for ours, theirs in zip(people, evaluated):
+        np.testing.assert_allclose(ours, theirs["keypoints"], rtol=0, atol=1e-4)
+
+    other = "argmax" if decode != "argmax" else "udp_dark"
+    other_cfg = load_config(CONFIG, [f"eval.decode={other}"])
+    moved = np.abs(run_inference(model, image, boxes, other_cfg, flip=False)[0][:, :2] - people[0][:, :2]).max()
+    assert moved > 0.5  # pixels in the image: the check above could not pass by decoding the same way
+
+
 def _person(points: dict, k=17):
     kp = np.zeros((k, 3))
     for j, (x, y, s) in points.items():

@@ -1,7 +1,7 @@
 """`vitpose-scale infer`: top-down pose estimation on one image or a folder of images.
 
 Person boxes (a detection file, or the whole image) -> UDP crops at the
-config's input size -> model (+ flip test) -> UDP/DARK decoding to image
+config's input size -> model (+ flip test) -> eval.decode (udp_dark | dark | argmax) to image
 pixels -> skeleton drawings and COCO keypoint results (one JSON for a folder).
 Weights: an official .pth, a Hugging Face VitPose directory or a .safetensors file.
 """
@@ -82,8 +82,8 @@ def run_inference(model: torch.nn.Module, image_bgr: np.ndarray, boxes, cfg: Con
     """Keypoints (K, 3) [x, y, score] in image pixels for each (x, y, w, h, ...) box.
 
     Uses the model's current device and dtype; crops with the UDP affine at
-    ``cfg.model.image_size`` and the config's box padding, decodes with
-    ``cfg.eval.use_udp`` / ``cfg.eval.dark``.
+    ``cfg.model.image_size`` and the config's box padding, decodes as the
+    evaluator does (``cfg.eval.use_udp``, ``cfg.eval.decode``, ``cfg.eval.blur_kernel``).
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.size == 0:
@@ -108,10 +108,13 @@ def run_inference(model: torch.nn.Module, image_bgr: np.ndarray, boxes, cfg: Con
         imgs = torch.from_numpy(np.stack(crops[i:i + batch]))
         heatmaps.append(predict_batch(forward, imgs, flip, COCO_FLIP_PAIRS))
     heatmaps = np.concatenate(heatmaps)
+    # The evaluator's decode (eval/postprocess.predict_dataset): eval.decode with eval.blur_kernel.
     coords, maxvals = decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales), None, image_size=(in_h, in_w),
-                                      use_udp=cfg.eval.use_udp, dark=cfg.eval.dark)
-    # A keypoint lies in the crop its heatmap covers (center +- scale/2 with UDP, no rotation); the bounded
-    # DARK step can still reach one heatmap pixel past the border.
+                                      use_udp=cfg.eval.use_udp, method=cfg.eval.decode, kernel=cfg.eval.blur_kernel)
+    # A keypoint lies in the crop its heatmap covers (center +- scale/2 with UDP, no rotation). udp_dark's
+    # Newton step is unbounded (as the official one): on a flat or saddle-shaped map (untrained model, occluded
+    # joint) it can land far outside, so drawings and results are kept to the crop; the evaluator does not
+    # clip, as the official code, and the two agree wherever the step stays inside the crop.
     lo = np.stack(centers)[:, None, :] - 0.5 * np.stack(scales)[:, None, :]
     hi = np.stack(centers)[:, None, :] + 0.5 * np.stack(scales)[:, None, :]
     coords = np.clip(coords, lo, hi)
