@@ -423,7 +423,9 @@ def hardware_from_args(args, cfg: Config | None) -> Hardware:
 # The README's "what fits where" table: presets x GPU budgets (`vitpose-scale plan --readme-table`).
 README_CONFIGS = [("B", "configs/vitpose_b_256x192.yaml"), ("L", "configs/vitpose_l_256x192.yaml"),
                   ("H", "configs/vitpose_h_256x192.yaml"), ("G", "configs/vitpose_g_576x432.yaml")]
-README_BUDGETS = [(1, 24.0), (8, 40.0), (8, 80.0), (64, 80.0)]
+# (GPUs, GB each, bf16 dense peak TFLOP/s of the GPU class that has that memory)
+README_BUDGETS = [(1, 24.0, 125.0, "A10-class"), (8, 40.0, 312.0, "A100-40GB"), (8, 80.0, 989.0, "H100"),
+                  (64, 80.0, 989.0, "H100")]
 
 
 def readme_table(args) -> list[str]:
@@ -432,22 +434,23 @@ def readme_table(args) -> list[str]:
     root = Path(__file__).resolve().parents[1]
     lines = ["| model | GPUs | fastest setting that fits | GPU GB (est.) | step s | images/s | hours, 210 epochs |",
              "|---|---|---|---|---|---|---|"]
+    peak_arg = args.peak_tflops
     for name, path in README_CONFIGS:
         cfg = load_config(root / path)
         samples = samples_per_epoch(cfg)
-        for gpus, mem in README_BUDGETS:
-            args.gpus, args.gpu_mem = gpus, mem
+        for gpus, mem, peak, kind in README_BUDGETS:
+            args.gpus, args.gpu_mem, args.peak_tflops = gpus, mem, peak_arg or peak
             fits, _ = plan_settings(cfg, hardware_from_args(args, cfg), samples)
             size = f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}"
             if not fits:
-                lines.append(f"| {name} {size} | {gpus} x {mem:g} GB | does not fit | - | - | - | - |")
+                lines.append(f"| {name} {size} | {gpus} x {mem:g} GB {kind} | does not fit | - | - | - | - |")
                 continue
             c, s = fits[0], fits[0].setting
             off = ", ".join(f"{k} offload {v}" for k, v in (("optimizer", s.offload_optimizer),
                                                              ("param", s.offload_params)) if v != "none")
             text = (f"ZeRO-{s.zero_stage}{', ' + off if off else ''}, checkpointing {'on' if s.checkpointing else 'off'},"
                     f" micro-batch {s.micro_batch} x {s.grad_accum} accumulation")
-            lines.append(f"| {name} {size} | {gpus} x {mem:g} GB | {text} | {c.peak_gb:.1f} | {c.step_s:.2f} | "
+            lines.append(f"| {name} {size} | {gpus} x {mem:g} GB {kind} | {text} | {c.peak_gb:.1f} | {c.step_s:.2f} | "
                          f"{c.images_per_s:.0f} | {c.hours:.1f} |")
     return lines
 
