@@ -83,8 +83,8 @@ def _oks_chunk(dt_xy, gt, di, gi, sigmas):
     if has.any():
         sel = np.flatnonzero(has)
         d, g = di[sel], gi[sel]
-        diff = dt_xy[d]  # (n, K, 2) gathered once, then worked on in place
-        diff -= gt.xy[g]
+        diff = np.take(dt_xy, d, axis=0)  # (n, K, 2) gathered once, then worked on in place
+        diff -= np.take(gt.xy, g, axis=0)
         np.square(diff, out=diff)
         e = diff[:, :, 0] + diff[:, :, 1]
         e /= var
