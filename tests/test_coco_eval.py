@@ -478,8 +478,9 @@ def test_cli_reads_json_with_nan_literals(coco_sample, tmp_path, capsys):
     assert f"results file {bad} is not valid JSON" in msg
 
 
-def test_file_and_in_memory_inputs_give_identical_stats(tmp_path):
-    gt, results = make_eval_set(200, seed=4, crowd_frac=0.3, tie_frac=0.3, many_det_frac=0.1)
+@pytest.mark.parametrize("kw", [{}, {"with_bbox": True}], ids=["keypoint areas", "box areas"])
+def test_file_and_in_memory_inputs_give_identical_stats(tmp_path, kw):
+    gt, results = make_eval_set(200, seed=4, crowd_frac=0.3, tie_frac=0.3, many_det_frac=0.1, **kw)
     gt_path, res_path = tmp_path / "gt.json", tmp_path / "res.json"
     gt_path.write_text(json.dumps(gt))
     res_path.write_text(json.dumps(results))
@@ -504,3 +505,44 @@ def test_coco_eval_command_does_not_import_torch(coco_sample, tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "HEAVY []"
+
+
+def test_gt_without_num_keypoints_counts_labelled_joints(coco_sample):
+    """num_keypoints decides ignore as in pycocotools; a GT lacking the field (which
+    pycocotools cannot read) falls back to its labelled joints, per annotation."""
+    gt, results = make_eval_set(150, seed=6, zero_vis_frac=0.2)
+    ref, _ = _reference(gt, results)
+    for drop in (lambda i: True, lambda i: i % 3 == 0):  # every annotation, or some
+        g = copy.deepcopy(gt)
+        for i, a in enumerate(g["annotations"]):
+            assert a["num_keypoints"] == sum(v > 0 for v in a["keypoints"][2::3])
+            if drop(i):
+                del a["num_keypoints"]
+        assert np.array_equal(KeypointEvaluator(g).evaluate(results), ref)
+    gt["annotations"][3]["num_keypoints"] = "7"
+    with pytest.raises(EvaluationInputError, match=r"annotations\[3\] .*'num_keypoints' is not a number"):
+        KeypointEvaluator(gt)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda r: r[3].update(image_id=123456),
+    lambda r: r[2].update(keypoints=r[2]["keypoints"][:-3]),
+    lambda r: r[6]["keypoints"].__setitem__(10, "12.5"),
+    lambda r: r[4].update(score=True),
+    lambda r: r[1].update(category_id=[7]),
+    lambda r: r[7].pop("bbox"),
+    lambda r: r[8].update(bbox=[1, 2, 3]),
+], ids=["image", "length", "string", "bool score", "list id", "no bbox", "short bbox"])
+def test_file_results_report_the_same_errors_as_lists(coco_sample, tmp_path, mutate):
+    """Files take a typed fast path; anything it cannot take must be reported exactly
+    as for the same results passed as a list."""
+    gt, dets = _sample(coco_sample)
+    results = [dict(r, bbox=d["bbox"]) for r, d in zip(results_from_detections(gt, dets, seed=0), dets)]
+    mutate(results)
+    with pytest.raises(EvaluationInputError) as in_memory:
+        KeypointEvaluator(gt).evaluate(copy.deepcopy(results))
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(results))
+    with pytest.raises(EvaluationInputError) as from_file:
+        coco_eval.evaluate(coco_sample / "test_coco.json", res_path)
+    assert str(from_file.value) == str(in_memory.value)

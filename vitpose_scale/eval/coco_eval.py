@@ -26,7 +26,8 @@ import math
 import os
 import sys
 from collections import Counter
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
+from typing import Any, Optional
 
 import numpy as np
 
@@ -67,6 +68,36 @@ def _fast_decoder():
     return msgspec.json.decode
 
 
+_TYPED = {}
+
+
+def _results_decoder():
+    """A msgspec decoder for well-formed results files: it checks the types while
+    parsing (scores are numbers, not strings or bools) and keeps only the fields
+    the evaluation reads, in small structs.  None without msgspec."""
+    if "decoder" not in _TYPED:
+        try:
+            import msgspec
+        except ImportError:
+            _TYPED["decoder"] = _TYPED["record"] = None
+            return None
+
+        class ResultRecord(msgspec.Struct, gc=False):
+            image_id: Any
+            category_id: Any
+            keypoints: list[float]
+            score: float
+            bbox: Optional[list[float]] = None
+
+        _TYPED["record"] = ResultRecord
+        _TYPED["decoder"] = msgspec.json.Decoder(list[ResultRecord])
+    return _TYPED["decoder"]
+
+
+def _is_typed(results):
+    return bool(results) and _TYPED.get("record") is not None and type(results[0]) is _TYPED["record"]
+
+
 @contextlib.contextmanager
 def gc_paused():
     """Pause the cyclic GC: parsing creates millions of lists and dicts, each batch
@@ -81,8 +112,9 @@ def gc_paused():
             gc.enable()
 
 
-def _read_json(path, what):
-    """Parse a JSON file; every failure is one EvaluationInputError line naming the file."""
+def _read_json(path, what, typed=None):
+    """Parse a JSON file; every failure is one EvaluationInputError line naming the file.
+    typed: a decoder tried first; any file it refuses is parsed untyped instead."""
     name = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -92,9 +124,9 @@ def _read_json(path, what):
     except OSError as e:  # a directory, no permission, a path through a file ...
         reason = (e.strerror or str(e)).lower()
         raise EvaluationInputError(f"{what} file {name} cannot be read: {reason}") from None
-    decode = _fast_decoder()
+    decoders = [d for d in ((typed.decode if typed is not None else None), _fast_decoder()) if d is not None]
     with gc_paused():
-        if decode is not None:
+        for decode in decoders:
             try:
                 return decode(data)
             except Exception:  # noqa: BLE001 - NaN literals, a BOM, bad JSON: the stdlib decides
@@ -107,9 +139,9 @@ def _read_json(path, what):
             raise EvaluationInputError(f"{what} file {name} is not valid JSON: {e}") from None
 
 
-def _load_json(src, what):
+def _load_json(src, what, typed=None):
     if isinstance(src, (str, os.PathLike)):
-        return _read_json(src, what)
+        return _read_json(src, what, typed)
     return src
 
 
@@ -123,6 +155,14 @@ def _numeric_array(values, shape):
     if arr.shape != shape or arr.dtype.kind not in "biuf":
         raise ValueError(f"not {shape} numbers")
     return arr.astype(np.float64, copy=False)
+
+
+def _numbers_or_none(values):
+    """A flat list of real numbers as a float64 array; None if anything else is in it."""
+    try:
+        return _numeric_array(values, (len(values),))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _is_numeric(values, shape):
@@ -269,23 +309,27 @@ class KeypointEvaluator:
                 i = int(np.flatnonzero(bad)[0])
                 j = int(ann_index[i])
                 raise EvaluationInputError(f"{where}: annotations[{j}] (id={ids[i]!r}) has NaN/inf {name}")
-        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, g)
+        crowd_raw = [a.get("iscrowd", 0) for a in anns]
+        crowd = _numbers_or_none(crowd_raw)
+        crowd = crowd != 0 if crowd is not None else np.fromiter(map(bool, crowd_raw), bool, g)
         # num_keypoints decides ignore (not the visibility flags), as in pycocotools;
         # a file without the field falls back to the number of labelled joints
-        nvis = (kps[:, :, 2] > 0).sum(axis=1)
         numk_raw = [a.get("num_keypoints", _MISSING) for a in anns]
-        try:
-            numk = np.fromiter((nvis[i] if v is _MISSING else v for i, v in enumerate(numk_raw)),
-                               np.float64, g)
-        except (TypeError, ValueError):
-            i = next(i for i, v in enumerate(numk_raw) if not (v is _MISSING or _is_numeric(v, ())))
-            raise EvaluationInputError(
-                f"{where}: annotations[{int(ann_index[i])}] (id={ids[i]!r}): "
-                f"'num_keypoints' is not a number ({numk_raw[i]!r})") from None
+        numk = _numbers_or_none(numk_raw)
+        if numk is None:
+            nvis = (kps[:, :, 2] > 0).sum(axis=1)
+            numk = np.empty(g)
+            for i, v in enumerate(numk_raw):
+                if v is not _MISSING and not _is_numeric(v, ()):
+                    raise EvaluationInputError(
+                        f"{where}: annotations[{int(ann_index[i])}] (id={ids[i]!r}): "
+                        f"'num_keypoints' is not a number ({v!r})")
+                numk[i] = nvis[i] if v is _MISSING else v
         # pycocotools stores the matched GT id in dtMatches and tests it for != 0,
         # so a GT with id 0 never counts as matched; mirror that quirk
-        id_nonzero = np.fromiter((not (isinstance(v, (int, float, np.number)) and v == 0) for v in ids),
-                                 bool, g)
+        id_num = _numbers_or_none(ids)
+        id_nonzero = id_num != 0 if id_num is not None else np.fromiter(
+            (not (isinstance(v, (int, float, np.number)) and v == 0) for v in ids), bool, g)
         key = cat * self._n_img + img
         order = np.argsort(key, kind="stable")  # file order within an image, as pycocotools
         key = key[order]
@@ -369,6 +413,50 @@ class KeypointEvaluator:
         if not isinstance(results, list):
             raise EvaluationInputError(
                 f"results must be a list of objects, got {type(results).__name__}")
+        arrays = self._typed_result_arrays(results) if _is_typed(results) else None
+        if arrays is None:
+            if _is_typed(results):  # parsed fine but not valid here: let the checks below say why
+                results = [{f: getattr(r, f) for f in r.__struct_fields__} for r in results]
+            arrays = self._result_arrays(results)
+        img, cat, kp, score, bb = arrays
+        if bb is not None:
+            area = bb[:, 2] * bb[:, 3]
+        else:
+            # loadRes: extent of all joints, labelled or not
+            x, y = kp[:, :, 0], kp[:, :, 1]
+            area = (x.max(axis=1) - x.min(axis=1)) * (y.max(axis=1) - y.min(axis=1))
+        xy = kp[:, :, :2]
+        scored = cat >= 0
+        self.num_results, self.num_ignored = len(results), len(results) - int(scored.sum())
+        if self.num_ignored:
+            img, cat, xy, score, area = img[scored], cat[scored], xy[scored], score[scored], area[scored]
+        return img, cat, xy, score, area  # xy is a strided view: evaluate gathers it anyway
+
+    def _typed_result_arrays(self, records):
+        """Arrays of records from _results_decoder (types already checked while
+        parsing); None if anything else is wrong, for the general path to report."""
+        n, k = len(records), self.num_joints
+        try:
+            img = np.fromiter(map(self._img_index.get, [r.image_id for r in records], repeat(-1)), np.int64, n)
+            cat = np.fromiter(map(self._cat_index.get, [r.category_id for r in records], repeat(-1)),
+                              np.int64, n)
+        except TypeError:  # an unhashable id
+            return None
+        kps = [r.keypoints for r in records]
+        if (img < 0).any() or (np.fromiter(map(len, kps), np.int64, n) != 3 * k).any():
+            return None
+        kp = np.fromiter(chain.from_iterable(kps), np.float64, n * 3 * k).reshape(n, k, 3)
+        score = np.fromiter([r.score for r in records], np.float64, n)
+        bb = None
+        if records[0].bbox:  # pycocotools takes result areas from 'bbox' if the first entry has one
+            try:
+                bb = _numeric_array([r.bbox for r in records], (n, 4))
+            except (TypeError, ValueError):
+                return None
+        return img, cat, kp, score, bb
+
+    def _result_arrays(self, results):
+        """Arrays of result dicts, each problem reported with the entry it is in."""
         n = len(results)
         k = self.num_joints
         # pycocotools takes result areas from 'bbox' if the first entry has one
@@ -405,25 +493,16 @@ class KeypointEvaluator:
         finite = np.isfinite(kp.reshape(n, 3 * k)).all(axis=1)
         if not finite.all():
             self._bad(results, ~finite, "'keypoints' contains NaN/inf")
+        bb = None
         if res_bbox:
             try:
                 bb = _numeric_array([r["bbox"] for r in results], (n, 4))
                 if not np.isfinite(bb).all():
                     raise ValueError
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 self._scan_results(results, res_bbox)
                 raise EvaluationInputError("results bboxes are malformed") from None
-            area = bb[:, 2] * bb[:, 3]
-        else:
-            # loadRes: extent of all joints, labelled or not
-            x, y = kp[:, :, 0], kp[:, :, 1]
-            area = (x.max(axis=1) - x.min(axis=1)) * (y.max(axis=1) - y.min(axis=1))
-        xy = kp[:, :, :2]
-        scored = cat >= 0
-        self.num_results, self.num_ignored = n, n - int(scored.sum())
-        if self.num_ignored:
-            img, cat, xy, score, area = img[scored], cat[scored], xy[scored], score[scored], area[scored]
-        return img, cat, xy, score, area  # xy is a strided view: evaluate gathers it anyway
+        return img, cat, kp, score, bb
 
     # ------------------------------------------------------------------ evaluate
 
@@ -605,7 +684,7 @@ def gather_results(results):
 
 def evaluate(gt, results, sigmas=None):
     """One-shot helper: stats of ``results`` (list or JSON path) against ``gt``."""
-    res = _load_json(results, "results")
+    res = _load_json(results, "results", _results_decoder())
     return KeypointEvaluator(gt, sigmas=sigmas).evaluate(res)
 
 
@@ -642,7 +721,7 @@ def _run(prog, args):
         if args.out:  # before the work, not after it
             check_writable(args.out)
         ev = KeypointEvaluator(args.gt)
-        stats = ev.evaluate(_read_json(args.results, "results"))
+        stats = ev.evaluate(_read_json(args.results, "results", _results_decoder()))
     except EvaluationInputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
