@@ -367,7 +367,7 @@ def test_submitit_slurm_preemption_requeues_and_resumes(slurm, tmp_path):
 _BATCH_SHELL = r"""
 source slurm/_common.sh
 unset SLURM_JOB_ID  # run the task directly, as outside an allocation
-vitpose_srun bash -c 'trap "echo task: signalled, checkpoint; exit 143" USR1 TERM; touch "$0"; for i in $(seq 50); do sleep 0.1; done; echo task: finished' "$1"
+vitpose_srun bash -c 'trap "echo task: signalled, checkpoint; exit 143" USR1 TERM; touch "$0"; for i in $(seq 20); do sleep 0.1; done; echo task: finished' "$1"
 echo "batch shell: rc $?"
 """
 
