@@ -13,7 +13,7 @@ import pytest
 from vitpose_scale.eval import coco_eval
 from vitpose_scale.eval.coco_eval import (STAT_NAMES, EvaluationInputError, KeypointEvaluator,
                                           format_stats, gather_results, print_stats)
-from vitpose_scale.eval.oks import COCO_SIGMAS, compute_oks, oks_nms
+from vitpose_scale.eval.oks import COCO_SIGMAS, compute_oks, oks_nms, oks_pairs, oks_upper_bound
 from vitpose_scale.eval.synthetic_eval import make_eval_set, results_from_detections
 
 pycocotools = pytest.importorskip("pycocotools")
@@ -213,6 +213,22 @@ def test_oks_matrix_equals_compute_oks():
         assert np.array_equal(ours, ref)
         checked += 1
     assert checked > 20
+
+
+def test_oks_upper_bound_is_never_below_oks():
+    """The evaluator skips pairs whose box bound is below the lowest threshold, so
+    the bound must hold for every pair, including GT without visible joints."""
+    gt, results = make_eval_set(300, seed=8, zero_vis_frac=0.2, crowd_frac=0.2, fp_rate=2.0)
+    ev = KeypointEvaluator(gt)
+    img, cat, xy, score, area = ev._load_results(results)
+    xy = np.ascontiguousarray(xy)
+    g_img = ev._g_key % ev._n_img
+    p_dt, p_gt = np.nonzero(img[:, None] == g_img[None, :])  # every same-image pair
+    oks = oks_pairs(xy, ev.gt, p_dt, p_gt)
+    bound = oks_upper_bound(xy, ev.gt, p_dt, p_gt)
+    assert len(oks) > 5000 and (oks >= 0.5).sum() > 500
+    assert (bound >= oks).all()
+    assert (bound < 0.5).mean() > 0.5  # and it does rule out most pairs
 
 
 def test_oks_nms_drops_duplicates():

@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .oks import COCO_SIGMAS, GtKeypoints, oks_pairs
+from .oks import COCO_SIGMAS, GtKeypoints, oks_pairs, oks_upper_bound
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
 
@@ -531,8 +531,12 @@ class KeypointEvaluator:
         gs = self._g_start[key]
         p_dt = np.repeat(np.arange(nd), gc)
         p_gt = np.arange(p_dt.shape[0]) - np.repeat(np.cumsum(gc) - gc - gs, gc)
+        # a pair below the lowest threshold can never match: most pairs (people
+        # apart) are dropped by a box bound before their OKS is computed; the
+        # margin covers rounding, the exact test follows
+        near = oks_upper_bound(xy, self.gt, p_dt, p_gt, self.sigmas) >= thr.min() * (1 - 1e-9)
+        p_dt, p_gt = p_dt[near], p_gt[near]
         p_oks = oks_pairs(xy, self.gt, p_dt, p_gt, self.sigmas)
-        # a pair below the lowest threshold can never match
         m = p_oks >= thr.min()
         p_dt, p_gt, p_oks = p_dt[m], p_gt[m], p_oks[m]
 

@@ -52,6 +52,10 @@ class GtKeypoints:
         self.x1 = bb[:, 0] + bb[:, 2] * 2
         self.y0 = bb[:, 1] - bb[:, 3]
         self.y1 = bb[:, 1] + bb[:, 3] * 2
+        # box of the visible joints (empty -> +-inf, never used: those GT have no bound)
+        x, y = self.xy[:, :, 0], self.xy[:, :, 1]
+        self.vis_box = np.stack([np.where(vis, x, np.inf).min(axis=1), np.where(vis, x, -np.inf).max(axis=1),
+                                 np.where(vis, y, np.inf).min(axis=1), np.where(vis, y, -np.inf).max(axis=1)])
 
     def __len__(self):
         return self.xy.shape[0]
@@ -70,6 +74,26 @@ def oks_pairs(dt_xy, gt: GtKeypoints, dt_idx, gt_idx, sigmas=COCO_SIGMAS):
         sl = slice(s, s + _CHUNK)
         out[sl] = _oks_chunk(dt_xy, gt, dt_idx[sl], gt_idx[sl], sigmas)
     return out
+
+
+def oks_upper_bound(dt_xy, gt: GtKeypoints, dt_idx, gt_idx, sigmas=COCO_SIGMAS):
+    """A cheap upper bound of ``oks_pairs`` (a few operations per pair, not per joint).
+
+    Every joint of a detection lies in the box of its joints and every visible GT
+    joint in the box of the visible joints, so each joint distance is at least
+    the gap between the two boxes; with the largest sigma that caps every term of
+    the OKS mean.  GT without visible joints (scored differently) get 1.
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    var_max = ((sigmas * 2) ** 2).max()
+    d_box = (dt_xy[:, :, 0].min(axis=1), dt_xy[:, :, 0].max(axis=1),
+             dt_xy[:, :, 1].min(axis=1), dt_xy[:, :, 1].max(axis=1))
+    dx0, dx1, dy0, dy1 = (v[dt_idx] for v in d_box)
+    gx0, gx1, gy0, gy1 = gt.vis_box[:, gt_idx]
+    gap_x = np.maximum(np.maximum(gx0 - dx1, dx0 - gx1), 0.0)
+    gap_y = np.maximum(np.maximum(gy0 - dy1, dy0 - gy1), 0.0)
+    bound = np.exp(-(gap_x ** 2 + gap_y ** 2) / var_max / gt.area_eps[gt_idx] / 2)
+    return np.where(gt.num_vis[gt_idx] > 0, bound, 1.0)
 
 
 def _oks_chunk(dt_xy, gt, di, gi, sigmas):
