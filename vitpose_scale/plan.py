@@ -184,6 +184,10 @@ def model_state_bytes(shape: ModelShape, setting: Setting, world: int, precision
         moved = master + optimizer + FP32 * part  # + the fp32 gradient partition the CPU Adam reads
         gpu -= master + optimizer
         host += moved
+        if stage in (1, 2):  # staging buffers of the largest parameter (GPU and host), host gradient accumulators
+            largest = max(shape.param_sizes)
+            gpu += b * largest
+            host += b * largest + b * part
     if setting.offload_params != "none":
         gpu -= b * part
         host += b * part
