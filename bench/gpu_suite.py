@@ -21,7 +21,6 @@ and all under one time budget (--budget-s; parts not started in time are marked 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
