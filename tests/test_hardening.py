@@ -329,9 +329,9 @@ def test_signal_to_the_launcher_alone_checkpoints_and_stops_the_ranks(tmp_path, 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        _first_train_record(tmp_path, timeout=120)
+        _first_train_record(tmp_path, timeout=400)
         proc.send_signal(getattr(signals, sig))  # the launcher process only, as a scheduler or `kill` does
-        output, _ = proc.communicate(timeout=90)  # EOF: every rank (they share the pipe) has exited
+        output, _ = proc.communicate(timeout=300)  # EOF: every rank (they share the pipe) has exited
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -54,7 +54,8 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
         known = {ConfigError: (2, "config error"), TrainingDiverged: (3, "training stopped"),
                  CheckpointError: (4, "checkpoint error")}
         code, label = next((v for k, v in known.items() if isinstance(exc, k)), (1, None))
-        if watch.claim_failure():
+        claim = watch.claim_failure()
+        if claim == "first":
             if label:
                 print(f"{label}: {exc}", file=sys.stderr)
             else:
@@ -62,6 +63,9 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
 
                 print(f"rank {info.rank} failed; stopping every rank:", file=sys.stderr)
                 traceback.print_exc()
+        elif claim == "unknown":  # the rendezvous store is gone: a peer or the launcher died first
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(f"rank {info.rank} stopping: {label or type(exc).__name__}: {first_line[:300]}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         # Peers may sit in a collective that will never complete: no barrier, no destroy.
@@ -174,6 +178,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # the console script / python -m, not a call from Python code
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: vitpose-scale <command> [options]\n\ncommands:")
@@ -181,15 +186,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<15} {text}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module, func = COMMANDS[argv[0]][1].split(":")
-    if argv[0] == "coco-eval" and "numpy" not in sys.modules:
+    options = {}
+    if argv[0] == "coco-eval" and as_program:
         # numpy-only command that never calls BLAS: don't let importing numpy start
-        # OpenBLAS's thread pool (~30 ms of CPU at start-up, counted end to end)
+        # OpenBLAS's thread pool (~30 ms of CPU at start-up, counted end to end),
+        # and end the process without freeing what it parsed (coco_eval.main)
         import os
 
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        options["hard_exit"] = True
     import importlib
 
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    return int(getattr(importlib.import_module(module), func)(argv[1:], **options) or 0)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,7 @@ ALLOWED_PICKLE_GLOBALS = frozenset({
 })
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is damaged, incomplete or holds code: never loaded."""
+from vitpose_scale.models.interop import CheckpointError  # noqa: E402  (one error type for every checkpoint)
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -171,7 +170,10 @@ def ensure_safe_pickles(directory: Path) -> None:
 
 # torch.distributed.checkpoint's `.metadata` is a plain pickle that it loads with pickle.load:
 # only its own metadata dataclasses, torch sizes/dtypes and builtin containers may appear in it.
-_DCP_ALLOWED_MODULES = ("torch.distributed.checkpoint.", "torch", "collections", "builtins", "_codecs")
+_DCP_ALLOWED_MODULES = ("torch.distributed.checkpoint.metadata.", "torch.distributed.checkpoint.filesystem._StorageInfo",
+                        "torch.Size", "torch.serialization._get_layout", "collections.OrderedDict",
+                        "pathlib.PosixPath", "pathlib.PurePosixPath")
+_TORCH_DTYPES = {f"torch.{name}" for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
 
 
 def pickle_globals(data: bytes) -> set[str]:
@@ -205,7 +207,7 @@ def ensure_safe_dcp_metadata(directory: Path) -> None:
         names = pickle_globals(path.read_bytes())
     except Exception as exc:
         raise UnsafeCheckpointError(f"{path}: cannot be inspected safely ({exc}); refusing to load it") from exc
-    refused = sorted(n for n in names if n == "?" or not n.startswith(_DCP_ALLOWED_MODULES))
+    refused = sorted(n for n in names if n == "?" or not (n.startswith(_DCP_ALLOWED_MODULES) or n in _TORCH_DTYPES))
     if refused:
         raise UnsafeCheckpointError(f"{path}: holds pickled objects outside the allow-list "
                                     f"({', '.join(refused)}); refusing to load it: it could run code")

@@ -164,9 +164,11 @@ class PeerFailureWatch:
     """Ends every rank promptly when one fails, instead of leaving the others in a collective.
 
     The failing rank records its rank in the process group's key-value store and exits; a
-    thread on every other rank polls the store and exits the process when it sees the mark,
-    or when the store itself is gone (its host, rank 0 or the launcher, died). Only the first
-    failing rank prints its error. Stop the watch before the final barrier of a normal exit.
+    thread on every other rank polls the store and exits the process when it sees the mark.
+    Where rank 0 hosts the store (deepspeed, srun, plain env://), losing the store means rank 0
+    died: exit too. Under torchrun the launcher's agent hosts it; its loss is the launcher's
+    exit, which the launcher watch handles as a preemption. Only the first failing rank prints
+    its error. Stop the watch before the final barrier of a normal exit.
     """
 
     KEY = "vitpose_scale/failed_rank"
@@ -176,6 +178,7 @@ class PeerFailureWatch:
         self.rank, self.exit_code = rank, exit_code
         self.stopped = threading.Event()
         self.store = None
+        self.store_on_rank0 = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
         if dist.is_initialized() and dist.get_world_size() > 1:
             self.store = dist.distributed_c10d._get_default_store()
             threading.Thread(target=self._watch, name="peer-failure-watch", daemon=True).start()
@@ -184,8 +187,10 @@ class PeerFailureWatch:
         while not self.stopped.wait(self.POLL_SECONDS):
             try:
                 failed = self.store.check([self.KEY]) and self.store.get(self.KEY).decode()
-            except Exception:  # the store's host is gone: a peer died without a word
-                failed = "unknown"
+            except Exception:  # the store's host is gone
+                if not self.store_on_rank0:
+                    return
+                failed = "0"
             if self.stopped.is_set():
                 return
             if failed and failed != str(self.rank):
@@ -193,14 +198,16 @@ class PeerFailureWatch:
                 sys.stderr.flush()
                 os._exit(self.exit_code)
 
-    def claim_failure(self) -> bool:
-        """Mark this rank as failed; True if it is the first (the one that prints the error)."""
+    def claim_failure(self) -> str:
+        """Mark this rank as failed: "first" (it prints the error), "other" (another rank failed
+        first and printed), or "unknown" (the store is gone: print a short line)."""
         if self.store is None:
-            return True
+            return "first"
         try:
-            return self.store.compare_set(self.KEY, "", str(self.rank)).decode() == str(self.rank)
+            winner = self.store.compare_set(self.KEY, "", str(self.rank)).decode()
         except Exception:
-            return True
+            return "unknown"
+        return "first" if winner == str(self.rank) else "other"
 
     def stop(self) -> None:
         self.stopped.set()

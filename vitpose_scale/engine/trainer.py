@@ -78,19 +78,20 @@ def _injected_fault(rank: int) -> int | None:
 
 
 def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
-    from vitpose_scale.export import load_weights
-    from vitpose_scale.models.mae_transfer import load_pretrained_backbone
+    """train.init_from: any layout (ViTPose, Hugging Face file or directory, safetensors, MAE or bare
+    ViT backbone, a training checkpoint), detected from its keys. Only checkpoint problems are
+    reported as such; any other exception is a bug and propagates as it is."""
+    from vitpose_scale.export import read_state
+    from vitpose_scale.models.interop import CheckpointError
+    from vitpose_scale.models.mae_transfer import init_weights_from_state
 
     path = cfg.train.init_from
-    try:  # official .pth, Hugging Face directory or file, safetensors, training checkpoint directory
-        source = f"{load_weights(model, path)} checkpoint"
-    except Exception as full_error:  # not a full pose model: try a backbone-only (MAE) file
-        try:
-            load_pretrained_backbone(model, path)
-            source = "pretrained backbone (MAE)"
-        except Exception as backbone_error:
-            raise ValueError(f"train.init_from={path}: neither a ViTPose checkpoint ({full_error}) nor a "
-                             f"backbone checkpoint ({backbone_error})") from backbone_error
+    try:
+        state, meta = read_state(path)
+        grid = tuple(meta["pos_embed_grid"]) if meta.get("pos_embed_grid") else None
+        source = init_weights_from_state(model, state, str(path), grid)
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.init_from={path}: {exc}") from None
     if info.is_main:
         print(f"initialised from {path} ({source})", flush=True)
 
