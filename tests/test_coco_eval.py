@@ -506,6 +506,30 @@ def test_file_and_in_memory_inputs_give_identical_stats(tmp_path, kw):
     assert np.array_equal(KeypointEvaluator(gt).evaluate(results), ref)
 
 
+def test_command_line_exit_flushes_output(coco_sample, tmp_path):
+    """As a program, coco-eval ends without interpreter teardown: piped (block-
+    buffered) output, the --out file and the exit codes must all still be right."""
+    import subprocess
+    import sys
+
+    gt, results = _good(coco_sample)
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(results))
+    gt_path, out = str(coco_sample / "test_coco.json"), tmp_path / "stats.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "vitpose_scale.cli", "coco-eval", "--gt", gt_path]
+    ok = subprocess.run(cmd + ["--results", str(res_path), "--out", str(out)], capture_output=True, text=True,
+                        cwd=root, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    ref, printed = _reference(gt, results)
+    assert ok.stdout == printed
+    assert np.array_equal([json.loads(out.read_text())[k] for k in STAT_NAMES], ref)
+    bad = subprocess.run(cmd + ["--results", str(tmp_path / "missing.json")], capture_output=True, text=True,
+                         cwd=root, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == f"vitpose-scale coco-eval: error: results file not found: {tmp_path / 'missing.json'}\n"
+
+
 def test_coco_eval_command_does_not_import_torch(coco_sample, tmp_path):
     """Process start counts in end-to-end time: coco-eval must stay numpy-only."""
     import subprocess
@@ -562,3 +586,27 @@ def test_file_results_report_the_same_errors_as_lists(coco_sample, tmp_path, mut
     with pytest.raises(EvaluationInputError) as from_file:
         coco_eval.evaluate(coco_sample / "test_coco.json", res_path)
     assert str(from_file.value) == str(in_memory.value)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda g: g["annotations"][5].update(id=g["annotations"][2]["id"]),
+    lambda g: g["annotations"][2].pop("keypoints"),
+    lambda g: g["annotations"][1]["keypoints"].__setitem__(3, "7"),
+    lambda g: g["annotations"][1].update(keypoints=[1, 2, 3]),
+    lambda g: g["annotations"][2].update(image_id=[1]),
+    lambda g: g["annotations"][4].update(bbox=[1, 2, 3]),
+    lambda g: g["annotations"][3].update(num_keypoints="7"),
+    lambda g: g["categories"][0].pop("keypoints"),
+    lambda g: g["images"][0].pop("id"),
+], ids=["duplicate id", "no keypoints", "string", "length", "list id", "short bbox", "num_keypoints",
+        "category", "image id"])
+def test_gt_files_report_the_same_errors_as_dicts(coco_sample, tmp_path, mutate):
+    gt, _ = _sample(coco_sample)
+    mutate(gt)
+    with pytest.raises(EvaluationInputError) as from_dict:
+        KeypointEvaluator(copy.deepcopy(gt))
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    with pytest.raises(EvaluationInputError) as from_file:
+        KeypointEvaluator(path)
+    assert str(from_file.value) == str(from_dict.value).replace("GT", f"GT {path}", 1)
