@@ -612,7 +612,7 @@ class KeypointEvaluator:
         has_m = dt_gt >= 0
         if ng:
             gidx = np.where(has_m, dt_gt, 0)
-            matched = has_m & self._g_id_nonzero[gidx]
+            matched = has_m & self._g_id_nonzero[gidx] if not self._g_id_nonzero.all() else has_m
             matched_ig = has_m & np.take_along_axis(g_ig[:, None, :], gidx, axis=2)
         else:  # no scorable GT: nothing matches (and every stat comes out -1)
             matched = matched_ig = has_m
