@@ -95,13 +95,14 @@ class SavedActivationMeter:
     def __init__(self, module: torch.nn.Module | None = None):
         self.module = module
         self.bytes = 0
-        self._saved: dict[int, int] = {}
+        # The storages themselves (not their addresses) until the forward ends: a buffer freed
+        # and reused during the forward (ZeRO-3's gathered weights) cannot be mistaken for another.
+        self._storages: list[torch.UntypedStorage] = []
 
     def _pack(self, tensor: torch.Tensor):
         if tensor.device.type != "meta":
             local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-            storage = local.untyped_storage()
-            self._saved[storage.data_ptr()] = storage.nbytes()
+            self._storages.append(local.untyped_storage())
         return tensor
 
     def __enter__(self):
@@ -111,11 +112,13 @@ class SavedActivationMeter:
 
     def __exit__(self, *exc):
         result = self._ctx.__exit__(*exc)
+        held = {s.data_ptr(): s.nbytes() for s in self._storages if s.nbytes()}
         if self.module is not None:
             for p in self.module.parameters():
                 local = p.to_local() if hasattr(p, "to_local") else p
-                self._saved.pop(local.untyped_storage().data_ptr(), None)
-        self.bytes = sum(self._saved.values())
+                held.pop(local.untyped_storage().data_ptr(), None)
+        self.bytes = sum(held.values())
+        self._storages = []
         return result
 
 

@@ -416,10 +416,12 @@ def build_model_for_backend(cfg: Config, info: DistInfo, builder) -> nn.Module:
     if uses_zero_init(cfg):
         import deepspeed
 
-        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, info.world_size)):
+        from vitpose_scale.models.init import deferred_init
+
+        # Parameters are partitioned as they are created: the weights are drawn below, gathered.
+        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(cfg, info.world_size)), deferred_init():
             model = builder(cfg)
-        # Modules initialised themselves while being partitioned; draw the weights again
-        # with the parameters gathered (rank 0 draws, DeepSpeed broadcasts its values).
+        # Rank 0 draws every weight with the parameters gathered; DeepSpeed broadcasts its values.
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
             if info.is_main:
                 torch.manual_seed(cfg.train.seed)

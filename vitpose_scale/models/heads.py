@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitpose_scale.models.init import init_is_deferred
+
 
 class Fp32BatchNorm2d(nn.BatchNorm2d):
     """BatchNorm that normalises and keeps its running statistics in fp32 whatever the input dtype.
@@ -52,7 +54,8 @@ class ClassicHead(nn.Module):
                        Fp32BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(channels, num_keypoints, kernel_size=1)
-        self.init_weights()
+        if not init_is_deferred():
+            self.init_weights()
 
     def init_weights(self) -> None:
         for m in self.modules():
@@ -77,7 +80,8 @@ class SimpleHead(nn.Module):
         self.act = nn.ReLU()
         self.upsample = nn.Upsample(scale_factor=feature_stride // 4, mode="bilinear", align_corners=False)
         self.final_layer = nn.Conv2d(in_channels, num_keypoints, kernel_size=3, padding=1)
-        self.init_weights()
+        if not init_is_deferred():
+            self.init_weights()
 
     def init_weights(self) -> None:
         nn.init.normal_(self.final_layer.weight, std=0.001)

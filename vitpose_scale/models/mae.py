@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitpose_scale.models.init import init_is_deferred
 from vitpose_scale.models.vit import ViT, Block
 
 
@@ -110,9 +111,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, patch_size * patch_size * 3)
         self.backbone.pos_embed.requires_grad_(False)  # fixed sine-cosine during pretraining
-        # Under deepspeed.zero.Init the submodules are already partitioned here (empty tensors):
-        # the builder calls init_weights() with the parameters gathered instead.
-        if not hasattr(self.backbone.pos_embed, "ds_id"):
+        if not init_is_deferred():
             self.init_weights()
 
     @property

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitpose_scale.models.attention import Attention
+from vitpose_scale.models.init import init_is_deferred
 
 
 class PatchEmbed(nn.Module):
@@ -61,13 +62,13 @@ class ViT(nn.Module):
             Block(embed_dim, num_heads, mlp_hidden, qkv_bias, rate, attention) for rate in rates)
         self.last_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.activation_checkpointing = activation_checkpointing
-        self.init_weights()
+        if not init_is_deferred():
+            self.init_weights()
 
     def init_weights(self) -> None:
         """Every parameter drawn here, so the weights depend only on the RNG state at this call
         (not on how construction consumed it: zero.Init, meta device)."""
-        if self.patch_embed.proj.weight.dim() == 4:  # under zero.Init it is an empty placeholder until gathered
-            self.patch_embed.proj.reset_parameters()
+        self.patch_embed.proj.reset_parameters()
         trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
