@@ -284,7 +284,7 @@ def part_inference(torch, args, budget: Budget) -> dict:
                                            1 if args.smoke else 10, 1)
             out[name] = {"batch": batch, "ms_per_batch": ms, "images_per_s": batch / (ms * 1e-3),
                          "official_a100_images_per_s": OFFICIAL_A100_FPS[name]}
-            del model, images
+            model = images = None  # free before the next preset (the timing closure is done)
         except Exception as exc:  # noqa: BLE001
             out[name] = {"error": error_text(exc), "official_a100_images_per_s": OFFICIAL_A100_FPS[name]}
         free_memory(torch)

@@ -345,3 +345,19 @@ def test_signal_to_the_launcher_alone_checkpoints_and_stops_the_ranks(tmp_path, 
         step = json.loads((latest / "meta.json").read_text())["step"]
         again = run(tmp_path, data, f"train.max_steps={step + 2}", "train.save_every=100000")
         assert again.returncode == 0 and f"at step {step}" in again.stdout, again.stderr[-2000:]
+
+
+def test_convert_writes_the_official_file_with_its_grid_atomically(tmp_path, data):
+    proc = run(tmp_path, data, "train.max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "converted.pth"
+    conv = subprocess.run([str(BIN / "vitpose-scale"), "convert", "--checkpoint",
+                           str(ckpt.latest_checkpoint(tmp_path / "checkpoints")), "--out", str(out)],
+                          cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert conv.returncode == 0, conv.stderr[-2000:]
+    saved = torch.load(out, weights_only=True)
+    assert saved["meta"]["pos_embed_grid"] == [8, 6] and saved["meta"]["step"] == 3  # 128x96 input, 16-px patches
+    final = weights(tmp_path / "final.pth")
+    assert saved["state_dict"].keys() == final.keys()
+    assert all(torch.equal(saved["state_dict"][k], final[k]) for k in final)
+    assert not out.with_name(out.name + ".tmp").exists()

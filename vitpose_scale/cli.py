@@ -113,8 +113,6 @@ def convert_main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
-    import torch
-
     from vitpose_scale.models import interop
 
     src = Path(args.checkpoint)
@@ -126,8 +124,18 @@ def convert_main(argv: list[str] | None = None) -> int:
         except (CheckpointError, FileNotFoundError) as exc:
             print(f"vitpose-scale convert: {exc}", file=sys.stderr)
             return 4
+        import json
+
+        from vitpose_scale.config import from_dict
+
+        run = json.loads((src / "meta.json").read_text())
+        meta = {"source": str(src), "step": run.get("step")}
+        if "config" in run:  # the grid the weights were trained at (MAE transfer and resizing read it)
+            meta["pos_embed_grid"] = list(from_dict(run["config"]).model.grid)
     else:
-        state = interop.extract_state_dict(interop.safe_load(src), str(src))
+        raw = interop.safe_load(src)
+        state = interop.extract_state_dict(raw, str(src))
+        meta = {"source": str(src), **(raw.get("meta") if isinstance(raw.get("meta"), dict) else {})}
         if any(k.startswith("backbone.encoder.") for k in state):
             state = interop.from_hf_state_dict(state)
     out = Path(args.out)
@@ -137,7 +145,7 @@ def convert_main(argv: list[str] | None = None) -> int:
 
         save_file({k: v.contiguous() for k, v in interop.to_hf_state_dict(state).items()}, str(out))
     else:
-        torch.save({"meta": {"source": str(src)}, "state_dict": state}, out)
+        interop.save_official(state, out, meta)
     print(f"wrote {out} ({sum(v.numel() for v in state.values()) / 1e6:.1f} M values, {len(state)} tensors)")
     return 0
 

@@ -174,18 +174,23 @@ def load_official(model: nn.Module, path: str | Path, source_grid: tuple[int, in
     load_state_dict_strict(model, adapt_state_dict(state, model, source_grid), str(path))
 
 
-def export_official(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
-    """Write the mmcv layout `{'meta': ..., 'state_dict': ...}` with fp32 CPU tensors."""
+def save_official(state: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
+    """Write the mmcv layout `{'meta': ..., 'state_dict': ...}` (fp32 CPU tensors) atomically."""
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
-             for k, v in model.state_dict().items()}
+             for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    torch.save({"meta": dict(meta or {}), "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+def export_official(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
+    """A model's weights in the official layout, with its pos_embed grid in the meta."""
     meta = dict(meta or {})
     if hasattr(model, "backbone"):
         meta.setdefault("pos_embed_grid", list(model.backbone.grid))
-    torch.save({"meta": meta, "state_dict": state}, tmp)
-    tmp.replace(path)
+    save_official(model.state_dict(), path, meta)
 
 
 # ------------------------------------------------------ Hugging Face layout --
