@@ -215,7 +215,8 @@ def test_infer_folder_writes_one_coco_results_file_from_every_weight_format(weig
     results = {}
     for name, path in files.items():
         out = tmp_path / name
-        assert main(["--config", str(CONFIG), "--set", *HF_SETS, "--checkpoint", str(path), "--images",
+        sets = [arg for kv in HF_SETS for arg in ("--set", kv)]
+        assert main(["--config", str(CONFIG), *sets, "--checkpoint", str(path), "--images",
                      str(coco_sample), "--detections", str(dets_file), "--det-thr", str(DET_THR), "--no-flip",
                      "--out", str(out)]) == 0
         results[name] = json.loads((out / "results.json").read_text())
@@ -258,3 +259,11 @@ def test_training_curves_are_titled_with_the_run_and_the_eval_set(tmp_path):
     texts = re.findall(r"<!-- (.*?) -->", svg)
     assert f"{tmp_path.name}: ViTPose-tiny (96-d, 4 blocks, 128x96), 2 ranks DeepSpeed ZeRO-3, 600 steps" in texts
     assert "AP (synthetic val, 100 images)" in texts and "metrics.jsonl" not in texts
+
+
+def test_a_bad_override_is_one_line_and_exit_2(capsys):
+    from vitpose_scale.infer import main
+
+    assert main(["--config", str(CONFIG), "--set", "model.num_heads=5", "--image", "x.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "config error: model.num_heads: 5 does not divide model.embed_dim 96: expected a divisor of the width"

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from vitpose_scale.config import Config, load_config
+from vitpose_scale.config import Config
 from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, box_to_center_scale, crop_box, normalize_image
 from vitpose_scale.eval.decode import decode_heatmaps
 from vitpose_scale.eval.postprocess import predict_batch, rescore, to_coco_results
@@ -125,8 +125,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vitpose_scale.cli import add_config_args
+
     p = argparse.ArgumentParser(prog="vitpose-scale infer", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="model config YAML (its model section must match the checkpoint)")
+    add_config_args(p)  # --config (its model section must match the checkpoint) and repeatable --set
     p.add_argument("--checkpoint", help="official .pth (ours or the official release), a Hugging Face VitPose "
                                         "directory (vitpose-scale export --format hf) or a .safetensors file")
     src = p.add_mutually_exclusive_group(required=True)
@@ -136,8 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO detection JSON (image_id = the number in each file name) or, for one image, a JSON "
                         "list of [x, y, w, h]; default: the whole image")
     p.add_argument("--det-thr", type=float, default=0.5, help="minimum detection score for --boxes (default 0.5)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. model.attention=plain")
     p.add_argument("--out", help="--image: output PNG (default: <image stem>_pose.png; OUT.json next to it); "
                                  "--images: output folder for results.json and one <stem>_pose.png per image "
                                  "(default: <folder>_pose)")
@@ -207,8 +207,12 @@ def load_model(cfg: Config, checkpoint: str | None, device: torch.device) -> tor
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vitpose_scale.cli import load_config_or_report
+
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config_or_report(args)
+    if cfg is None:
+        return 2
     if args.image:
         paths = [Path(args.image)]
         _read_image(paths[0])  # a missing image fails before the model is built
