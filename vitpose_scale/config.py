@@ -7,6 +7,7 @@ with a message that names the key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -421,7 +422,9 @@ def check_run_paths(cfg: Config, need_val: bool = True) -> None:
     out = Path(cfg.train.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        # One probe per process: every rank checks at once (srun starts them together), and a shared name
+        # lets one rank's unlink remove the file another is about to unlink.
+        probe = out / f".write-test.{os.uname().nodename}.{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
