@@ -69,11 +69,16 @@ def _tail(path: Path, n: int = 1500) -> str:
 
 
 class LocalSlurm:
-    """munged + slurmctld + slurmd in the foreground (-D/-F), owned by this process."""
+    """munged + slurmctld + slurmd in the foreground (-D/-F), owned by this process.
 
-    def __init__(self, base: Path):
+    `nodes` > 1: that many Slurm nodes on this one host (NodeName=<host>-n1.. with NodeHostname=<host>,
+    NodeAddr 127.0.0.1 and one slurmd per node, each on its own Port, started with `slurmd -N name`);
+    that needs a slurmd built with --enable-multiple-slurmd (see docs/slurm.md)."""
+
+    def __init__(self, base: Path, nodes: int = 1):
         self.base = base
         self.host = socket.gethostname().split(".")[0]
+        self.node_names = [self.host] if nodes == 1 else [f"{self.host}-n{i}" for i in range(1, nodes + 1)]
         self.procs: list[subprocess.Popen] = []
         self.conf = base / "slurm.conf"
         self.sock = base / "munge" / "munge.sock"
@@ -85,7 +90,7 @@ class LocalSlurm:
                    OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu",
                    TORCH_EXTENSIONS_DIR=str(ROOT / ".cache" / "torch_extensions"))
         try:
-            socket.gethostbyname(self.host)
+            socket.gethostbyname(self.node_names[0])
         except OSError:  # the scripts take the first node's name as MASTER_ADDR; here it does not resolve
             env["MASTER_ADDR"] = "127.0.0.1"
         self.env = env
@@ -104,6 +109,11 @@ class LocalSlurm:
         except (OSError, AttributeError):
             pass
         b = self.base
+        # Several nodes on this host: one slurmd each, told apart by its port (slurmd -N picks the line).
+        several = len(self.node_names) > 1
+        node_lines = "\n".join(
+            f"NodeName={name}" + (f" NodeHostname={self.host} Port={_free_port()}" if several else "")
+            + f" NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN" for name in self.node_names)
         self.conf.write_text(f"""\
 ClusterName=vitposetest
 SlurmctldHost={self.host}(127.0.0.1)
@@ -123,18 +133,18 @@ SchedulerType=sched/backfill
 ReturnToService=2
 SlurmdParameters=config_overrides
 StateSaveLocation={b}/state
-SlurmdSpoolDir={b}/spool
+SlurmdSpoolDir={b}/spool/%n
 SlurmctldPidFile={b}/slurmctld.pid
-SlurmdPidFile={b}/slurmd.pid
+SlurmdPidFile={b}/slurmd-%n.pid
 SlurmctldLogFile={b}/log/slurmctld.log
-SlurmdLogFile={b}/log/slurmd.log
+SlurmdLogFile={b}/log/slurmd-%n.log
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 KillWait=10
 MinJobAge=600
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=debug Nodes={",".join(self.node_names)} Default=YES MaxTime=INFINITE State=UP
 """)
 
     def _start(self, cmd: list[str], log: str) -> subprocess.Popen:
@@ -156,18 +166,21 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         else:
             return f"munged did not create its socket: {_tail(self.base / 'log' / 'munged.out')}"
         self._start([_which("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld.out")
-        self._start([_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.host], "slurmd.out")
+        for name in self.node_names:
+            (self.base / "spool" / name).mkdir(parents=True, exist_ok=True)
+            self._start([_which("slurmd"), "-D", "-f", str(self.conf), "-N", name], f"slurmd-{name}.out")
         state = ""
         for _ in range(60):
             r = self.run(["sinfo", "-h", "-N", "-o", "%t"], check=False)
             state = r.stdout.strip()
-            if state == "idle":
+            if state.split() == ["idle"] * len(self.node_names):
                 return None
             if any(p.poll() is not None for p in self.procs):
                 break
             time.sleep(1)
-        logs = {n: _tail(self.base / "log" / n, 600) for n in ("slurmctld.log", "slurmd.log", "slurmctld.out",
-                                                                "slurmd.out")}
+        logs = {n: _tail(self.base / "log" / n, 600)
+                for n in ("slurmctld.log", "slurmctld.out", *(f"slurmd-{name}.{ext}" for name in self.node_names
+                                                               for ext in ("log", "out")))}
         return f"the local Slurm did not come up (sinfo: {state!r}); logs: {logs}"
 
     def run(self, cmd: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -195,15 +208,14 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
                     p.wait()
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def _local_slurm(tmp_path_factory, nodes: int = 1):
     if any(not _which(b) for b in BINARIES):
         reason = _install_slurm()
         if reason:
             pytest.skip(f"no local Slurm: {reason}")
     if os.geteuid() != 0:
         pytest.skip("no local Slurm: slurmd must run as root to launch job steps")
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), nodes=nodes)
     cluster.write_config()
     try:
         reason = cluster.start()
@@ -212,6 +224,11 @@ def slurm(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    yield from _local_slurm(tmp_path_factory)
 
 
 def _train_args(out: Path, *sets: str) -> list[str]:
@@ -362,6 +379,99 @@ def test_submitit_slurm_preemption_requeues_and_resumes(slurm, tmp_path):
         status, result = pickle.load(f)
     assert status == "success" and result["preempted"] is False, (status, result)
     assert Path(result["final"]).is_file() and Path(result["final"]) == tmp_path / "run" / "final.pth"
+
+
+# DeepSpeed ZeRO-3 started by srun (no launcher: distributed.slurm_rendezvous maps SLURM_* to RANK...)
+# against the same run under `deepspeed --num_gpus 2`. fp32, the simple head (no BatchNorm) and no
+# stochastic depth, so rank layouts can differ only in reduction order (fp32 rounding).
+DEEPSPEED_SETS = ("parallel.backend=deepspeed", "parallel.zero_stage=3", "parallel.precision=fp32",
+                  "parallel.zero3_persistence_threshold=0", "model.head=simple", "model.drop_path=0.0",
+                  "optim.warmup_iters=2", "optim.lr=1e-3", "train.eval_every=1000", "train.save_every=1000")
+CURVE_RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    from vitpose_scale.data.synthetic import generate_synthetic_coco
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_coco(root, 48, 8, seed=0)  # the set _train_args asks for (its seed is the one checked)
+    return root
+
+
+def _deepspeed_args(out: Path, data: Path) -> list[str]:
+    return _train_args(out, f"data.root={data}", *DEEPSPEED_SETS)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    return {d["step"]: d["loss"] for d in lines if d.get("kind") == "train"}
+
+
+@pytest.fixture(scope="module")
+def deepspeed_launcher_run(tmp_path_factory, synthetic_data):
+    """The reference: the same training under `deepspeed --num_gpus 2`, outside Slurm."""
+    from launch_env import launcher_env
+
+    out = tmp_path_factory.mktemp("ds_launcher")
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
+           "launch/train.py", *_deepspeed_args(out, synthetic_data)]
+    r = subprocess.run(cmd, check=False, cwd=ROOT, env=launcher_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, f"{' '.join(cmd)} -> {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return out / "run"
+
+
+def _sbatch_deepspeed(slurm: LocalSlurm, out: Path, data: Path, nodes: int, tasks_per_node: int) -> str:
+    """slurm/train_b.sh (srun python launch/train.py, one task per 'GPU') with the DeepSpeed backend;
+    returns the job log after checking that the job completed and both ranks joined."""
+    sbatch = [a for a in _sbatch(out) if not a.startswith(("--nodes=", "--ntasks-per-node="))]
+    r = slurm.run([*sbatch, f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", "--wait",
+                   "slurm/train_b.sh", *_deepspeed_args(out, data)], check=False, timeout=600)
+    job_id = r.stdout.strip().split(";")[0]
+    log = _log(out, job_id)
+    assert r.returncode == 0, f"sbatch --wait -> {r.returncode}\n{r.stderr}\n{log[-4000:]}"
+    info = slurm.job(job_id)
+    assert info.get("JobState") == "COMPLETED" and info.get("ExitCode") == "0:0", info
+    assert f"{nodes} node(s) x {tasks_per_node} task(s)" in log and "done: 6 steps" in log, log[-3000:]
+    for name in slurm.node_names:  # every node's slurmd started a task of the training step (step 0)
+        assert f"launch task StepId={job_id}.0 " in _tail(slurm.base / "log" / f"slurmd-{name}.log", 10**6), name
+    setup = _setup_lines(out / "run")
+    assert len(setup) == 1 and setup[0]["world_size"] == 2, setup
+    full, local = setup[0]["params_full"], setup[0]["params_local_per_rank"]
+    assert len(local) == 2 and all(abs(n - full / 2) <= 64 for n in local), (full, local)  # ZeRO-3 partitions
+    return log
+
+
+def _assert_same_curve(got: Path, ref: Path) -> None:
+    a, b = _losses(got), _losses(ref)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6], (a, b)
+    assert len(set(b.values())) == 6  # the weights really change
+    for step in b:
+        assert a[step] == pytest.approx(b[step], rel=CURVE_RTOL), (step, a[step], b[step])
+
+
+@_on_slurm
+@pytest.mark.timeout(1200)
+def test_deepspeed_under_srun_follows_the_deepspeed_launcher(slurm, tmp_path, synthetic_data, deepspeed_launcher_run):
+    """1 node x 2 srun tasks, ZeRO-3: both ranks join through SLURM_* alone and train the launcher's curve."""
+    _sbatch_deepspeed(slurm, tmp_path, synthetic_data, nodes=1, tasks_per_node=2)
+    _assert_same_curve(tmp_path / "run", deepspeed_launcher_run)
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes(tmp_path_factory):
+    """Two Slurm nodes on this host (two slurmd, `slurmd -N name`): Debian's slurmd allows it."""
+    yield from _local_slurm(tmp_path_factory, nodes=2)
+
+
+@_on_slurm
+@pytest.mark.timeout(1200)
+def test_deepspeed_two_nodes_one_task_each_follows_one_node(slurm_two_nodes, tmp_path, synthetic_data,
+                                                           deepspeed_launcher_run):
+    """2 nodes x 1 task: NODE_RANK 0/1, LOCAL_RANK 0 on both, the rendezvous across the two slurmd."""
+    _sbatch_deepspeed(slurm_two_nodes, tmp_path, synthetic_data, nodes=2, tasks_per_node=1)
+    _assert_same_curve(tmp_path / "run", deepspeed_launcher_run)
 
 
 _BATCH_SHELL = r"""
