@@ -474,6 +474,35 @@ def test_deepspeed_two_nodes_one_task_each_follows_one_node(slurm_two_nodes, tmp
     _assert_same_curve(tmp_path / "run", deepspeed_launcher_run)
 
 
+# docs/slurm.md's "torchrun per node": one srun task per node, torchrun forks the node's ranks.
+_TORCHRUN_PER_NODE = r"""#!/bin/bash
+source "$SLURM_SUBMIT_DIR/slurm/_common.sh"
+vitpose_setup
+vitpose_srun torchrun --nnodes "$SLURM_JOB_NUM_NODES" --nproc_per_node 1 \
+    --rdzv_id "$SLURM_JOB_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" \
+    launch/train.py "$@"
+"""
+
+
+@_on_slurm
+@pytest.mark.timeout(1200)
+def test_torchrun_per_node_under_srun_follows_the_deepspeed_launcher(slurm_two_nodes, tmp_path, synthetic_data,
+                                                                    deepspeed_launcher_run):
+    """2 nodes x 1 srun task, each a torchrun (c10d rendezvous at MASTER_ADDR:MASTER_PORT) with 1 rank."""
+    script = tmp_path / "torchrun_per_node.sh"
+    script.write_text(_TORCHRUN_PER_NODE)
+    sbatch = [a for a in _sbatch(tmp_path) if not a.startswith(("--nodes=", "--ntasks-per-node="))]
+    r = slurm_two_nodes.run([*sbatch, "--nodes=2", "--ntasks-per-node=1", "--wait", str(script),
+                             *_deepspeed_args(tmp_path, synthetic_data)], check=False, timeout=600)
+    job_id = r.stdout.strip().split(";")[0]
+    log = _log(tmp_path, job_id)
+    assert r.returncode == 0, f"sbatch --wait -> {r.returncode}\n{r.stderr}\n{log[-4000:]}"
+    assert "2 node(s) x 1 task(s)" in log and "done: 6 steps" in log, log[-3000:]
+    setup = _setup_lines(tmp_path / "run")
+    assert len(setup) == 1 and setup[0]["world_size"] == 2, setup
+    _assert_same_curve(tmp_path / "run", deepspeed_launcher_run)
+
+
 _BATCH_SHELL = r"""
 source slurm/_common.sh
 unset SLURM_JOB_ID  # run the task directly, as outside an allocation
