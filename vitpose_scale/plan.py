@@ -70,6 +70,7 @@ class ModelShape:
     params: int
     param_sizes: tuple[int, ...]  # numel of every parameter (ZeRO-3 partitions each one)
     block_linear_weights: tuple[int, ...]  # numel of each Linear weight inside the blocks
+    outer_conv_weights: tuple[int, ...]  # numel of the patch embedding's and the head's kernels
     buffer_bytes: int  # BatchNorm running statistics: whole on every rank
     depth: int
     dim: int
@@ -102,10 +103,12 @@ def model_shape(cfg: Config) -> ModelShape:
     linear = tuple(mod.weight.numel() for blk in model.backbone.blocks for mod in blk.modules()
                    if isinstance(mod, nn.Linear))
     drop_paths = sum(1 for mod in model.backbone.modules() if type(mod).__name__ == "DropPath")
+    convs = tuple(mod.weight.numel() for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)))
     return ModelShape(
         params=sum(p.numel() for p in model.parameters()),
         param_sizes=tuple(p.numel() for p in model.parameters()),
         block_linear_weights=linear,
+        outer_conv_weights=convs,
         buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
         depth=m.depth, dim=m.embed_dim, hidden=int(round(m.embed_dim * m.mlp_ratio)), heads=m.num_heads,
         grid=cfg.model.grid, image_size=tuple(cfg.model.image_size), heatmap=cfg.model.heatmap_size,
@@ -240,7 +243,9 @@ def saved_activation_bytes(shape: ModelShape, micro: int, precision: str, checkp
     input, the head (`head_saved_bytes`). Blocks: with checkpointing only each block's input
     (tokens x width); without, `block_saved_bytes` each. Under ZeRO-3 without checkpointing the
     blocks' Linear layers keep the gathered weights until backward (autograd saves a transposed
-    view of each, so releasing the parameter does not free it).
+    view of each, so releasing the parameter does not free it); and the convolutions outside the
+    blocks (patch embedding, head) keep the kernel ZeRO-3 handed them, a buffer of its own even
+    for parameters under the persistence threshold (measured: tests/test_plan.py).
     """
     b, N, C = BYTES[precision], shape.tokens, shape.dim
     H, W = shape.image_size
@@ -252,6 +257,8 @@ def saved_activation_bytes(shape: ModelShape, micro: int, precision: str, checkp
         total += 2 * shape.drop_path_layers * micro * FP32  # each block's DropPath mask (B, 1, 1), both branches
         if zero_stage == 3:
             total += b * sum(n for n in shape.block_linear_weights if n > persistence_threshold)
+    if zero_stage == 3:
+        total += b * sum(shape.outer_conv_weights)
     return total + head_saved_bytes(shape, micro, precision)
 
 
