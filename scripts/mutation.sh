@@ -39,7 +39,7 @@ work=$ROOT/.mutation/$target
 [[ "${2:-}" == "--fresh" ]] && rm -rf "$work"
 mkdir -p "$work"
 # The work dir sees the project through symlinks; mutmut copies them (followed) into $work/mutants/.
-for p in vitpose_scale tests data configs pytest.ini; do ln -sfn "$ROOT/$p" "$work/$p"; done
+for p in vitpose_scale tests data configs bench launch pytest.ini; do ln -sfn "$ROOT/$p" "$work/$p"; done
 
 {
   echo "[mutmut]"
@@ -47,7 +47,7 @@ for p in vitpose_scale tests data configs pytest.ini; do ln -sfn "$ROOT/$p" "$wo
   echo "only_mutate ="
   for f in $files; do echo "    $f"; done
   echo "also_copy ="
-  printf '    %s\n' data configs pytest.ini
+  printf '    %s\n' data configs bench launch pytest.ini  # what the tests read next to the package
   # Fast tests only: slow and multi-process tests never run under mutation.
   printf '%s\n' "pytest_add_cli_args =" "    -p" "    no:cacheprovider" "    -m" "    not slow and not distributed" "    -x" "    -q"
   echo "pytest_add_cli_args_test_selection ="

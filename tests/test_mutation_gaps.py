@@ -49,3 +49,95 @@ def test_optim_cosine_stays_at_zero_after_the_last_step_and_a_one_step_decay_rea
 def test_optim_step_schedule_with_one_step_per_epoch():
     cfg = _cfg("optim.schedule=step", "optim.warmup_iters=0", "optim.step_epochs=[2,3]", "optim.step_gamma=0.1")
     assert [lr_factor(s, cfg, 1, 10) for s in range(5)] == pytest.approx([1.0, 1.0, 0.1, 0.01, 0.01])
+
+
+# --- models/vit.py -----------------------------------------------------------------------------
+
+def _vit(depth=4, drop_path=0.3, embed_dim=64, mlp_ratio=4.0):
+    import torch
+
+    from vitpose_scale.models.vit import ViT
+
+    torch.manual_seed(0)
+    return ViT(embed_dim=embed_dim, depth=depth, num_heads=4, mlp_ratio=mlp_ratio, drop_path=drop_path, grid=(4, 3))
+
+
+def test_vit_drop_path_rates_rise_linearly_from_zero_to_the_configured_rate():
+    from torch import nn
+
+    vit = _vit(depth=4, drop_path=0.3)
+    assert isinstance(vit.blocks[0].drop_path, nn.Identity)  # rate 0: no DropPath at all
+    assert [b.drop_path.drop_prob for b in vit.blocks[1:]] == pytest.approx([0.1, 0.2, 0.3], rel=1e-12)
+    assert _vit(depth=1, drop_path=0.3).blocks[0].drop_path.drop_prob == pytest.approx(0.3)
+
+
+def test_vit_layer_norms_use_eps_1e_6_and_the_mlp_width_is_the_rounded_ratio():
+    vit = _vit(embed_dim=64, mlp_ratio=2.66)
+    norms = [vit.last_norm] + [n for b in vit.blocks for n in (b.norm1, b.norm2)]
+    assert all(n.eps == 1e-6 for n in norms)
+    assert vit.blocks[0].mlp.fc1.out_features == 170  # round(64 * 2.66) = round(170.24)
+    conv = vit.patch_embed.proj
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((16, 16), (16, 16), (2, 2))
+
+
+def test_vit_initial_weights_follow_the_official_init():
+    """trunc_normal(std 0.02) for Linear weights and pos_embed, zero biases, LayerNorm (1, 0)."""
+    import torch
+    from torch import nn
+
+    vit = _vit(embed_dim=128, drop_path=0.0)
+    linears = [m for m in vit.modules() if isinstance(m, nn.Linear)]
+    weights = torch.cat([m.weight.detach().flatten() for m in linears])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.03)
+    assert weights.abs().max().item() < 0.02 * 6  # the +-2 cut is 100 std away: nothing near it
+    assert all(torch.count_nonzero(m.bias) == 0 for m in linears if m.bias is not None)
+    assert vit.pos_embed.detach().std().item() == pytest.approx(0.02, rel=0.05)
+    for m in vit.modules():
+        if isinstance(m, nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.count_nonzero(m.bias) == 0
+
+
+def _saved_tensor_count(vit, x):
+    import torch
+
+    count = 0
+
+    def pack(t):
+        nonlocal count
+        count += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        vit(x).sum()
+    return count
+
+
+def test_vit_checkpoints_blocks_only_when_asked():
+    """Checkpointing keeps the block internals out of the autograd graph; off, they are all saved."""
+    import torch
+
+    x = torch.randn(1, 3, 64, 48)
+    plain, checkpointed = _vit(drop_path=0.0), _vit(drop_path=0.0)
+    checkpointed.activation_checkpointing = True
+    saved_plain, saved_checkpointed = _saved_tensor_count(plain, x), _saved_tensor_count(checkpointed, x)
+    # each block saves at least its two LayerNorm inputs, attention and MLP activations when not checkpointed
+    assert saved_plain >= saved_checkpointed + 4 * len(plain.blocks)
+
+
+def test_vit_checkpointing_gives_block_gradients_with_a_frozen_embedding():
+    """Block inputs that do not require grad (frozen patch_embed/pos_embed) still give block gradients:
+    the non-reentrant checkpoint (REFERENCE §6); a reentrant one would leave them None."""
+    import torch
+
+    x = torch.randn(2, 3, 64, 48)
+    grads = []
+    for ac in (False, True):
+        vit = _vit(drop_path=0.0)
+        vit.activation_checkpointing = ac
+        vit.patch_embed.requires_grad_(False)
+        vit.pos_embed.requires_grad_(False)
+        vit(x).square().sum().backward()
+        grads.append([p.grad for p in vit.blocks.parameters()])
+    assert all(g is not None for g in grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
