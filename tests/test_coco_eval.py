@@ -5,6 +5,7 @@ import io
 import json
 import os
 import socket
+import sys
 import tempfile
 
 import numpy as np
@@ -220,7 +221,7 @@ def test_oks_upper_bound_is_never_below_oks():
     the bound must hold for every pair, including GT without visible joints."""
     gt, results = make_eval_set(300, seed=8, zero_vis_frac=0.2, crowd_frac=0.2, fp_rate=2.0)
     ev = KeypointEvaluator(gt)
-    img, cat, xy, score, area = ev._load_results(results)
+    img, _, xy, _, _ = ev._load_results(results)
     xy = np.ascontiguousarray(xy)
     g_img = ev._g_key % ev._n_img
     p_dt, p_gt = np.nonzero(img[:, None] == g_img[None, :])  # every same-image pair
@@ -494,6 +495,19 @@ def test_cli_reads_json_with_nan_literals(coco_sample, tmp_path, capsys):
     assert f"results file {bad} is not valid JSON" in msg
 
 
+def test_files_without_msgspec_use_the_standard_library(coco_sample, tmp_path, monkeypatch):
+    """msgspec is optional at run time: without it (nor orjson) files are parsed by json."""
+    monkeypatch.setitem(sys.modules, "msgspec", None)  # import fails
+    monkeypatch.setitem(sys.modules, "orjson", None)
+    monkeypatch.setattr(coco_eval, "_TYPED", {})
+    gt, results = _good(coco_sample)
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(results))
+    ref, _ = _reference(gt, results)
+    assert np.array_equal(coco_eval.evaluate(coco_sample / "test_coco.json", res_path), ref)
+    assert coco_eval._TYPED == {"results": None, "gt": None}
+
+
 @pytest.mark.parametrize("kw", [{}, {"with_bbox": True}], ids=["keypoint areas", "box areas"])
 def test_file_and_in_memory_inputs_give_identical_stats(tmp_path, kw):
     gt, results = make_eval_set(200, seed=4, crowd_frac=0.3, tie_frac=0.3, many_det_frac=0.1, **kw)
@@ -510,7 +524,6 @@ def test_command_line_exit_flushes_output(coco_sample, tmp_path):
     """As a program, coco-eval ends without interpreter teardown: piped (block-
     buffered) output, the --out file and the exit codes must all still be right."""
     import subprocess
-    import sys
 
     gt, results = _good(coco_sample)
     res_path = tmp_path / "res.json"
@@ -533,7 +546,6 @@ def test_command_line_exit_flushes_output(coco_sample, tmp_path):
 def test_coco_eval_command_does_not_import_torch(coco_sample, tmp_path):
     """Process start counts in end-to-end time: coco-eval must stay numpy-only."""
     import subprocess
-    import sys
 
     res_path = tmp_path / "res.json"
     res_path.write_text(json.dumps(_good(coco_sample)[1]))

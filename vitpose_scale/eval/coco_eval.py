@@ -10,10 +10,17 @@ detection / GT it works on flat numpy arrays:
 
 * OKS is computed for every (detection, GT) pair of the same image at once
   (``oks.oks_pairs``); pairs below the lowest threshold can never match and
-  are dropped.
-* The greedy matching runs detection-rank by detection-rank (<= maxDets
-  steps), each step handling every image, area range and threshold at once.
-* Accumulation is one global stable sort plus cumulative sums per area range.
+  are dropped, most of them by a cheap box bound before any OKS is computed.
+* A pair whose detection and GT have no other candidate matches exactly at the
+  thresholds its OKS reaches; the rest of the greedy matching runs
+  detection-rank by detection-rank (<= maxDets steps), each step handling
+  every image, area range and threshold at once.
+* Accumulation is one global stable sort plus cumulative sums per area range
+  and threshold.
+
+Files are parsed by msgspec with the cyclic GC paused, first with typed
+decoders that check types while parsing; whatever they refuse goes through
+the general path, whose checks name the entry and the problem in one line.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ class EvaluationInputError(ValueError):
     """GT or results that cannot be evaluated; the message says what and where."""
 
 
-# ----------------------------------------------------------------------------- GT
+# ---------------------------------------------------------------------- reading
 
 
 def _fast_decoder():
@@ -157,6 +164,9 @@ def _load_json(src, what, typed=None):
     if isinstance(src, (str, os.PathLike)):
         return _read_json(src, what, typed)
     return src
+
+
+# ------------------------------------------------------------------------ numbers
 
 
 def _numeric_array(values, shape):
@@ -393,7 +403,7 @@ class KeypointEvaluator:
             try:
                 if img not in self._img_index:
                     raise EvaluationInputError(f"{at}: image_id is not an image of the GT")
-                r["category_id"] in self._cat_index  # other categories are ignored, but must hash
+                hash(r["category_id"])  # other categories are ignored, but the id must be one
             except TypeError:
                 raise EvaluationInputError(f"{at}: image_id / category_id is not a valid id") from None
             kp = r["keypoints"]
