@@ -141,3 +141,28 @@ def test_vit_checkpointing_gives_block_gradients_with_a_frozen_embedding():
     assert all(g is not None for g in grads[1])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# --- data/transforms.py ------------------------------------------------------------------------
+
+def test_transforms_crop_box_is_the_udp_box_to_crop_map_on_a_ramp():
+    """crop_box had no test among the data tests. On the ramp img[y, x] = x + 100 y bilinear sampling is
+    exact, so each crop pixel (u, v) must read the source point c + (u - (W - 1) / 2) * s_w / (W - 1)
+    (UDP: the box spans W - 1 crop pixel intervals); cv2 samples at 1/32 px, hence the tolerance."""
+    import numpy as np
+
+    from vitpose_scale.data.transforms import crop_box
+
+    ys, xs = np.mgrid[0:60, 0:80].astype(np.float32)
+    img = xs + 100.0 * ys
+    out_h, out_w = 25, 33
+    # identity: the box is the whole image measured in pixel intervals
+    same = crop_box(img, (39.5, 29.5), (79.0, 59.0), (60, 80))
+    np.testing.assert_allclose(same, img, atol=1e-3)
+    center, size = (20.0, 30.0), (16.0, 36.0)
+    crop = crop_box(img, center, size, (out_h, out_w))
+    assert crop.shape == (out_h, out_w)
+    v, u = np.mgrid[0:out_h, 0:out_w].astype(np.float64)
+    src_x = center[0] + (u - (out_w - 1) / 2) * size[0] / (out_w - 1)
+    src_y = center[1] + (v - (out_h - 1) / 2) * size[1] / (out_h - 1)
+    np.testing.assert_allclose(crop, src_x + 100.0 * src_y, atol=(1.0 + 100.0) / 32)
