@@ -622,3 +622,21 @@ def test_gt_files_report_the_same_errors_as_dicts(coco_sample, tmp_path, mutate)
     with pytest.raises(EvaluationInputError) as from_file:
         KeypointEvaluator(path)
     assert str(from_file.value) == str(from_dict.value).replace("GT", f"GT {path}", 1)
+
+
+def test_results_from_a_pipe_and_an_empty_file(coco_sample, tmp_path):
+    """Files are memory-mapped; what cannot be mapped (a pipe, an empty file) is read."""
+    import threading
+
+    gt, results = _good(coco_sample)
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(json.dumps(results)))
+    writer.start()
+    stats = coco_eval.evaluate(coco_sample / "test_coco.json", fifo)
+    writer.join()
+    assert np.array_equal(stats, _reference(gt, results)[0])
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(EvaluationInputError, match=f"results file {empty} is not valid JSON"):
+        coco_eval.evaluate(coco_sample / "test_coco.json", empty)
