@@ -202,6 +202,11 @@ class DeepSpeedWrapper:
         else:
             yield self.module
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Whole weights as plain CPU tensors (ZeRO-3 gathers them; every rank must call)."""
+        with self.full_parameters() as module:
+            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
 
@@ -307,6 +312,10 @@ class _TorchWrapper:
     def full_parameters(self):
         yield self.module
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Whole weights as plain CPU tensors (every rank must call; rank 0 writes them)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+
     # One file, written by rank 0: the model is whole on every rank.
     def save(self, directory: Path) -> None:
         if self.info.is_main:
@@ -385,6 +394,13 @@ class FSDPWrapper(_TorchWrapper):
             yield self.module
         finally:
             self.module.reshard()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Whole weights as plain CPU tensors on rank 0 (gathered from the shards; the state dict
+        of an FSDP2 module holds DTensors even while unsharded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def save(self, directory: Path) -> None:
         import torch.distributed.checkpoint as dcp

@@ -232,12 +232,14 @@ class Trainer:
                                              self.info.rank, self.cfg.train.keep_last, self.info.world_size)
 
     def export_weights(self, path: Path, meta: dict) -> None:
-        """Official-format fp32 file of the current weights (rank 0 writes)."""
-        from vitpose_scale.models.interop import export_official
+        """Official-format fp32 file of the current weights (every rank gathers, rank 0 writes)."""
+        from vitpose_scale.models.interop import save_official
 
-        with self.wrapper.full_parameters() as module:
-            if self.info.is_main:
-                export_official(module, path, meta=meta)
+        state = self.wrapper.full_state_dict()
+        backbone = getattr(self.wrapper.module, "backbone", None)
+        if self.info.is_main:
+            grid = {"pos_embed_grid": list(backbone.grid)} if backbone is not None else {}
+            save_official(state, path, {**grid, **meta})
         if dist.is_initialized():
             dist.barrier()
 
