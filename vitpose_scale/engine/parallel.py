@@ -308,10 +308,6 @@ class _TorchWrapper:
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
-    @contextlib.contextmanager
-    def full_parameters(self):
-        yield self.module
-
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Whole weights as plain CPU tensors (every rank must call; rank 0 writes them)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
@@ -386,14 +382,6 @@ class FSDPWrapper(_TorchWrapper):
     def _clip(self) -> torch.Tensor:
         norm = super()._clip()
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-    @contextlib.contextmanager
-    def full_parameters(self):
-        self.module.unshard()
-        try:
-            yield self.module
-        finally:
-            self.module.reshard()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Whole weights as plain CPU tensors on rank 0 (gathered from the shards; the state dict
