@@ -31,7 +31,8 @@ echo "== training: deepspeed --num_gpus 2, ZeRO-3, activation checkpointing"
 # that is expected (with a hostfile it would first require passwordless ssh to the listed host), so
 # the warning is replaced by this line.
 echo "(no DeepSpeed hostfile: one machine, local ranks only, as intended)"
-deepspeed --num_gpus 2 --master_port 29512 launch/train.py --config configs/demo.yaml "${sets[@]}" 2>&1 \
+# One thread per rank: two ranks on two cores (torch would start one thread per core in each).
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} deepspeed --num_gpus 2 --master_port 29512 launch/train.py --config configs/demo.yaml "${sets[@]}" 2>&1 \
   | grep -v "\[INFO\]\|^W1\|FutureWarning\|return func\|UserWarning\|warnings.warn\|Unable to find hostfile"
 
 echo "== trained model: distributed evaluation (2 ranks)"

@@ -19,7 +19,8 @@ def test_demo_trains_and_ap_rises_clearly(tmp_path):
     before = json.loads((tmp_path / "demo" / "eval_untrained" / "stats.json").read_text())
     after = json.loads((tmp_path / "demo" / "eval" / "stats.json").read_text())
     assert before["AP"] < 0.01
-    assert after["AP"] > before["AP"] + 0.04 and after["AP50"] > 0.2
+    # configs/demo.yaml reaches AP 0.32 (AP50 0.68) at its 600 steps; the margin covers run-to-run noise
+    assert after["AP"] > 0.25 and after["AP50"] > 0.55
     assert (tmp_path / "demo" / "eval" / "predictions.png").stat().st_size > 10_000
     assert (tmp_path / "demo" / "training_curves.png").stat().st_size > 10_000
     assert "AP on held-out synthetic people: untrained" in proc.stdout

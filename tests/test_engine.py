@@ -96,7 +96,7 @@ def test_fp16_on_cpu_is_refused():
 
 def test_batch_not_divisible_by_accumulation_or_world():
     with pytest.raises(ConfigError, match="train.batch_size: 32 is not divisible by parallel.grad_accum 3"):
-        _cfg("parallel.grad_accum=3")
+        _cfg("train.batch_size=32", "parallel.grad_accum=3")
     with pytest.raises(ConfigError, match=r"world_size x parallel.grad_accum = 2 x 4: expected a multiple of 8"):
         check_engine_config(_cfg("parallel.grad_accum=4", "train.batch_size=12"), CPU2)
 
@@ -139,7 +139,7 @@ def test_training_can_start_from_official_and_mae_checkpoints(tmp_path):
                   "norm.weight": torch.ones(96), "norm.bias": torch.zeros(96),
                   "decoder_embed.weight": torch.zeros(64, 96), "decoder_pos_embed": torch.zeros(1, 197, 64)})
     torch.save({"model": state}, tmp_path / "mae.pth")
-    cfg = _cfg(f"train.init_from={tmp_path / 'mae.pth'}")
+    cfg = _cfg(f"train.init_from={tmp_path / 'mae.pth'}", "model.image_size=[128,96]")
     target = build_pose_model(cfg.model)
     before_norm = target.backbone.last_norm.weight.clone()
     _init_weights_from(target, cfg, CPU2)
@@ -196,7 +196,7 @@ def test_saved_activation_meter_counts_activations_not_parameters():
         layer(x)
     assert all_saved.bytes == (x.numel() + layer.weight.numel()) * 4
 
-    model = build_pose_model(_cfg("model.activation_checkpointing=false").model).train()
+    model = build_pose_model(_cfg("model.activation_checkpointing=false", "model.image_size=[128,96]").model).train()
     images = torch.randn(2, 3, 128, 96)
     with SavedActivationMeter(model) as plain:
         model(images)

@@ -61,7 +61,7 @@ def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(r
     config = json.loads((out / "config.json").read_text())
     assert [config["id2label"][str(i)] for i in range(17)] == keypoint_names(17)
     assert config["id2label"]["0"] == "nose" and [15, 13] in config["edges"] and len(config["edges"]) == 19
-    assert config["backbone_config"]["image_size"] == [128, 96]
+    assert config["backbone_config"]["image_size"] == list(cfg.model.image_size)
 
     log = io.StringIO()
     handler = logging.StreamHandler(log)

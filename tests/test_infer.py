@@ -252,12 +252,12 @@ def test_training_curves_are_titled_with_the_run_and_the_eval_set(tmp_path):
     rows += [{"step": 200, "kind": "eval", "AP": 0.05}, {"step": 600, "kind": "eval", "AP": 0.07}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     title = run_title(tmp_path, "configs/demo.yaml")
-    assert title == "configs/demo.yaml: ViTPose-tiny (96-d, 4 blocks, 128x96), 2 ranks DeepSpeed ZeRO-3, 600 steps"
+    assert title == "configs/demo.yaml: ViTPose-tiny (96-d, 4 blocks, 192x144), 2 ranks DeepSpeed ZeRO-3, 600 steps"
     assert eval_set_name(tmp_path) == "synthetic val, 100 images"
     # matplotlib's SVG keeps every drawn string as a comment: the figure shows exactly these texts.
     svg = plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.svg").read_text()
     texts = re.findall(r"<!-- (.*?) -->", svg)
-    assert f"{tmp_path.name}: ViTPose-tiny (96-d, 4 blocks, 128x96), 2 ranks DeepSpeed ZeRO-3, 600 steps" in texts
+    assert f"{tmp_path.name}: ViTPose-tiny (96-d, 4 blocks, 192x144), 2 ranks DeepSpeed ZeRO-3, 600 steps" in texts
     assert "AP (synthetic val, 100 images)" in texts and "metrics.jsonl" not in texts
 
 

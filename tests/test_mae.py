@@ -165,7 +165,9 @@ def test_deepspeed_two_ranks_resume_exactly_and_the_export_initialises_a_pose_mo
     saved = torch.load(out / "final.pth", weights_only=True)
     state = saved["state_dict"]
     assert saved["meta"]["kind"] == "mae" and "mask_token" in state and "decoder_pred.weight" in state
-    pose_cfg = load_config(ROOT / "configs" / "demo.yaml", [f"train.init_from={out / 'final.pth'}"])
+    # at the MAE demo's input size: equal grids, so the pos_embed transfers unchanged
+    pose_cfg = load_config(ROOT / "configs" / "demo.yaml", [f"train.init_from={out / 'final.pth'}",
+                                                            "model.image_size=[128,96]"])
     pose = build_pose_model(pose_cfg.model)
     fresh_last_norm = pose.backbone.last_norm.weight.clone()
     _init_weights_from(pose, pose_cfg, DistInfo(0, 1, 0, torch.device("cpu")))
