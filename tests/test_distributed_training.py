@@ -40,7 +40,7 @@ def _command(nproc: int, launcher: str, out: Path, data: Path, sets: list[str]) 
             "data.extra_train=[]", "train.batch_size=8", "train.max_steps=6", "train.log_every=1",
             "train.eval_every=1000", "train.save_every=3", "model.head=simple", "model.drop_path=0.1",
             "eval.flip_test=false", "optim.warmup_iters=2", "optim.lr=1e-3",
-            "parallel.zero3_persistence_threshold=0"]
+            "parallel.zero3_persistence_threshold=0", "model.image_size=[128,96]"]
     args = ["launch/train.py", "--config", "configs/demo.yaml"]
     for s in base + sets:
         args += ["--set", s]

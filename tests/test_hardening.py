@@ -34,6 +34,7 @@ def _sets(out, data, *extra):
     base = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=16", "data.synthetic_val=4",
             "data.extra_train=[]", "train.batch_size=4", "train.max_steps=12", "train.log_every=1",
             "train.eval_every=-1", "train.save_every=3", "train.keep_last=0", "model.depth=1",
+            "model.image_size=[128,96]",
             "model.head=simple", "optim.warmup_iters=2", "optim.schedule=cosine", "parallel.backend=none"]
     args = []
     for s in base + list(extra):
@@ -362,7 +363,7 @@ def test_convert_writes_the_official_file_with_its_grid_atomically(tmp_path, dat
                           cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=300)
     assert conv.returncode == 0, conv.stderr[-2000:]
     saved = torch.load(out, weights_only=True)
-    assert saved["meta"]["pos_embed_grid"] == [12, 9] and saved["meta"]["step"] == 3  # 192x144 input, 16-px patches
+    assert saved["meta"]["pos_embed_grid"] == [8, 6] and saved["meta"]["step"] == 3  # 128x96 input, 16-px patches
     final = weights(tmp_path / "final.pth")
     assert saved["state_dict"].keys() == final.keys()
     assert all(torch.equal(saved["state_dict"][k], final[k]) for k in final)

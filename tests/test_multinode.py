@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 def _args(out, data, backend, *extra):
     sets = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=32", "data.synthetic_val=4",
             "data.extra_train=[]", "train.batch_size=8", "train.max_steps=6", "train.log_every=1",
-            "train.eval_every=-1", "train.save_every=3", "model.depth=2", "model.head=simple",
+            "train.eval_every=-1", "train.save_every=3", "model.depth=2", "model.head=simple", "model.image_size=[128,96]",
             "model.drop_path=0.0", "optim.warmup_iters=2", "parallel.zero3_persistence_threshold=0",
             f"parallel.backend={backend}", *extra]
     args = ["launch/train.py", "--config", "configs/demo.yaml"]

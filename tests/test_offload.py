@@ -33,7 +33,7 @@ def data(tmp_path_factory):
 def train(out, data, *extra, port=29800):
     sets = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=32", "data.synthetic_val=4",
             "data.extra_train=[]", "train.batch_size=8", "train.max_steps=6", "train.log_every=1",
-            "train.eval_every=-1", "train.save_every=3", "model.depth=2", "model.head=simple",
+            "train.eval_every=-1", "train.save_every=3", "model.depth=2", "model.head=simple", "model.image_size=[128,96]",
             "model.drop_path=0.0", "optim.warmup_iters=2", "parallel.zero3_persistence_threshold=0", *extra]
     cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "launch/train.py",
            "--config", "configs/demo.yaml"]

@@ -234,7 +234,7 @@ def slurm(tmp_path_factory):
 def _train_args(out: Path, *sets: str) -> list[str]:
     base = ["train.max_steps=6", "data.synthetic_train=48", "data.synthetic_val=8", "data.extra_train=[]",
             "train.batch_size=8", f"data.root={out / 'data'}", f"train.output_dir={out / 'run'}",
-            "parallel.backend=fsdp", "train.log_every=1", "eval.flip_test=false", *sets]
+            "parallel.backend=fsdp", "train.log_every=1", "eval.flip_test=false", "model.image_size=[128,96]", *sets]
     args = ["--config", "configs/demo.yaml"]
     for s in base:
         args += ["--set", s]

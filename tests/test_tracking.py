@@ -41,7 +41,7 @@ def tracked_run(tmp_path_factory):
     sets = [f"train.output_dir={out}", f"data.root={tmp / 'data'}", "data.synthetic_train=32",
             "data.synthetic_val=6", "data.extra_train=[]", "train.batch_size=8", "train.max_steps=4",
             "train.log_every=1", "train.eval_every=2", "train.save_every=100", "eval.flip_test=false",
-            "parallel.backend=none", "model.activation_checkpointing=false",
+            "parallel.backend=none", "model.activation_checkpointing=false", "model.image_size=[128,96]",
             "train.loggers=[jsonl,tensorboard,wandb]"]
     args = [sys.executable, "launch/train.py", "--config", "configs/demo.yaml"]
     for s in sets:
