@@ -166,3 +166,16 @@ def test_transforms_crop_box_is_the_udp_box_to_crop_map_on_a_ramp():
     src_x = center[0] + (u - (out_w - 1) / 2) * size[0] / (out_w - 1)
     src_y = center[1] + (v - (out_h - 1) / 2) * size[1] / (out_h - 1)
     np.testing.assert_allclose(crop, src_x + 100.0 * src_y, atol=(1.0 + 100.0) / 32)
+
+
+def test_transforms_normalize_batch_runs_on_the_given_device_and_names_a_wrong_dtype():
+    import torch
+
+    from vitpose_scale.data.transforms import normalize_batch
+
+    crops = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    out = normalize_batch(crops, device="meta")  # the meta device: any device other than the input's
+    assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == crops.shape
+    assert normalize_batch(crops).device.type == "cpu"
+    with pytest.raises(TypeError, match="torch.int32.*uint8"):
+        normalize_batch(crops.to(torch.int32))
