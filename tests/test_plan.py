@@ -165,6 +165,7 @@ def _trainer_accounting(out: Path, data: Path, sets: list[str]) -> dict:
 
 
 S = ["model.preset=S", "model.embed_dim=null", "model.num_heads=null"]
+B = ["model.preset=B", "model.embed_dim=null", "model.num_heads=null", "model.head_channels=256"]
 slow = pytest.mark.slow
 # name: (overrides, compare activations too); each is one 2-rank launch (10-60 s, machine load dependent)
 RUNS = {
@@ -183,6 +184,10 @@ RUNS = {
     "tiny_zero2_offload_fp32": (["parallel.zero_stage=2", "parallel.offload_optimizer=cpu"], True),
     "S_zero3_offload_bf16": (S + ["parallel.zero_stage=3", "parallel.precision=bf16", "parallel.offload_optimizer=cpu",
                                   "parallel.offload_params=cpu"], True),
+    # B (86 M parameters): the preset the README's smallest-GPU rows are about
+    "B_zero3_bf16": (B + ["parallel.zero_stage=3", "parallel.precision=bf16"], True),
+    "B_zero2_offload_fp32": (B + ["parallel.zero_stage=2", "parallel.offload_optimizer=cpu"], True),
+    "B_zero0_fp32": (B + ["parallel.zero_stage=0"], True),
 }
 DEFAULT_SUITE = {"tiny_zero2_fp32", "S_zero3_fp32", "tiny_zero2_offload_fp32"}
 
