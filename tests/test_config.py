@@ -31,7 +31,7 @@ def test_dotted_overrides_are_typed():
     ("mae.decoder_heads=0", "mae.decoder_heads: got 0, expected"),
     ("model.attention=flash", "model.attention: got 'flash', expected one of ['plain', 'sdpa', 'triton']"),
     ("parallel.zero_stage=5", "parallel.zero_stage: got 5, expected one of [0, 1, 2, 3]"),
-    ("parallel.grad_accum=5", "train.batch_size: 32 is not divisible by parallel.grad_accum 5"),
+    ("parallel.grad_accum=5", "train.batch_size: 16 is not divisible by parallel.grad_accum 5"),
     ("model.preset=XL", "model.preset: got 'XL'"),
     ("depth", "expected key=value"),
 ])
