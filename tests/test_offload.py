@@ -148,13 +148,13 @@ def test_user_json_changes_are_listed_and_contradictions_refused(tmp_path):
     generated = deepspeed_config(cfg, world_size=2)
     path = tmp_path / "u.json"
     path.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 1000, "stage": 3},
-                                "train_batch_size": 32, "wall_clock_breakdown": True}))
+                                "train_batch_size": cfg.train.batch_size, "wall_clock_breakdown": True}))
     merged, changed = merge_user_deepspeed_config(generated, str(path), cfg, 2)
     assert changed == ["wall_clock_breakdown", "zero_optimization.reduce_bucket_size"]
     assert merged["zero_optimization"]["reduce_bucket_size"] == 1000
     assert merged["zero_optimization"]["allgather_bucket_size"] == generated["zero_optimization"][
         "allgather_bucket_size"]  # untouched keys stay
-    for bad, key in (({"train_batch_size": 64}, "train_batch_size=64"),
+    for bad, key in (({"train_batch_size": 4 * cfg.train.batch_size}, f"train_batch_size={4 * cfg.train.batch_size}"),
                      ({"train_micro_batch_size_per_gpu": 2}, "train_micro_batch_size_per_gpu=2"),
                      ({"bf16": {"enabled": True}}, "bf16.enabled=True"),
                      ({"zero_optimization": {"stage": 2}}, "zero_optimization.stage=2")):
