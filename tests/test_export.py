@@ -118,7 +118,7 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(run_dir, tmp_path)
         (got,) = session.run(None, {"images": x.numpy()})
         with torch.no_grad():
             expected = ours(x).numpy()
-        assert got.shape == expected.shape == (batch, 17, 32, 24)
+        assert got.shape == expected.shape == (batch, 17, *cfg.model.heatmap_size)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
