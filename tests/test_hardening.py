@@ -368,3 +368,18 @@ def test_convert_writes_the_official_file_with_its_grid_atomically(tmp_path, dat
     assert saved["state_dict"].keys() == final.keys()
     assert all(torch.equal(saved["state_dict"][k], final[k]) for k in final)
     assert not out.with_name(out.name + ".tmp").exists()
+
+
+def test_dcp_metadata_with_code_is_refused(tmp_path):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    (tmp_path / ".metadata").write_bytes(pickle.dumps({"meta": Payload()}, protocol=4))
+    with pytest.raises(ckpt.UnsafeCheckpointError, match="posix.system|os.system"):
+        ckpt.ensure_safe_dcp_metadata(tmp_path)
+    (tmp_path / ".metadata").write_bytes(pickle.dumps({"size": torch.Size([2, 3]), "dtype": torch.float32}, protocol=4))
+    ckpt.ensure_safe_dcp_metadata(tmp_path)  # DCP's own kind of content passes

@@ -178,25 +178,35 @@ _TORCH_DTYPES = {f"torch.{name}" for name in dir(torch) if isinstance(getattr(to
 
 def pickle_globals(data: bytes) -> set[str]:
     """Every global a pickle stream would import ("module.name"), found without unpickling.
-    A reference that cannot be resolved statically is reported as "?"."""
+    STACK_GLOBAL must take its two names from the string pushes (or memo reads of strings)
+    directly before it, as pickle writes it; anything else is reported as "?" (refused)."""
     import pickletools
 
-    found, strings, memo = set(), [], {}
+    found, memo, recent = set(), {}, []  # recent: values of the last pushes, MEMOIZE/PUT skipped
+    pushes = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING")
     for op, arg, _pos in pickletools.genops(data):
-        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
-                       "BINSTRING", "STRING"):
-            strings.append(arg)
-        elif op.name == "MEMOIZE":
-            memo[len(memo)] = strings[-1] if strings else None
-        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[arg] = strings[-1] if strings else None
-        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-            strings.append(memo.get(arg))
-        elif op.name in ("GLOBAL", "INST"):
+        name = op.name
+        if name in pushes:
+            recent.append(arg)
+        elif name == "MEMOIZE":
+            memo[len(memo)] = recent[-1] if recent else None
+            continue
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = recent[-1] if recent else None
+            continue
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            recent.append(memo.get(arg))
+        elif name in ("GLOBAL", "INST"):
             found.add(arg.replace(" ", "."))
-        elif op.name == "STACK_GLOBAL":
-            module, name = (strings[-2], strings[-1]) if len(strings) >= 2 else (None, None)
-            found.add(f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else "?")
+            recent.append(None)
+        elif name == "STACK_GLOBAL":
+            module, attr = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
+            ok = isinstance(module, str) and isinstance(attr, str)
+            found.add(f"{module}.{attr}" if ok else "?")
+            recent.append(None)
+        else:
+            recent.append(None)  # any other op breaks the run of names
+        del recent[:-2]
     return found
 
 
