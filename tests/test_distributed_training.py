@@ -45,12 +45,20 @@ def _command(nproc: int, launcher: str, out: Path, data: Path, sets: list[str]) 
     for s in base + sets:
         args += ["--set", s]
     if launcher == "deepspeed":
-        port = str(29500 + (hash(str(out)) % 2000))
-        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", port, *args]
+        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_deepspeed_port(out)), *args]
     if launcher == "torchrun":
         return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
                 str(31500 + (hash(str(out)) % 2000)), *args]
     return [sys.executable, *args]
+
+
+def _deepspeed_port(out: Path) -> int:
+    return 29500 + (hash(str(out)) % 2000)
+
+
+def shared_memory_buffers(out: Path) -> list[Path]:
+    """DeepSpeed's CPU all-reduce buffers (/dev/shm, i.e. RAM) of the job that wrote `out`."""
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{_deepspeed_port(out)}_*"))
 
 
 def train(nproc, out, data, *sets, launcher="deepspeed", check=True, timeout=600):
@@ -100,6 +108,7 @@ def test_resume_is_bitwise_identical(reference_two_ranks, synthetic_root, tmp_pa
     train(2, out, synthetic_root, "train.max_steps=3")
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step_00000003"
     train(2, out, synthetic_root)  # resume=auto continues to step 6
+    assert shared_memory_buffers(out) == []
     ref, got = losses(reference_two_ranks), losses(out)
     for step in (4, 5, 6):
         assert got[step] == ref[step], (step, got[step], ref[step])  # bitwise: same floats
@@ -131,6 +140,9 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(synthetic_root
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # DeepSpeed never unlinks its 66 MB per-rank shm buffers; left behind they fill RAM
+    # (a whole CI run was lost to it). Released at start-up, even kill -9 leaves none.
+    assert shared_memory_buffers(out) == []
     latest = ckpt.latest_checkpoint(out / "checkpoints")
     assert latest is not None
     saved_step = json.loads((latest / "meta.json").read_text())["step"]

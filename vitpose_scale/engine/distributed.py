@@ -99,9 +99,30 @@ def init_distributed(use_deepspeed: bool) -> DistInfo:
             import deepspeed
 
             deepspeed.init_distributed(dist_backend=backend)
+            release_deepspeed_shared_memory()
         else:
             dist.init_process_group(backend=backend)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def release_deepspeed_shared_memory() -> None:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer from /dev/shm once every rank has mapped it.
+
+    DeepSpeed's shm_comm op creates one 66 MB segment per rank, named after MASTER_ADDR/PORT, and
+    never unlinks it: every job, finished or killed, leaves its segments in RAM (/dev/shm is
+    tmpfs) until the machine is out of memory. Unlinked here, the mappings stay valid and the
+    kernel frees the memory when the last rank exits, however it exits.
+    """
+    if not dist.is_initialized():
+        return
+    # shm_initialize returns only after mapping every peer's segment; the barrier makes sure all have.
+    dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:  # not all ranks local (no shm path), or not Linux
+        pass
 
 
 def shutdown() -> None:
