@@ -62,13 +62,44 @@ def _vit(depth=4, drop_path=0.3, embed_dim=64, mlp_ratio=4.0):
     return ViT(embed_dim=embed_dim, depth=depth, num_heads=4, mlp_ratio=mlp_ratio, drop_path=drop_path, grid=(4, 3))
 
 
-def test_vit_drop_path_rates_rise_linearly_from_zero_to_the_configured_rate():
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 12])
+def test_vit_drop_path_rates_are_the_official_linspace(depth):
+    """Official ViTPose: ``dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]``."""
+    import torch
     from torch import nn
 
-    vit = _vit(depth=4, drop_path=0.3)
-    assert isinstance(vit.blocks[0].drop_path, nn.Identity)  # rate 0: no DropPath at all
-    assert [b.drop_path.drop_prob for b in vit.blocks[1:]] == pytest.approx([0.1, 0.2, 0.3], rel=1e-12)
-    assert _vit(depth=1, drop_path=0.3).blocks[0].drop_path.drop_prob == pytest.approx(0.3)
+    vit = _vit(depth=depth, drop_path=0.3)
+    official = [x.item() for x in torch.linspace(0, 0.3, depth)]
+    assert len(vit.blocks) == depth
+    rates = [0.0 if isinstance(b.drop_path, nn.Identity) else b.drop_path.drop_prob for b in vit.blocks]
+    assert rates == pytest.approx(official, rel=1e-6, abs=1e-12)
+    assert isinstance(vit.blocks[0].drop_path, nn.Identity)  # rate 0: no DropPath module at all
+
+
+def test_vit_qkv_bias_and_attention_kernel_follow_the_config(monkeypatch):
+    """model.qkv_bias=false removes exactly depth x 3 x dim parameters; model.attention=plain never
+    calls torch's fused kernel (the numbers are equal, so only the call tells them apart)."""
+    import torch
+    import torch.nn.functional as F
+
+    with_bias = build_pose_model(_cfg().model)
+    without = build_pose_model(_cfg("model.qkv_bias=false").model)
+    m = _cfg().model
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    vit = with_bias.backbone  # the preset's depth and width
+    assert count(with_bias) - count(without) == vit.depth * 3 * vit.embed_dim > 0
+    assert all(b.attn.qkv.bias is None for b in without.backbone.blocks)
+
+    def fused(*args, **kwargs):
+        raise AssertionError("sdpa called although model.attention=plain")
+
+    plain = build_pose_model(_cfg("model.attention=plain").model).eval()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", fused)
+    with torch.no_grad():
+        plain(torch.randn(1, 3, *m.image_size))
+    sdpa = build_pose_model(_cfg("model.attention=sdpa").model).eval()
+    with pytest.raises(AssertionError, match="sdpa called"), torch.no_grad():
+        sdpa(torch.randn(1, 3, *m.image_size))
 
 
 def test_vit_layer_norms_use_eps_1e_6_and_the_mlp_width_is_the_rounded_ratio():
@@ -116,9 +147,12 @@ def test_vit_checkpoints_blocks_only_when_asked():
     """Checkpointing keeps the block internals out of the autograd graph; off, they are all saved."""
     import torch
 
+    from vitpose_scale.models.vit import ViT
+
     x = torch.randn(1, 3, 64, 48)
-    plain, checkpointed = _vit(depth=2, drop_path=0.0), _vit(depth=2, drop_path=0.0)
-    checkpointed.activation_checkpointing = True
+    plain = _vit(depth=2, drop_path=0.0)
+    checkpointed = ViT(embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0, drop_path=0.0, grid=(4, 3),
+                       activation_checkpointing=True)  # through the constructor, as the config does
     saved_plain, saved_checkpointed = _saved_tensor_count(plain, x), _saved_tensor_count(checkpointed, x)
     # each block saves at least its two LayerNorm inputs, attention and MLP activations when not checkpointed
     assert saved_plain >= saved_checkpointed + 4 * len(plain.blocks)

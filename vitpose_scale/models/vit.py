@@ -56,8 +56,9 @@ class ViT(nn.Module):
         # token is used, its embedding is added to every patch (REFERENCE §1).
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], embed_dim))
         mlp_hidden = int(round(embed_dim * mlp_ratio))
-        # Linear 0..drop_path; plain floats so this works under a meta-device context.
-        rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path]
+        # Linear 0..drop_path as the official torch.linspace(0, drop_path, depth) (0 for one block);
+        # plain floats so this works under a meta-device context.
+        rates = [drop_path * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_hidden, qkv_bias, rate, attention) for rate in rates)
         self.last_norm = nn.LayerNorm(embed_dim, eps=1e-6)
