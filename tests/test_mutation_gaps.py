@@ -213,3 +213,230 @@ def test_transforms_normalize_batch_runs_on_the_given_device_and_names_a_wrong_d
     assert normalize_batch(crops).device.type == "cpu"
     with pytest.raises(TypeError, match="torch.int32.*uint8"):
         normalize_batch(crops.to(torch.int32))
+
+
+# --- models/interop.py -------------------------------------------------------------------------
+
+
+def _tiny(**kw):
+    import torch
+
+    from vitpose_scale.config import ModelConfig
+
+    torch.manual_seed(0)
+    return build_pose_model(ModelConfig(preset="tiny", **kw))
+
+
+@pytest.mark.parametrize("tokens, hint, grid", [(196, None, (14, 14)), (192, None, (16, 12)), (972, None, (36, 27)),
+                                                (48, None, (8, 6)), (192, (12, 16), (12, 16)), (60, (10, 6), (10, 6)),
+                                                (192, (10, 6), (16, 12))])
+def test_interop_pos_embed_grid_from_the_token_count(tokens, hint, grid):
+    """Square (MAE/ImageNet) or 4:3 (ViTPose crops: 16x12 at 256x192, 36x27 at 576x432), unless the
+    model's own grid has that many tokens."""
+    from vitpose_scale.models.interop import _grid_of
+
+    assert _grid_of(tokens, hint) == grid
+
+
+def test_interop_a_token_count_of_no_known_shape_names_the_setting():
+    from vitpose_scale.models.interop import CheckpointError, _grid_of
+
+    with pytest.raises(CheckpointError, match=r"pos_embed has 60 grid tokens, neither square nor 4:3; set "
+                                              r"model.pretrain_grid"):
+        _grid_of(60, (12, 6))
+
+
+def test_interop_a_model_of_an_unusual_grid_loads_its_own_file_without_meta(tmp_path):
+    """160x96 input = a 10x6 grid (60 tokens, neither square nor 4:3): the model's own grid is used."""
+    import torch
+
+    src = _tiny(image_size=[160, 96])
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "no_meta.pth")  # no pos_embed_grid in meta
+    dst = _tiny(image_size=[160, 96])
+    from vitpose_scale.models.interop import load_official
+
+    load_official(dst, tmp_path / "no_meta.pth")
+    assert torch.equal(dst.backbone.pos_embed, src.backbone.pos_embed)
+
+
+def test_interop_patch_kernel_of_another_size_is_resampled_bicubic_keeping_the_response():
+    """A 14x14 patch kernel (MAE with patch 14) into a 16x16 model: bicubic (align_corners=False) resize,
+    scaled by 14^2 / 16^2 so a constant image gives the same response; the dtype is kept. Equal sizes:
+    untouched."""
+    import torch
+    import torch.nn.functional as F
+
+    from vitpose_scale.models.interop import adapt_state_dict
+
+    model = _tiny()
+    key = "backbone.patch_embed.proj.weight"
+    small = torch.randn(64, 3, 14, 14)
+    expected = F.interpolate(small, size=(16, 16), mode="bicubic", align_corners=False) * (196 / 256)
+    got = adapt_state_dict({key: small}, model)[key]
+    assert got.shape == (64, 3, 16, 16)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    half = adapt_state_dict({key: small.bfloat16()}, model)[key]
+    assert half.dtype == torch.bfloat16 and half.shape == (64, 3, 16, 16)
+    same = torch.randn(64, 3, 16, 16)
+    assert adapt_state_dict({key: same}, model)[key] is same
+    other = {"backbone.blocks.0.norm1.weight": torch.ones(64)}  # no pos_embed, no kernel: passed through
+    assert adapt_state_dict(other, model).keys() == other.keys()
+
+
+def test_interop_meta_grid_must_be_two_positive_ints_and_the_error_names_the_file():
+    from vitpose_scale.models.interop import CheckpointError, pos_embed_grid_from_meta
+
+    assert pos_embed_grid_from_meta({"meta": {"pos_embed_grid": [1, 12]}}) == (1, 12)
+    assert pos_embed_grid_from_meta({"meta": {}}) is None
+    assert pos_embed_grid_from_meta({"state_dict": {}}) is None
+    assert pos_embed_grid_from_meta(["not", "a", "dict"]) is None
+    for bad in ([16, 0], [16], [16.0, 12], "16x12", [16, 12, 1], [-16, 12]):
+        with pytest.raises(CheckpointError, match=r"^f\.pth: meta\.pos_embed_grid is .*, expected \[rows, cols\] "
+                                                  r"of positive ints$"):
+            pos_embed_grid_from_meta({"meta": {"pos_embed_grid": bad}}, "f.pth")
+
+
+def test_interop_state_dict_is_found_under_each_known_key_and_otherwise_refused():
+    import torch
+
+    from vitpose_scale.models.interop import CheckpointError, extract_state_dict
+
+    t = {"w": torch.ones(1)}
+    for key in ("state_dict", "model", "module"):
+        assert extract_state_dict({key: t, "meta": {}}) == t
+    assert extract_state_dict(t) == t
+    for bad in ({"meta": {"epoch": 1}, "step": 3}, {}, [torch.ones(1)]):
+        with pytest.raises(CheckpointError, match=r"^<checkpoint>: no state_dict found \(expected an mmcv file "
+                                                  r"\{'meta', 'state_dict'\} or a mapping"):
+            extract_state_dict(bad)
+
+
+def test_interop_safetensors_files_load_without_pickle(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from vitpose_scale.models.interop import safe_load
+
+    state = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2])}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    got = safe_load(tmp_path / "w.safetensors")
+    assert got.keys() == {"state_dict"} and all(torch.equal(got["state_dict"][k], v) for k, v in state.items())
+
+
+def test_interop_layout_detection_needs_pos_embed_and_blocks_and_shows_six_keys():
+    import torch
+
+    from vitpose_scale.models.interop import CheckpointError, detect_checkpoint_format
+
+    one = torch.zeros(1)
+    for partial in ({"pos_embed": one}, {"blocks.0.norm1.weight": one}):
+        with pytest.raises(CheckpointError, match="unknown checkpoint layout"):
+            detect_checkpoint_format(partial)
+    six = {f"k{i}": one for i in range(6)}
+    with pytest.raises(CheckpointError, match=r"^<checkpoint>: unknown checkpoint layout \(keys: k0, k1, k2, k3, k4, "
+                                              r"k5\): expected"):
+        detect_checkpoint_format(six)
+    with pytest.raises(CheckpointError, match=r"\(keys: k0, k1, k2, k3, k4, k5 \.\.\.\): expected"):
+        detect_checkpoint_format({**six, "k6": one}, "f.pth")
+    with pytest.raises(CheckpointError, match=r"^f\.pth: unknown checkpoint layout \(keys: none\)"):
+        detect_checkpoint_format({}, "f.pth")
+
+
+def test_interop_strict_load_errors_list_at_most_20_keys_and_10_shapes():
+    import torch
+
+    from vitpose_scale.models.interop import CheckpointError, load_state_dict_strict
+
+    model = _tiny()
+    own = model.state_dict()
+    names = sorted(own)
+    for n, more in ((20, ""), (21, " ...")):
+        state = {k: v for k, v in own.items() if k not in names[:n]}
+        with pytest.raises(CheckpointError) as err:
+            load_state_dict_strict(model, state, "f.pth")  # missing keys alone are an error
+        lines = str(err.value).splitlines()
+        assert lines[0] == "f.pth does not match the model:" and len(lines) == 2
+        assert lines[1] == f"  missing keys ({n}): {', '.join(names[:20])}{more}"
+        extra = {**own, **{f"x{i:02d}": torch.zeros(1) for i in range(n)}}
+        with pytest.raises(CheckpointError) as err:
+            load_state_dict_strict(model, extra, "f.pth")
+        assert str(err.value).splitlines()[1] == (f"  unexpected keys ({n}): "
+                                                   f"{', '.join(f'x{i:02d}' for i in range(20))}{more}")
+    weights = sorted(k for k, v in own.items() if v.ndim == 2)[:11]
+    wrong = {**own, **{k: torch.zeros(1, 1) for k in weights}}
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict_strict(model, wrong, "f.pth")
+    line = str(err.value).splitlines()[1]
+    assert line.startswith("  shape mismatches (11): ") and line.count("; ") == 9 and weights[10] not in line
+
+
+def test_interop_load_errors_name_the_file(tmp_path):
+    import torch
+
+    from vitpose_scale.models.interop import CheckpointError, load_official
+
+    model = _tiny()
+    cases = {"empty.pth": {"meta": {}}, "grid.pth": {"meta": {"pos_embed_grid": [0, 1]}, "state_dict": model.state_dict()},
+             "keys.pth": {"state_dict": {"backbone.pos_embed": model.state_dict()["backbone.pos_embed"]}}}
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"^{tmp_path / name}"):
+            load_official(model, tmp_path / name)
+
+
+def test_interop_official_files_hold_fp32_cpu_floats_and_keep_integer_buffers(tmp_path):
+    import torch
+
+    from vitpose_scale.models.interop import save_official
+
+    state = {"w": torch.randn(3).bfloat16(), "n": torch.tensor(7), "m": torch.ones(2, dtype=torch.float64)}
+    path = tmp_path / "a" / "b" / "w.pth"  # parent folders created
+    save_official(state, path, {"epoch": 2})
+    raw = torch.load(path, weights_only=True)
+    assert raw["meta"] == {"epoch": 2}
+    got = raw["state_dict"]
+    assert got["w"].dtype == torch.float32 and torch.equal(got["w"], state["w"].float())
+    assert got["n"].dtype == torch.int64 and got["n"].item() == 7
+    assert got["m"].dtype == torch.float32
+    assert [p.name for p in path.parent.iterdir()] == ["w.pth"]  # the temporary file renamed away
+
+
+def test_interop_hugging_face_config_matches_the_model_shape():
+    """Transformers sizes the MLP from mlp_ratio (intermediate_size is ignored): a ratio-2 model must
+    map to a ratio-2 Hugging Face model, with LayerNorm eps 1e-6, the qkv bias and 4x upsampling."""
+    pytest.importorskip("transformers")
+    import torch
+    import transformers
+
+    from vitpose_scale.config import ModelConfig
+    from vitpose_scale.models.interop import CheckpointError, from_hf_state_dict, hf_config, load_state_dict_strict
+
+    cfg = ModelConfig(preset="tiny", mlp_ratio=2.0, qkv_bias=False, num_keypoints=14)
+    hf = hf_config(cfg)
+    assert hf.backbone_config.layer_norm_eps == 1e-6 and hf.backbone_config.qkv_bias is False
+    assert hf.backbone_config.out_indices == [4] and hf.num_labels == 14 and hf.scale_factor == 4
+    torch.manual_seed(0)
+    theirs = transformers.VitPoseForPoseEstimation(hf).eval()
+    ours = build_pose_model(cfg).eval()
+    load_state_dict_strict(ours, from_hf_state_dict(theirs.state_dict()), "hf")
+    x = torch.randn(1, 3, 256, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(pixel_values=x).heatmaps, rtol=1e-4, atol=1e-5)
+    with pytest.raises(CheckpointError, match=r"no overlapping-patch variant \(patch_stride 8\)"):
+        hf_config(ModelConfig(preset="tiny", patch_stride=8, patch_padding=4))
+    with pytest.raises(CheckpointError, match=r"takes an integer mlp_ratio .* this model has 4\.0625 \(MLP width 260\)"):
+        hf_config(ModelConfig(preset="tiny", mlp_ratio=4.0625))
+
+
+def test_interop_hugging_face_renaming_errors_name_the_key():
+    import torch
+
+    from vitpose_scale.models.interop import CheckpointError, from_hf_state_dict, to_hf_state_dict
+
+    with pytest.raises(CheckpointError, match=r"^no Hugging Face name for key backbone.cls_token$"):
+        to_hf_state_dict({"backbone.cls_token": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"^unknown Hugging Face VitPose key head.extra.weight$"):
+        from_hf_state_dict({"head.extra.weight": torch.zeros(1)})
+    part = "backbone.encoder.layer.3.attention.attention.{}.bias"
+    with pytest.raises(CheckpointError, match=r"^layer 3 bias: query/key/value incomplete \(\['key', 'query'\]\)$"):
+        from_hf_state_dict({part.format("query"): torch.zeros(2), part.format("key"): torch.zeros(2)})

@@ -6,6 +6,7 @@ state_dict inside `{'meta', 'state_dict'}`. Files are loaded with
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -215,8 +216,12 @@ def _prefix_rule(src: str, dst: str) -> tuple[re.Pattern, str]:
     return re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)")), dst.replace("{i}", r"\1")
 
 
-_HF_RENAMES = [_prefix_rule(ours, theirs) for ours, theirs in _HF_NAMES]
-_HF_INVERSE = [_prefix_rule(theirs, ours) for ours, theirs in _HF_NAMES]
+@functools.cache
+def _hf_rules(to_hf: bool) -> list[tuple[re.Pattern, str]]:
+    """The renaming rules ours -> theirs (to_hf) or back, compiled once on first use."""
+    return [_prefix_rule(ours, theirs) if to_hf else _prefix_rule(theirs, ours) for ours, theirs in _HF_NAMES]
+
+
 _QKV = re.compile(r"backbone\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)")
 _HF_QKV = re.compile(r"backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
 
@@ -237,7 +242,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
                 out[f"backbone.encoder.layer.{m[1]}.attention.attention.{name}.{m[2]}"] = part.clone()
             continue
-        new = _rename(key, _HF_RENAMES)
+        new = _rename(key, _hf_rules(to_hf=True))
         if new is None:
             raise CheckpointError(f"no Hugging Face name for key {key}")
         out[new] = value
@@ -252,7 +257,7 @@ def from_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         if m:
             qkv.setdefault((m[1], m[3]), {})[m[2]] = value
             continue
-        new = _rename(key, _HF_INVERSE)
+        new = _rename(key, _hf_rules(to_hf=False))
         if new is None:
             raise CheckpointError(f"unknown Hugging Face VitPose key {key}")
         out[new] = value
@@ -270,9 +275,15 @@ def hf_config(cfg: ModelConfig):
     m = cfg.resolved()
     if m.patch_stride != m.patch_size:
         raise CheckpointError("the Hugging Face VitPose layout has no overlapping-patch variant (patch_stride 8)")
+    # Transformers sizes the MLP as hidden_size * mlp_ratio with an integer ratio (intermediate_size
+    # is ignored), so only integer ratios map; the G preset's 6144 / 1408 does not.
+    if not float(m.mlp_ratio).is_integer():
+        raise CheckpointError(f"the Hugging Face VitPose layout takes an integer mlp_ratio (MLP width = hidden "
+                              f"size x ratio); this model has {m.mlp_ratio:g} (MLP width "
+                              f"{int(round(m.embed_dim * m.mlp_ratio))})")
     backbone = VitPoseBackboneConfig(
         hidden_size=m.embed_dim, num_hidden_layers=m.depth, num_attention_heads=m.num_heads,
-        intermediate_size=int(round(m.embed_dim * m.mlp_ratio)), image_size=list(m.image_size),
+        mlp_ratio=int(m.mlp_ratio), image_size=list(m.image_size),
         patch_size=[m.patch_size, m.patch_size], qkv_bias=m.qkv_bias, layer_norm_eps=1e-6,
         out_indices=[m.depth], num_labels=m.num_keypoints)
     return VitPoseConfig(backbone_config=backbone, use_simple_decoder=m.head == "simple", num_labels=m.num_keypoints,
