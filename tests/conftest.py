@@ -20,3 +20,21 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def coco_sample() -> Path:
     return ROOT / "data" / "coco_sample"
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(tmp_path_factory):
+    """``synthetic_coco(num_train, num_val)``: a synthetic COCO set with seed 0 (the seed
+    build_datasets checks for), generated once per size for the whole session (read only)."""
+    from vitpose_scale.data.synthetic import generate_synthetic_coco
+
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(num_train: int, num_val: int) -> Path:
+        if (num_train, num_val) not in made:
+            root = tmp_path_factory.mktemp(f"synthetic_{num_train}_{num_val}")
+            generate_synthetic_coco(root, num_train, num_val, seed=0)
+            made[num_train, num_val] = root
+        return made[num_train, num_val]
+
+    return make

@@ -27,12 +27,8 @@ CURVE_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    from vitpose_scale.data.synthetic import generate_synthetic_coco
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_coco(root, 48, 8, seed=0)  # the seed build_datasets checks for
-    return root
+def synthetic_root(synthetic_coco):
+    return synthetic_coco(48, 8)
 
 
 def _command(nproc: int, launcher: str, out: Path, data: Path, sets: list[str]) -> list[str]:

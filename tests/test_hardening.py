@@ -22,12 +22,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from vitpose_scale.data.synthetic import generate_synthetic_coco
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_coco(root, 16, 4, seed=0)  # the seed build_datasets checks for
-    return root
+def data(synthetic_coco):
+    return synthetic_coco(16, 4)
 
 
 def _sets(out, data, *extra):

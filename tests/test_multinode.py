@@ -20,12 +20,8 @@ CURVE_RTOL = 1e-4  # fp32; only the reduction order differs
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from vitpose_scale.data.synthetic import generate_synthetic_coco
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_coco(root, 32, 4, seed=0)  # the seed build_datasets checks for
-    return root
+def data(synthetic_coco):
+    return synthetic_coco(32, 4)
 
 
 def _args(out, data, backend, *extra):

@@ -391,12 +391,8 @@ CURVE_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def synthetic_data(tmp_path_factory):
-    from vitpose_scale.data.synthetic import generate_synthetic_coco
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_coco(root, 48, 8, seed=0)  # the set _train_args asks for (its seed is the one checked)
-    return root
+def synthetic_data(synthetic_coco):
+    return synthetic_coco(48, 8)
 
 
 def _deepspeed_args(out: Path, data: Path) -> list[str]:
