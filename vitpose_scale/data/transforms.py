@@ -301,7 +301,8 @@ class TopDownTransform:
         pre = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # image -> (maybe flipped) image
         rotation, flipped = 0.0, False
         if self.train:
-            assert rng is not None, "training transforms need a generator (sample_rng)"
+            if rng is None:
+                raise ValueError("a training transform needs its sample's generator: pass rng=sample_rng(...)")
             img_w = img_rgb.shape[1]
             if rng.random() < cfg.flip_prob:
                 flipped = True
@@ -331,5 +332,4 @@ class TopDownTransform:
             "scale": scale.astype(np.float32),
             "rotation": float(rotation),
             "flipped": flipped,
-            "matrix": matrix,
         }
