@@ -628,3 +628,69 @@ def test_interop_hugging_face_renaming_errors_name_the_key():
     part = "backbone.encoder.layer.3.attention.attention.{}.bias"
     with pytest.raises(CheckpointError, match=r"^layer 3 bias: query/key/value incomplete \(\['key', 'query'\]\)$"):
         from_hf_state_dict({part.format("query"): torch.zeros(2), part.format("key"): torch.zeros(2)})
+
+
+# --- data/coco.py ------------------------------------------------------------------------------
+
+
+def _dataset(tmp_path, dets=None, **cfg):
+    import json
+
+    from vitpose_scale.config import DataConfig
+    from vitpose_scale.data.coco import TopDownCocoDataset
+
+    det_file = None
+    if dets is not None:
+        det_file = tmp_path / "dets.json"
+        det_file.write_text(json.dumps(dets))
+    return TopDownCocoDataset(ROOT / "data" / "coco_sample", "test_coco.json", ".", DataConfig(**cfg), (64, 48),
+                              train=False, det_file=det_file)
+
+
+def test_coco_detections_keep_persons_at_or_above_the_threshold_and_count_the_rest(tmp_path):
+    import numpy as np
+
+    from vitpose_scale.data.transforms import box_to_center_scale
+
+    dets = [{"image_id": 785, "category_id": 1, "bbox": [10, 20, 30, 80], "score": 0.9},
+            {"image_id": 785, "category_id": 1, "bbox": [0, 0, 50, 50], "score": 0.5},   # == threshold: kept
+            {"image_id": 40083, "category_id": 1, "bbox": [5, 5, 40, 40], "score": 0.49},  # below: dropped
+            {"image_id": 40083, "bbox": [1, 2, 3, 4], "score": 0.7},                       # no category: a person
+            {"image_id": 40083, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.99}]    # not a person
+    ds = _dataset(tmp_path, dets, det_score_thr=0.5, bbox_padding=1.1)
+    assert ds.load_report == "4 person detections, 3 kept, 1 with score < 0.5 dropped"
+    assert [r["bbox_score"] for r in ds.records] == [0.9, 0.5, 0.7]
+    first = ds.records[0]
+    center, scale = box_to_center_scale([10, 20, 30, 80], 48 / 64, 1.1)
+    np.testing.assert_array_equal(first["center"], center)
+    np.testing.assert_array_equal(first["scale"], scale)
+    assert first["size"] == (425, 640) and first["ann_id"] == -1 and first["file_name"] == "000000000785.jpg"
+    assert first["joints"].shape == (17, 3) and first["joints"].dtype == np.float32 and not first["joints"].any()
+
+
+def test_coco_detection_file_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match=r"dets\.json: detection for image_id 123, which is not in .*test_coco\.json; "
+                                         r"expected detections for that annotation file's images"):
+        _dataset(tmp_path, [{"image_id": 123, "category_id": 1, "bbox": [0, 0, 9, 9], "score": 1.0}])
+    with pytest.raises(ValueError, match=r"dets\.json: expected a COCO results list of \{image_id, category_id, "
+                                         r"bbox, score\} dicts"):
+        _dataset(tmp_path, {"image_id": 785})
+
+
+def test_coco_image_of_another_size_names_both_sizes(tmp_path):
+    ds = _dataset(tmp_path)
+    rec = dict(ds.records[0], size=(100, 200))
+    with pytest.raises(ValueError, match=r" is 640x425 pixels; the annotation file says 200x100, so its boxes"):
+        ds.read_image(rec)
+
+
+def test_coco_augmentation_draws_follow_seed_epoch_index_and_stream(tmp_path):
+    from vitpose_scale.config import DataConfig
+    from vitpose_scale.data.coco import TopDownCocoDataset
+    from vitpose_scale.data.transforms import sample_rng
+
+    ds = TopDownCocoDataset(ROOT / "data" / "coco_sample", "test_coco.json", ".", DataConfig(), (64, 48),
+                            train=True, seed=5, stream=2)
+    ds.set_epoch(3)
+    assert ds.augmentation_rng(4).random() == sample_rng(5, 3, 4, 2).random()
+    assert _dataset(tmp_path).augmentation_rng(4) is None  # evaluation: no augmentation
