@@ -694,3 +694,72 @@ def test_coco_augmentation_draws_follow_seed_epoch_index_and_stream(tmp_path):
     ds.set_epoch(3)
     assert ds.augmentation_rng(4).random() == sample_rng(5, 3, 4, 2).random()
     assert _dataset(tmp_path).augmentation_rng(4) is None  # evaluation: no augmentation
+
+
+# --- eval/coco_eval.py -------------------------------------------------------------------------
+
+
+def _gt_with(*anns):
+    return {"images": [{"id": 1, "width": 100, "height": 100}], "annotations": list(anns),
+            "categories": [{"id": 1, "name": "person", "keypoints": [f"k{i}" for i in range(17)], "skeleton": []}]}
+
+
+def _ann(**fields):
+    return {"id": 1, "image_id": 1, "category_id": 1, "keypoints": [0] * 51, "num_keypoints": 0, "area": 100.0,
+            "bbox": [0, 0, 10, 10], "iscrowd": 0, **fields}
+
+
+@pytest.mark.parametrize("anns, message", [
+    ([7], "GT: annotations[0] is not an object"),
+    ([{"image_id": 1}], "GT is not a keypoint annotation file: annotations[0] (id=None) has no 'id'"),
+    ([_ann(id=5, area=None) | {"bbox": None}, _ann(id=6)], "GT: annotations[0] (id=5) bbox is not 4 numbers"),
+    ([_ann(id=[1])], "GT: annotations[0] (id=[1]): id / image_id / category_id is not a valid id"),
+    # an annotation of an image that is not listed is not scored, so not checked: the next one is
+    ([_ann(id=2, image_id=99, keypoints=[0]), _ann(id=3, keypoints=[0] * 50)],
+     "GT: annotations[1] (id=3) has 50 keypoint values, expected 51"),
+    ([_ann(id=4, keypoints=7)], "GT: annotations[0] (id=4) has no keypoint values, expected 51"),
+    ([_ann(id=8, keypoints=["a"] * 51)], "GT: annotations[0] (id=8): 'keypoints' must be 51 numbers"),
+    ([_ann(id=9, area="big")], "GT: annotations[0] (id=9): 'area' is not a number ('big')"),
+])
+def test_coco_eval_malformed_gt_is_named_exactly(anns, message):
+    from vitpose_scale.eval.coco_eval import EvaluationInputError, KeypointEvaluator
+
+    with pytest.raises(EvaluationInputError) as err:
+        KeypointEvaluator(_gt_with(*anns))
+    assert str(err.value) == message
+
+
+def test_coco_eval_cli_help_and_required_options(capsys):
+    from vitpose_scale.eval.coco_eval import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("usage: vitpose-scale coco-eval", "COCO keypoint evaluation (same numbers as pycocotools COCOeval, "
+                 "faster).", "--gt GT COCO keypoint annotation JSON", "--results RESULTS keypoint results JSON "
+                 "(list of objects)", "--out OUT write the 10 stats as a JSON object here"):
+        assert text in out, text
+    for argv, missing in ((["--results", "r.json"], "--gt"), (["--gt", "g.json"], "--results")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert f"the following arguments are required: {missing}" in capsys.readouterr().err
+
+
+def test_coco_eval_cli_writes_stats_into_new_and_existing_folders(tmp_path, capsys):
+    import json
+
+    from vitpose_scale.eval.coco_eval import STAT_NAMES, main
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(_gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))))
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": 1, "category_id": 1, "keypoints": [50, 50, 1] * 17, "score": 1.0}]))
+    for out in (tmp_path / "new" / "deeper" / "stats.json", tmp_path / "stats.json"):  # created / existing folder
+        assert main(["--gt", str(gt), "--results", str(res), "--out", str(out)]) == 0
+        text = out.read_text()
+        assert text.startswith('{\n  "AP": ') and '\n  "AP50": ' in text  # indent 2, the pycocotools names
+        stats = json.loads(text)
+        assert list(stats) == list(STAT_NAMES) and stats["AP"] == pytest.approx(1.0) and stats["APm"] == -1.0
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets= 20 ] = 1.000" in capsys.readouterr().out
