@@ -763,3 +763,38 @@ def test_coco_eval_cli_writes_stats_into_new_and_existing_folders(tmp_path, caps
         stats = json.loads(text)
         assert list(stats) == list(STAT_NAMES) and stats["AP"] == pytest.approx(1.0) and stats["APm"] == -1.0
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets= 20 ] = 1.000" in capsys.readouterr().out
+
+
+# --- eval/decode.py ----------------------------------------------------------------------------
+
+
+def _gaussian_map(cx, cy, h=16, w=12, sigma=1.5):
+    import numpy as np
+
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))[None, None]
+
+
+def test_decode_dark_refines_only_two_pixels_away_from_the_border():
+    """Official DARK (_taylor): refine only when 1 < px < W - 2 and 1 < py < H - 2 (the second
+    differences reach two pixels out); at the border the argmax stays as it is."""
+    import numpy as np
+
+    from vitpose_scale.eval.decode import dark_refine
+
+    for peak, moves in (((1.3, 8.0), False), ((8.0, 1.3), False), ((2.3, 8.0), True), ((8.0, 2.3), True)):
+        hm = _gaussian_map(*peak)
+        argmax = np.array([[[round(peak[0]), round(peak[1])]]], dtype=np.float32)
+        refined = dark_refine(hm, argmax)
+        assert (not np.array_equal(refined, argmax)) == moves, peak
+        if moves:
+            np.testing.assert_allclose(refined[0, 0], peak, atol=0.05)
+
+
+def test_decode_blur_of_an_empty_heatmap_stays_zero():
+    import numpy as np
+
+    from vitpose_scale.eval.decode import _gaussian_blur
+
+    out = _gaussian_blur(np.zeros((1, 2, 8, 6)), 11)
+    assert np.isfinite(out).all() and not out.any()
