@@ -798,3 +798,111 @@ def test_decode_blur_of_an_empty_heatmap_stays_zero():
 
     out = _gaussian_blur(np.zeros((1, 2, 8, 6)), 11)
     assert np.isfinite(out).all() and not out.any()
+
+
+def _opencv_gaussian_kernel(size):
+    """OpenCV's kernel for sigma 0: sigma = 0.3 ((size - 1) / 2 - 1) + 0.8, normalised to sum 1."""
+    import numpy as np
+
+    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-x ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def test_decode_blur_is_the_official_zero_padded_gaussian_rescaled_to_the_peak():
+    """Official DARK blur: zero border of (k - 1) / 2, cv2.GaussianBlur(k, sigma 0), the original maximum
+    restored. Written out here as two 1-D convolutions."""
+    import numpy as np
+
+    from vitpose_scale.eval.decode import _gaussian_blur
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((1, 2, 12, 9))
+    g = _opencv_gaussian_kernel(11)  # (OpenCV uses fixed tables below size 9, the formula above)
+    for j in range(2):
+        padded = np.pad(maps[0, j], 5)
+        rows = np.stack([np.convolve(r, g, mode="valid") for r in padded])        # (22, 9)
+        both = np.stack([np.convolve(c, g, mode="valid") for c in rows.T]).T     # (12, 9)
+        expected = both * (maps[0, j].max() / both.max())
+        np.testing.assert_allclose(_gaussian_blur(maps, 11)[0, j], expected, rtol=1e-6, atol=1e-9)
+
+
+def _log_quadratic_map(cx, cy, a=0.30, b=0.12, c=0.15, h=20, w=16):
+    """exp(-(a dx^2 + 2 c dx dy + b dy^2)): a rotated, anisotropic Gaussian whose log is exactly quadratic."""
+    import numpy as np
+
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    dx, dy = xs - cx, ys - cy
+    return np.exp(-(a * dx ** 2 + 2 * c * dx * dy + b * dy ** 2))[None, None]
+
+
+def test_decode_dark_step_lands_on_the_centre_of_a_rotated_gaussian():
+    """On a blurred Gaussian the log stays quadratic, so one Newton step with the full Hessian (cross
+    term included) reaches the centre; the result is float32 (N, K, 2)."""
+    import numpy as np
+
+    from vitpose_scale.eval.decode import dark_refine
+
+    hm = _log_quadratic_map(7.35, 9.6)
+    refined = dark_refine(hm, np.array([[[7.0, 10.0]]], dtype=np.float32))
+    assert refined.dtype == np.float32 and refined.shape == (1, 1, 2)
+    np.testing.assert_allclose(refined[0, 0], [7.35, 9.6], atol=0.02)
+
+
+def test_decode_dark_leaves_flat_and_saddle_maps_at_the_argmax():
+    import numpy as np
+
+    from vitpose_scale.eval.decode import dark_refine
+
+    flat = np.full((1, 1, 16, 12), 0.5)
+    saddle = _log_quadratic_map(6.0, 8.0, a=0.2, b=-0.05, c=0.0)  # a maximum along x, a minimum along y
+    for hm, at in ((flat, [5.0, 7.0]), (saddle, [6.0, 8.3])):
+        start = np.array([[at]], dtype=np.float32)
+        np.testing.assert_array_equal(dark_refine(hm, start), start)
+
+
+def test_oks_with_no_detection_or_no_gt_is_an_empty_matrix_and_sigmas_are_used():
+    import numpy as np
+
+    from vitpose_scale.eval.oks import compute_oks
+
+    gt = np.array([[10.0, 10.0, 2.0] * 17])
+    assert compute_oks(np.zeros((0, 17, 2)), gt, [100.0]).shape == (0, 1)
+    assert compute_oks(np.zeros((2, 17, 2)), np.zeros((0, 51)), []).shape == (2, 0)
+    # one joint off by 1 px, the rest exact: OKS = (16 + exp(-d^2 / (2 s^2 (2 sigma)^2))) / 17 with s^2 = area
+    dt = np.tile([10.0, 10.0], (1, 17, 1))
+    dt[0, 0, 0] += 1.0
+    sigmas = np.full(17, 0.1)
+    expected = (16 + math.exp(-1.0 / (2 * 100.0 * (2 * 0.1) ** 2))) / 17
+    assert compute_oks(dt, gt, [100.0], sigmas=sigmas)[0, 0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_coco_eval_sigmas_reach_the_evaluation_and_a_failed_write_is_reported(tmp_path, capsys):
+    from vitpose_scale.eval.coco_eval import KeypointEvaluator, _report, evaluate
+
+    gt = _gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17, area=2000.0))
+    res = [{"image_id": 1, "category_id": 1, "keypoints": [53, 50, 1] * 17, "score": 1.0}]  # 3 px off
+    tight, loose = evaluate(gt, res), evaluate(gt, res, sigmas=[1.0] * 17)
+    assert tight[0] < 0.9 and loose[0] == pytest.approx(1.0)
+    ev = KeypointEvaluator(gt)
+    stats = ev.evaluate(res)
+    assert _report("prog", ev, stats, str(tmp_path)) == 2  # a folder: open() fails after the check
+    assert f"prog: error: --out {tmp_path} cannot be written: Is a directory" in capsys.readouterr().err
+
+
+def test_coco_eval_command_line_exit_codes(tmp_path):
+    """The module's own entry point (hard exit after flushing): 0 with the stats printed, 2 on bad input."""
+    import json
+    import subprocess
+    import sys
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(_gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))))
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": 1, "category_id": 1, "keypoints": [50, 50, 1] * 17, "score": 1.0}]))
+    run = [sys.executable, "-m", "vitpose_scale.eval.coco_eval", "--gt", str(gt), "--results"]
+    ok = subprocess.run(run + [str(res)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "Average Precision  (AP) @[ IoU=0.50:0.95" in ok.stdout
+    bad = subprocess.run(run + [str(gt)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("vitpose-scale coco-eval: error: ")

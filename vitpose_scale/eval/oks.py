@@ -151,7 +151,7 @@ def compute_oks(dt_keypoints, gt_keypoints, gt_areas, gt_bboxes=None, sigmas=COC
     sigmas = np.asarray(sigmas, dtype=np.float64)
     k = sigmas.shape[0]
     dt = np.asarray(dt_keypoints, dtype=np.float64)
-    dt = dt.reshape(dt.shape[0], k, -1)[:, :, :2]
+    dt = dt.reshape(dt.shape[0], k, -1 if dt.size else 2)[:, :, :2]  # -1 cannot be inferred for no detections
     gt = gt_keypoints if isinstance(gt_keypoints, GtKeypoints) else GtKeypoints(
         np.asarray(gt_keypoints, dtype=np.float64).reshape(-1, k, 3), gt_areas, gt_bboxes)
     d, g = dt.shape[0], len(gt)
