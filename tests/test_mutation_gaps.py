@@ -906,3 +906,57 @@ def test_coco_eval_command_line_exit_codes(tmp_path):
     assert ok.returncode == 0 and "Average Precision  (AP) @[ IoU=0.50:0.95" in ok.stdout
     bad = subprocess.run(run + [str(gt)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("vitpose-scale coco-eval: error: ")
+
+
+def _pycocotools_stats(gt, results):
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+@pytest.mark.parametrize("with_bbox", [True, False])
+def test_coco_eval_result_areas_come_from_bbox_as_in_pycocotools(tmp_path, with_bbox):
+    """pycocotools' loadRes takes each result's area from its 'bbox' when the first result has one,
+    else from the extent of its keypoints; the area decides medium/large. Boxes are chosen here to put
+    each detection in the other range than its keypoints would. Files (the typed fast path) and
+    in-memory lists must both give pycocotools' numbers."""
+    import json
+
+    import numpy as np
+
+    from vitpose_scale.eval.coco_eval import evaluate
+
+    def person(x, y, span):
+        return [v for j in range(17) for v in (x + span * (j % 4) / 3, y + span * (j // 4) / 4, 2)]
+
+    small, large = person(10, 10, 30), person(60, 60, 130)
+    gt = {"images": [{"id": 1, "width": 200, "height": 200}],
+          "annotations": [_ann(id=1, keypoints=small, num_keypoints=17, area=1500.0, bbox=[10, 10, 30, 30]),
+                          _ann(id=2, keypoints=large, num_keypoints=17, area=16900.0, bbox=[60, 60, 130, 130])],
+          "categories": _gt_with()["categories"]}
+    rng = np.random.default_rng(0)
+    results = []
+    for kps, box, score in ((small, [0, 0, 150, 150], 0.9), (large, [60, 60, 20, 20], 0.8)):
+        noisy = [v + (rng.normal(0, 1.5) if i % 3 != 2 else 0) for i, v in enumerate(kps)]
+        res = {"image_id": 1, "category_id": 1, "keypoints": noisy, "score": score}
+        if with_bbox:
+            res["bbox"] = box
+        results.append(res)
+    expected = _pycocotools_stats(gt, results)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    for got in (evaluate(gt, results), evaluate(str(tmp_path / "gt.json"), str(tmp_path / "res.json"))):
+        np.testing.assert_allclose(got, expected, atol=1e-12)
