@@ -482,6 +482,8 @@ def test_interop_meta_grid_must_be_two_positive_ints_and_the_error_names_the_fil
         with pytest.raises(CheckpointError, match=r"^f\.pth: meta\.pos_embed_grid is .*, expected \[rows, cols\] "
                                                   r"of positive ints$"):
             pos_embed_grid_from_meta({"meta": {"pos_embed_grid": bad}}, "f.pth")
+    with pytest.raises(CheckpointError, match=r"^<checkpoint>: meta\.pos_embed_grid is \[0, 0\]"):
+        pos_embed_grid_from_meta({"meta": {"pos_embed_grid": [0, 0]}})
 
 
 def test_interop_state_dict_is_found_under_each_known_key_and_otherwise_refused():
@@ -610,7 +612,8 @@ def test_interop_hugging_face_config_matches_the_model_shape():
     x = torch.randn(1, 3, 256, 192)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(pixel_values=x).heatmaps, rtol=1e-4, atol=1e-5)
-    with pytest.raises(CheckpointError, match=r"no overlapping-patch variant \(patch_stride 8\)"):
+    with pytest.raises(CheckpointError, match=r"^the Hugging Face VitPose layout has no overlapping-patch variant "
+                                              r"\(patch_stride 8\)$"):
         hf_config(ModelConfig(preset="tiny", patch_stride=8, patch_padding=4))
     with pytest.raises(CheckpointError, match=r"takes an integer mlp_ratio .* this model has 4\.0625 \(MLP width 260\)"):
         hf_config(ModelConfig(preset="tiny", mlp_ratio=4.0625))
