@@ -1035,3 +1035,72 @@ def test_synthetic_eval_set_keeps_its_documented_promises():
     assert within(sum(a["num_keypoints"] == 0 for a in people), 0.03, len(people))
     per_image = Counter(r["image_id"] for r in results)
     assert within(sum(c > 20 for c in per_image.values()), 0.03, m)
+
+
+def _result(**fields):
+    return {"image_id": 1, "category_id": 1, "keypoints": [50, 50, 1] * 17, "score": 0.5, **fields}
+
+
+_BOX_RULE = "'bbox' must be 4 finite numbers (results[0] has a bbox, so result areas come from boxes as in " \
+            "pycocotools loadRes)"
+
+
+@pytest.mark.parametrize("results, message", [
+    ([5], "results[0] is not an object but int"),
+    ([_result(), _result(image_id=99), _result(image_id=98)],
+     "results[1] (image_id=99): image_id is not an image of the GT (2 bad entries in total)"),
+    ([_result(keypoints=7)], "results[0] (image_id=1): 'keypoints' is not a list (1 bad entries in total)"),
+    ([_result(keypoints=[1] * 50)],
+     "results[0] (image_id=1): 'keypoints' has 50 values, expected 3*K = 51 (1 bad entries in total)"),
+    ([_result(keypoints=[float("nan")] * 51)],
+     "results[0] (image_id=1): 'keypoints' contains NaN/inf (1 bad entries in total)"),
+    ([_result(score=float("inf"))], "results[0] (image_id=1): 'score' is NaN/inf (1 bad entries in total)"),
+    ([_result(bbox=[0, 0, 1, 1]), _result(bbox=["a", 0, 0, 0])], f"results[1] (image_id=1): {_BOX_RULE}"),
+    ([_result(bbox=[0, 0, 1, 1]), _result()], f"results[1] (image_id=1): {_BOX_RULE}"),
+    ([_result(bbox=[0, 0, 1, 1]), _result(bbox=[0, 0, float("inf"), 1])], f"results[1] (image_id=1): {_BOX_RULE}"),
+])
+def test_coco_eval_malformed_results_are_named_exactly(results, message, tmp_path):
+    """In memory and from a file (the typed fast path falls back to the same checks)."""
+    import json
+
+    from vitpose_scale.eval.coco_eval import EvaluationInputError, evaluate
+
+    gt = _gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))
+    with pytest.raises(EvaluationInputError) as err:
+        evaluate(gt, results)
+    assert str(err.value) == message
+    try:
+        text = json.dumps(results, allow_nan=False)
+    except ValueError:  # NaN/inf: not valid JSON, so no file of it
+        return
+    path = tmp_path / "res.json"
+    path.write_text(text)
+    with pytest.raises(EvaluationInputError) as err:
+        evaluate(gt, str(path))
+    assert str(err.value) == message
+
+
+def test_coco_eval_typed_records_take_the_fast_path_with_the_same_arrays(tmp_path):
+    """A well-formed results file parsed by the typed decoder is turned into arrays directly (no fallback
+    to the dict path), and those arrays equal the dict path's, bbox areas included."""
+    import json
+
+    import numpy as np
+
+    from vitpose_scale.eval.coco_eval import KeypointEvaluator, _typed
+    from vitpose_scale.eval.synthetic_eval import make_eval_set
+
+    gt, results = make_eval_set(30, seed=2, with_bbox=True)
+    if _typed("results") is None:
+        pytest.skip("msgspec is not installed: no typed path")
+    records = _typed("results").decode(json.dumps(results).encode())
+    ev = KeypointEvaluator(gt)
+    fast = ev._typed_result_arrays(records)
+    assert fast is not None
+    for a, b in zip(fast, ev._result_arrays(results)):
+        np.testing.assert_array_equal(a, b)
+    no_box = _typed("results").decode(json.dumps([{k: v for k, v in r.items() if k != "bbox"}
+                                                  for r in results]).encode())
+    assert ev._typed_result_arrays(no_box)[4] is None
+    bad_id = _typed("results").decode(json.dumps([dict(results[0], image_id=10 ** 6)] + results[1:]).encode())
+    assert ev._typed_result_arrays(bad_id) is None

@@ -535,7 +535,7 @@ class KeypointEvaluator:
             lens = np.fromiter((len(v) if hasattr(v, "__len__") else -1 for v in kps), np.int64, n)
             if (lens != 3 * k).any():
                 i = int(np.flatnonzero(lens != 3 * k)[0])
-                self._bad(results, lens != 3 * k,
+                self._bad(results, lens != 3 * k, "'keypoints' is not a list" if lens[i] < 0 else
                           f"'keypoints' has {int(lens[i])} values, expected 3*K = {3 * k}")
             self._scan_results(results, res_bbox)
             raise EvaluationInputError("results keypoints are malformed") from None
