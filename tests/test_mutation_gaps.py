@@ -546,6 +546,8 @@ def test_interop_strict_load_errors_list_at_most_20_keys_and_10_shapes():
             load_state_dict_strict(model, state, "f.pth")  # missing keys alone are an error
         lines = str(err.value).splitlines()
         assert lines[0] == "f.pth does not match the model:" and len(lines) == 2
+        with pytest.raises(CheckpointError, match="^<checkpoint> does not match the model:"):
+            load_state_dict_strict(model, state)  # the default name of the source
         assert lines[1] == f"  missing keys ({n}): {', '.join(names[:20])}{more}"
         extra = {**own, **{f"x{i:02d}": torch.zeros(1) for i in range(n)}}
         with pytest.raises(CheckpointError) as err:
