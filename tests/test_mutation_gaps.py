@@ -1106,3 +1106,49 @@ def test_coco_eval_typed_records_take_the_fast_path_with_the_same_arrays(tmp_pat
     assert ev._typed_result_arrays(no_box)[4] is None
     bad_id = _typed("results").decode(json.dumps([dict(results[0], image_id=10 ** 6)] + results[1:]).encode())
     assert ev._typed_result_arrays(bad_id) is None
+
+
+# --- eval/ensemble.py --------------------------------------------------------------------------
+
+
+class _Boxes:
+    """A stand-in dataset: records with centre and scale, like TopDownCocoDataset's."""
+
+    def __init__(self, boxes, image_size=(256, 192)):
+        import numpy as np
+
+        self.records = [{"center": np.array(b[:2], dtype=np.float32), "scale": np.array(b[2:], dtype=np.float32)}
+                        for b in boxes]
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return {"img": f"crop {i} at {self.image_size}", "index": i}
+
+
+def test_ensemble_multi_size_dataset_checks_its_members_and_stands_for_the_main_one():
+    import copy
+    import pickle
+
+    from vitpose_scale.eval.ensemble import MultiSizeDataset, size_key
+
+    boxes = [(1000, 20, 48, 64), (30, 40, 96, 128)]
+    main, other = _Boxes(boxes), _Boxes([(b[0] + 5e-4, *b[1:]) for b in boxes], (384, 288))
+    ds = MultiSizeDataset(main, {(384, 288): other})
+    assert ds.image_size == (256, 192) and ds.records is main.records  # attributes of the main dataset
+    assert len(ds) == 2 and ds[1] == {"img": "crop 1 at (256, 192)", "index": 1,
+                                      size_key((384, 288)): "crop 1 at (384, 288)"}
+    for clone in (copy.copy(ds), pickle.loads(pickle.dumps(ds))):  # DataLoader workers copy it
+        assert clone[0][size_key((384, 288))] == "crop 0 at (384, 288)"
+    with pytest.raises(ValueError, match=r"^ensemble input size \(384, 288\): 1 boxes, the main size has 2; "
+                                         r"expected the same detections/annotations$"):
+        MultiSizeDataset(main, {(384, 288): _Boxes(boxes[:1])})
+    shifted = _Boxes([(boxes[0][0] + 2e-3, *boxes[0][1:]), boxes[1]])  # 2e-3 px apart (an absolute tolerance)
+    with pytest.raises(ValueError, match=r"^ensemble input size \(384, 288\) gives other boxes than \(256, 192\): "
+                                         r"expected every member's input size to have the same aspect ratio"):
+        MultiSizeDataset(main, {(384, 288): shifted})
+    scaled = _Boxes([(*b[:2], b[2] * 1.01, b[3] * 1.01) for b in boxes])  # 1 % larger: not within 1e-3 px
+    with pytest.raises(ValueError, match="gives other boxes"):
+        MultiSizeDataset(main, {(384, 288): scaled})
