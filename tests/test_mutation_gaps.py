@@ -1152,3 +1152,40 @@ def test_ensemble_multi_size_dataset_checks_its_members_and_stands_for_the_main_
     scaled = _Boxes([(*b[:2], b[2] * 1.01, b[3] * 1.01) for b in boxes])  # 1 % larger: not within 1e-3 px
     with pytest.raises(ValueError, match="gives other boxes"):
         MultiSizeDataset(main, {(384, 288): scaled})
+
+
+# --- eval/postprocess.py -----------------------------------------------------------------------
+
+
+def _people_of_one_image():
+    """Three people in image 7: two near-duplicates (OKS ~ 1) and a distant one; keypoint scores chosen
+    so that the rescoring threshold matters."""
+    import numpy as np
+
+    base = np.stack([np.linspace(100, 160, 17), np.linspace(50, 250, 17)], axis=1)
+    conf_a = np.full(17, 0.9)
+    conf_b = np.where(np.arange(17) < 9, 0.8, 0.1)   # 8 joints at 0.1: below a 0.2 threshold
+    conf_c = np.full(17, 0.5)
+    people = []
+    for xy, conf, box in ((base, conf_a, 0.9), (base + 0.5, conf_b, 0.95), (base + 300, conf_c, 0.6)):
+        people.append({"image_id": 7, "keypoints": np.concatenate([xy, conf[:, None]], axis=1),
+                       "area": 96.0 * 128.0, "bbox_score": box})
+    return people
+
+
+def test_postprocess_rescores_with_the_threshold_and_suppresses_duplicates_by_oks():
+    """Official: score = box score x mean of the keypoint scores above rescore_thr; OKS-NMS (greedy by
+    score) drops a person whose OKS with a kept one exceeds nms_thr; nms_thr None or >= 1 keeps all."""
+    from vitpose_scale.eval.postprocess import postprocess_people
+
+    people = _people_of_one_image()
+    kept = postprocess_people(people, rescore_thr=0.2, nms_thr=0.9)
+    scores = {round(r["keypoints"][0], 3): r["score"] for r in kept}
+    # a: 0.9 * 0.9 = 0.81; b (duplicate of a): 0.95 * 0.8 = 0.76 -> suppressed; c: 0.6 * 0.5 = 0.30
+    assert sorted(scores.values(), reverse=True) == pytest.approx([0.81, 0.30])
+    assert [r["image_id"] for r in kept] == [7, 7]
+    low_thr = postprocess_people(people, rescore_thr=0.05, nms_thr=None)  # b's mean now includes 0.1s
+    assert sorted(r["score"] for r in low_thr) == pytest.approx(sorted([0.81, 0.95 * (9 * 0.8 + 8 * 0.1) / 17, 0.30]))
+    assert len(postprocess_people(people, 0.2, 1.0)) == 3 and len(postprocess_people(people, 0.2, 0.9)) == 2
+    # COCO sigmas by default; huge sigmas make even the distant person a duplicate
+    assert len(postprocess_people(people, 0.2, 0.9, sigmas=[50.0] * 17)) == 1
