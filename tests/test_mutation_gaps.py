@@ -1189,3 +1189,48 @@ def test_postprocess_rescores_with_the_threshold_and_suppresses_duplicates_by_ok
     assert len(postprocess_people(people, 0.2, 1.0)) == 3 and len(postprocess_people(people, 0.2, 0.9)) == 2
     # COCO sigmas by default; huge sigmas make even the distant person a duplicate
     assert len(postprocess_people(people, 0.2, 0.9, sigmas=[50.0] * 17)) == 1
+
+
+def _official_oks_nms(kpts, scores, areas, thr, sigmas, vis_thr=None):
+    """mmpose 0.x oks_nms / oks_iou written out (eps 1e-10 per its eps), both poses' visibility masked."""
+    import numpy as np
+
+    var = (np.asarray(sigmas) * 2) ** 2
+    order = list(np.argsort(-np.asarray(scores), kind="stable"))
+    keep = []
+    while order:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        survivors = []
+        for j in rest:
+            dx, dy = kpts[j, :, 0] - kpts[i, :, 0], kpts[j, :, 1] - kpts[i, :, 1]
+            e = (dx ** 2 + dy ** 2) / var / ((areas[i] + areas[j]) / 2 + np.spacing(1)) / 2
+            if vis_thr is not None:
+                e = e[(kpts[i, :, 2] > vis_thr) & (kpts[j, :, 2] > vis_thr)]
+            iou = np.exp(-e).sum() / e.shape[0] if e.shape[0] else 0.0
+            if iou <= thr:
+                survivors.append(j)
+        order = survivors
+    return keep
+
+
+@pytest.mark.parametrize("vis_thr", [None, 0.3])
+def test_oks_nms_keeps_what_the_official_greedy_rule_keeps(vis_thr):
+    import numpy as np
+
+    from vitpose_scale.eval.oks import COCO_SIGMAS, oks_nms
+
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(50, 400, (4, 2))
+    kpts = []
+    for c in centres[rng.integers(0, 4, 30)]:  # 30 poses around 4 people: many near-duplicates
+        xy = c + np.linspace(-40, 40, 17)[:, None] + rng.normal(0, 3, (17, 2))
+        kpts.append(np.concatenate([xy, rng.uniform(0, 1, (17, 1))], axis=1))
+    kpts = np.asarray(kpts)
+    scores, areas = rng.uniform(0.1, 1.0, 30), rng.uniform(2000, 9000, 30)
+    for thr in (0.5, 0.9):
+        expected = _official_oks_nms(kpts, scores, areas, thr, COCO_SIGMAS, vis_thr)
+        got = oks_nms(kpts, scores, areas, thr, COCO_SIGMAS, vis_thr=vis_thr)
+        assert got.dtype == np.int64 and got.tolist() == expected
+        assert 4 <= len(expected) < 30  # the case really suppresses
+    assert oks_nms(np.zeros((0, 17, 3)), [], []).dtype == np.int64
