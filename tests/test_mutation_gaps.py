@@ -1224,7 +1224,7 @@ def test_oks_nms_keeps_what_the_official_greedy_rule_keeps(vis_thr):
     centres = rng.uniform(50, 400, (4, 2))
     kpts = []
     for c in centres[rng.integers(0, 4, 30)]:  # 30 poses around 4 people: many near-duplicates
-        xy = c + np.linspace(-40, 40, 17)[:, None] + rng.normal(0, 3, (17, 2))
+        xy = c + np.linspace(-40, 40, 17)[:, None] + rng.normal(0, 1, (17, 2))
         kpts.append(np.concatenate([xy, rng.uniform(0, 1, (17, 1))], axis=1))
     kpts = np.asarray(kpts)
     scores, areas = rng.uniform(0.1, 1.0, 30), rng.uniform(2000, 9000, 30)
