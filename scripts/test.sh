@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command 2: set up, then the test suite (about 4 minutes on 2 CPU cores after the install).
+# README command 2: set up, then the test suite (about 10 minutes on 2 CPU cores after the install).
 #   bash scripts/test.sh            the default suite (everything not marked slow)
 #   bash scripts/test.sh --slow     only the slow checks (the full demo run and its AP rise)
 #   bash scripts/test.sh --all      both
