@@ -8,6 +8,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("VITPOSE_SCALE_BUILD_DIR", str(ROOT / ".cache" / "build"))  # the partial JPEG decoder
 
 import pytest  # noqa: E402
 

@@ -107,6 +107,9 @@ class DataConfig:
     rot_factor: float = 40.0
     rot_prob: float = 0.6
     num_workers: int = 2
+    # Decode only the window of each JPEG the crop reads (same pixels, less CPU); needs a C
+    # compiler and libjpeg-dev once, otherwise whole images are decoded (docs/performance.md).
+    window_decode: bool = True
 
 
 @dataclass

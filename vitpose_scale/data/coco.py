@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from .images import read_rgb
+from .images import read_rgb, read_rgb_window
 from .loader import RatioConcatDataset
 from .transforms import (COCO_FLIP_PAIRS, COCO_UPPER_BODY_IDS, TopDownTransform, box_to_center_scale,
                          normalize_batch, sample_rng)
@@ -275,9 +275,15 @@ class TopDownCocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def read_image(self, rec: dict) -> np.ndarray:
+    def read_image(self, rec: dict, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The record's image, uint8 RGB; with ``window`` (x0, y0, x1, y1) only that part is
+        guaranteed (``data.window_decode``: the rest may be left undecoded)."""
         path = self.img_dir / rec["file_name"]
-        img = read_rgb(path, f"image_id {rec['image_id']}, listed in {self.ann_file}")
+        listed = f"image_id {rec['image_id']}, listed in {self.ann_file}"
+        if window is not None and self.cfg.window_decode:
+            img = read_rgb_window(path, rec["size"], window, listed)
+        else:
+            img = read_rgb(path, listed)
         if img.shape[:2] != rec["size"]:
             raise ValueError(f"image {path} (image_id {rec['image_id']}, listed in {self.ann_file}) is "
                              f"{img.shape[1]}x{img.shape[0]} pixels; the annotation file says "
@@ -291,8 +297,10 @@ class TopDownCocoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         rec = self.records[index]
-        img = self.read_image(rec)
-        out = self.transform(img, rec["joints"], rec["center"], rec["scale"], self.augmentation_rng(index))
+        geometry = self.transform.plan(rec["size"], rec["joints"], rec["center"], rec["scale"],
+                                       self.augmentation_rng(index))
+        img = self.read_image(rec, self.transform.source_window(geometry, rec["size"]))
+        out = self.transform.apply(img, geometry)
         crop = torch.from_numpy(out["img"])
         return {
             "img": crop if self.uint8_images else normalize_batch(crop),

@@ -33,14 +33,7 @@ def jpeg_is_complete(data: bytes) -> bool:
     return data.rstrip(_PADDING).endswith(JPEG_EOI)
 
 
-def read_rgb(path: str | Path, listed_in: str = "") -> np.ndarray:
-    """Decode ``path`` to uint8 RGB (H, W, 3), refusing truncated or undecodable files.
-
-    ``listed_in`` names where the file comes from (the annotation file and image id)
-    for the error message.
-    """
-    path = Path(path)
-    where = f" ({listed_in})" if listed_in else ""
+def _read_jpeg_bytes(path: Path, where: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -49,6 +42,10 @@ def read_rgb(path: str | Path, listed_in: str = "") -> np.ndarray:
         raise CorruptImageError(f"image {path}{where} is truncated: the JPEG has no end-of-image marker "
                                 f"(FF D9), so its last rows would decode as grey; expected a complete file "
                                 f"(re-copy or re-extract it)")
+    return data
+
+
+def _decode_whole(data: bytes, path: Path, where: str) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAG)
     if img is None:
         raise CorruptImageError(f"image {path}{where} cannot be decoded ({len(data)} bytes); expected a "
@@ -58,4 +55,35 @@ def read_rgb(path: str | Path, listed_in: str = "") -> np.ndarray:
     return img
 
 
-__all__ = ["CorruptImageError", "jpeg_is_complete", "read_rgb"]
+def read_rgb(path: str | Path, listed_in: str = "") -> np.ndarray:
+    """Decode ``path`` to uint8 RGB (H, W, 3), refusing truncated or undecodable files.
+
+    ``listed_in`` names where the file comes from (the annotation file and image id)
+    for the error message.
+    """
+    path = Path(path)
+    where = f" ({listed_in})" if listed_in else ""
+    return _decode_whole(_read_jpeg_bytes(path, where), path, where)
+
+
+def read_rgb_window(path: str | Path, size_hw: tuple[int, int], window: tuple[int, int, int, int],
+                    listed_in: str = "") -> np.ndarray:
+    """Like :func:`read_rgb`, but only the pixels in ``window`` (x0, y0, x1, y1; half-open) are
+    guaranteed: a JPEG of the expected ``size_hw`` is decoded there only (``jpeg_region``),
+    the rest of the returned image is zero. Anything else (PNG, CMYK, an EXIF rotation, a
+    size other than ``size_hw``, no compiled decoder) is decoded whole, exactly as ``read_rgb``.
+    """
+    from . import jpeg_region
+
+    path = Path(path)
+    where = f" ({listed_in})" if listed_in else ""
+    data = _read_jpeg_bytes(path, where)
+    if data.startswith(JPEG_SOI):
+        status, img, _ = jpeg_region.decode_window(data, size_hw, window)
+        if status == jpeg_region.OK:
+            return img
+    # Errors, unusual JPEGs and other formats: OpenCV's whole-image decode and its messages.
+    return _decode_whole(data, path, where)
+
+
+__all__ = ["CorruptImageError", "jpeg_is_complete", "read_rgb", "read_rgb_window"]

@@ -294,6 +294,14 @@ class TopDownTransform:
     def __call__(self, img_rgb: np.ndarray, joints: np.ndarray, center, scale,
                  rng: np.random.Generator | None = None) -> dict:
         """``joints`` (K, 3) as (x, y, v) in image pixels; returns numpy arrays, ``img`` uint8 (3, H, W)."""
+        return self.apply(img_rgb, self.plan(img_rgb.shape[:2], joints, center, scale, rng))
+
+    def plan(self, image_hw, joints: np.ndarray, center, scale, rng: np.random.Generator | None = None) -> dict:
+        """Every random draw and the crop geometry of one sample, from the image size alone.
+
+        Deciding the geometry before the image is decoded lets the loader decode only the
+        window the crop reads (:meth:`source_window`).
+        """
         cfg = self.cfg
         joints = np.array(joints, dtype=np.float32, copy=True)
         center = np.array(center, dtype=np.float32, copy=True)
@@ -303,7 +311,7 @@ class TopDownTransform:
         if self.train:
             if rng is None:
                 raise ValueError("a training transform needs its sample's generator: pass rng=sample_rng(...)")
-            img_w = img_rgb.shape[1]
+            img_w = int(image_hw[1])
             if rng.random() < cfg.flip_prob:
                 flipped = True
                 pre = flip_matrix(img_w)
@@ -318,18 +326,41 @@ class TopDownTransform:
             scale = scale * s
         in_h, in_w = self.image_size
         crop = udp_crop_matrix(rotation, center, (in_w, in_h), scale)
-        matrix = compose_affine(crop, pre)
-        img = warp_image(img_rgb, matrix, (in_w, in_h))
+        return {"crop": crop, "matrix": compose_affine(crop, pre), "joints": joints, "center": center,
+                "scale": scale, "rotation": rotation, "flipped": flipped}
+
+    def source_window(self, geometry: dict, image_hw) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), half-open and clipped: every image pixel the crop's bilinear warp can read.
+
+        The crop rectangle mapped back into the image is a parallelogram; its bounding box
+        plus two pixels (the second bilinear tap and cv2's 1/32-pixel rounding) holds every tap.
+        """
+        in_h, in_w = self.image_size
+        corners = np.array([[0.0, 0.0], [in_w - 1.0, 0.0], [0.0, in_h - 1.0], [in_w - 1.0, in_h - 1.0]])
+        inverse = cv2.invertAffineTransform(geometry["matrix"])
+        src = transform_points(corners, inverse)
+        lo = np.floor(src.min(axis=0)) - 2
+        hi = np.floor(src.max(axis=0)) + 3
+        h, w = int(image_hw[0]), int(image_hw[1])
+        x0, y0 = int(np.clip(lo[0], 0, w)), int(np.clip(lo[1], 0, h))
+        x1, y1 = int(np.clip(hi[0], 0, w)), int(np.clip(hi[1], 0, h))
+        return x0, y0, max(x0, x1), max(y0, y1)
+
+    def apply(self, img_rgb: np.ndarray, geometry: dict) -> dict:
+        """Warp and targets for a :meth:`plan`: reads ``img_rgb`` only inside :meth:`source_window`."""
+        joints, crop = geometry["joints"], geometry["crop"]
+        in_h, in_w = self.image_size
+        img = warp_image(img_rgb, geometry["matrix"], (in_w, in_h))
         joints_crop = transform_points(joints[:, :2], crop).astype(np.float32)
         target, target_weight = udp_heatmap_targets(joints_crop, joints[:, 2], self.image_size,
-                                                    self.heatmap_size, cfg.sigma)
+                                                    self.heatmap_size, self.cfg.sigma)
         return {
             "img": np.ascontiguousarray(img.transpose(2, 0, 1)),
             "target": target,
             "target_weight": target_weight,
             "joints": np.concatenate([joints_crop, joints[:, 2:3]], axis=1),
-            "center": center.astype(np.float32),
-            "scale": scale.astype(np.float32),
-            "rotation": float(rotation),
-            "flipped": flipped,
+            "center": geometry["center"].astype(np.float32),
+            "scale": geometry["scale"].astype(np.float32),
+            "rotation": float(geometry["rotation"]),
+            "flipped": geometry["flipped"],
         }
