@@ -267,18 +267,20 @@ def test_truncated_jpeg_is_refused(coco_sample, tmp_path):
     (tmp_path / "ann.json").write_text(json.dumps(data))
     for img in data["images"]:
         shutil.copy(coco_sample / img["file_name"], tmp_path)
-    ds = TopDownCocoDataset(tmp_path, "ann.json", ".", DataConfig(), SIZE, train=False)
-    first = ds.records[0]["file_name"]
-    ds[0]  # complete: decodes
+    def dataset():  # a fresh one each time: a dataset keeps the last decoded image for its neighbours
+        return TopDownCocoDataset(tmp_path, "ann.json", ".", DataConfig(), SIZE, train=False)
+
+    first = dataset().records[0]["file_name"]
+    dataset()[0]  # complete: decodes
     whole = (tmp_path / first).read_bytes()
     (tmp_path / first).write_bytes(whole[: len(whole) * 2 // 3])  # a copy cut short
     with pytest.raises(CorruptImageError) as err:
-        ds[0]
+        dataset()[0]
     msg = str(err.value)
     assert first in msg and "ann.json" in msg and "truncated" in msg
     # Padding after the end-of-image marker is fine (some writers add it).
     (tmp_path / first).write_bytes(whole + b"\x00" * 16)
-    assert ds[0]["img"].shape == (3, 256, 192)
+    assert dataset()[0]["img"].shape == (3, 256, 192)
 
 
 def test_image_size_must_match_annotation(coco_sample, tmp_path):

@@ -110,6 +110,10 @@ class DataConfig:
     # Decode only the window of each JPEG the crop reads (same pixels, less CPU); needs a C
     # compiler and libjpeg-dev once, otherwise whole images are decoded (docs/performance.md).
     window_decode: bool = True
+    # Shuffle images instead of people: the people of one image come one after another and share
+    # one JPEG decode (COCO: 2.6 people per image). Each person is still seen once per epoch with
+    # the same crop; batches hold fewer distinct images. Off: the reference's per-person shuffle.
+    group_by_image: bool = False
 
 
 @dataclass
@@ -402,6 +406,10 @@ def validate(cfg: Config) -> Config:
             f"train.batch_size: {cfg.train.batch_size} is not divisible by parallel.grad_accum "
             f"{p.grad_accum}: expected a multiple of it")
     _choice("optim.schedule", cfg.optim.schedule, ("step", "cosine"))
+    if cfg.data.group_by_image and (cfg.data.train_ratio is not None
+                                    or any("ratio" in e for e in cfg.data.extra_train if isinstance(e, dict))):
+        raise ConfigError("data.group_by_image: not available with sampling ratios (data.train_ratio / "
+                          "extra_train[].ratio), whose quotas draw people, not images: expected false there")
     _choice("data.kind", cfg.data.kind, ("coco", "synthetic"))
     _choice("mae.source", cfg.mae.source, ("folder", "person_crops"))
     if cfg.eval.dark is not None:

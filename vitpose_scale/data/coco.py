@@ -135,6 +135,8 @@ class TopDownCocoDataset(Dataset):
         self.seed, self.stream = int(seed), int(stream)
         self.uint8_images = bool(uint8_images)
         self.epoch = 0
+        self._last_decode = None  # ((file name, epoch), image): the decode neighbours share
+        self._users = None  # file name -> record indices, built on first use
         if isinstance(keypoint_map, str):
             if keypoint_map not in KEYPOINT_MAPS:
                 raise ValueError(f"keypoint_map {keypoint_map!r}: expected one of {sorted(KEYPOINT_MAPS)} "
@@ -275,6 +277,44 @@ class TopDownCocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def image_groups(self) -> list[list[int]]:
+        """Record indices grouped by image file, in first-appearance order."""
+        if self._users is None:
+            self._users = {}
+            for i, rec in enumerate(self.records):
+                self._users.setdefault(rec["file_name"], []).append(i)
+        return list(self._users.values())
+
+    @property
+    def shares_decodes(self) -> bool:
+        """Do neighbouring indices tend to share an image? Evaluation lists an image's people
+        (or detections) together, and so does training with ``data.group_by_image``."""
+        return not self.train or self.cfg.group_by_image
+
+    def _image_for(self, index: int, geometry: dict) -> np.ndarray:
+        """The decoded image of record ``index``; where neighbours share images, one decode of
+        the window all of that image's people read serves them all (kept until the next image)."""
+        rec = self.records[index]
+        if not self.shares_decodes:
+            return self.read_image(rec, self.transform.source_window(geometry, rec["size"]))
+        key = (rec["file_name"], self.epoch)
+        if self._last_decode is not None and self._last_decode[0] == key:
+            return self._last_decode[1]
+        if self._users is None:
+            self.image_groups()
+        windows = np.array([self.transform.source_window(self._plan(i), rec["size"])
+                            for i in self._users[rec["file_name"]]])
+        union = (int(windows[:, 0].min()), int(windows[:, 1].min()), int(windows[:, 2].max()),
+                 int(windows[:, 3].max()))
+        img = self.read_image(rec, union)
+        self._last_decode = (key, img)
+        return img
+
+    def _plan(self, index: int) -> dict:
+        rec = self.records[index]
+        return self.transform.plan(rec["size"], rec["joints"], rec["center"], rec["scale"],
+                                   self.augmentation_rng(index))
+
     def read_image(self, rec: dict, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """The record's image, uint8 RGB; with ``window`` (x0, y0, x1, y1) only that part is
         guaranteed (``data.window_decode``: the rest may be left undecoded)."""
@@ -297,10 +337,8 @@ class TopDownCocoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         rec = self.records[index]
-        geometry = self.transform.plan(rec["size"], rec["joints"], rec["center"], rec["scale"],
-                                       self.augmentation_rng(index))
-        img = self.read_image(rec, self.transform.source_window(geometry, rec["size"]))
-        out = self.transform.apply(img, geometry)
+        geometry = self._plan(index)
+        out = self.transform.apply(self._image_for(index, geometry), geometry)
         crop = torch.from_numpy(out["img"])
         return {
             "img": crop if self.uint8_images else normalize_batch(crop),

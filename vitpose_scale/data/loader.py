@@ -41,7 +41,14 @@ class TrainSampler(Sampler[int]):
     """Shuffled, rank-sharded, drop-last sampler with mid-epoch resumption."""
 
     def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, epoch: int = 0, start_index: int = 0):
+                 shuffle: bool = True, epoch: int = 0, start_index: int = 0,
+                 groups: list[list[int]] | None = None):
+        """``groups`` (``data.group_by_image``): index lists (the people of one image) that are
+        shuffled as units and stay consecutive; ranks then take contiguous shares, so a group is
+        split at most where one rank's share ends."""
+        if groups is not None and sorted(i for g in groups for i in g) != list(range(int(num_samples))):
+            raise ValueError(f"groups must partition range({num_samples})")
+        self.groups = groups
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.n = int(num_samples)
@@ -60,12 +67,13 @@ class TrainSampler(Sampler[int]):
 
     def indices(self) -> list[int]:
         """This rank's full index list for the epoch (before ``start_index``)."""
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        if self.groups is not None:
+            perm = torch.randperm(len(self.groups), generator=g).tolist() if self.shuffle else range(len(self.groups))
+            order = [i for j in perm for i in self.groups[j]]
+            return order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
         return order[: self.per_rank * self.world_size][self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[int]:
@@ -189,19 +197,34 @@ class EpochDataLoader(DataLoader):
         set_dataset_epoch(self.dataset, epoch)
 
 
+def image_groups(dataset) -> list[list[int]]:
+    """The indices of ``dataset`` (a TopDownCocoDataset or a ConcatDataset of them) grouped by image."""
+    if isinstance(dataset, ConcatDataset):
+        groups, offset = [], 0
+        for part in dataset.datasets:
+            groups += [[offset + i for i in g] for g in image_groups(part)]
+            offset += len(part)
+        return groups
+    return dataset.image_groups()
+
+
 def build_train_loader(dataset, batch_size_per_rank: int, rank: int, world_size: int, seed: int,
-                       epoch: int, num_workers: int, start_index: int = 0) -> EpochDataLoader:
+                       epoch: int, num_workers: int, start_index: int = 0,
+                       group_by_image: bool = False) -> EpochDataLoader:
     """Training loader; call ``loader.set_epoch(e)`` before each epoch.
 
     Batches are full (drop_last) so all ranks run the same number of steps.
     ``start_index`` should be a multiple of ``batch_size_per_rank`` (steps done x batch).
+    ``group_by_image``: shuffle images, not people (``data.group_by_image``).
     """
     if isinstance(dataset, RatioConcatDataset):
+        if group_by_image:
+            raise ValueError("group_by_image does not combine with sampling ratios")
         sampler = RatioSampler(dataset.sizes, dataset.ratios, rank, world_size, seed, epoch=epoch,
                                start_index=start_index)
     else:
         sampler = TrainSampler(len(dataset), rank, world_size, seed, shuffle=True, epoch=epoch,
-                               start_index=start_index)
+                               start_index=start_index, groups=image_groups(dataset) if group_by_image else None)
     loader = EpochDataLoader(
         dataset, batch_size=batch_size_per_rank, sampler=sampler, num_workers=num_workers,
         collate_fn=collate, drop_last=True, pin_memory=torch.cuda.is_available(),
@@ -225,6 +248,6 @@ def build_eval_loader(dataset, batch_size: int, rank: int, world_size: int, num_
 
 
 __all__ = [
-    "TrainSampler", "RatioSampler", "RatioConcatDataset", "ratio_epoch_order", "ratio_quotas", "ShardSampler",
+    "TrainSampler", "RatioSampler", "image_groups", "RatioConcatDataset", "ratio_epoch_order", "ratio_quotas", "ShardSampler",
     "collate", "EpochDataLoader", "build_train_loader", "build_eval_loader", "set_dataset_epoch",
 ]

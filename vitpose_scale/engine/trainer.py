@@ -285,7 +285,8 @@ class Trainer:
 
         return build_train_loader(self.train_set, self.micro_bs, self.info.rank, self.info.world_size,
                                   self.cfg.train.seed, epoch, self.cfg.data.num_workers,
-                                  start_index=start_batch * self.micro_bs)
+                                  start_index=start_batch * self.micro_bs,
+                                  group_by_image=self.cfg.data.group_by_image)
 
     def _global_loss(self, loss: torch.Tensor) -> float:
         """Mean of the ranks' losses (equal batch sizes: the global batch's loss); stops on NaN/inf."""
