@@ -9,7 +9,11 @@ TopDownGenerateTarget(encoding='UDP')). ViTPose's datasets shift 30 % of the tra
 boxes once, when the dataset is built (``_xywh2cs``), not per sample, so that step is not
 part of the per-sample time. Our pipeline is ``TopDownCocoDataset.__getitem__``: with
 ``uint8_images`` (what training uses: normalisation runs on the device inside the step)
-and with host normalisation. JPEG decoding is included in every figure.
+and with host normalisation, decoding only the window each crop reads (``data.window_decode``,
+the default); ``ours_uint8_whole_decode`` decodes whole images; ``ours_uint8_group_by_image``
+visits the people image by image (``data.group_by_image``: one decode per image). JPEG
+decoding is included in every figure; the run checks that all our variants give bit-identical
+crops and targets.
 
 Each round times every variant once over the same samples, in a shuffled order, so drift
 in machine load hits all alike; medians over the rounds. The clock is the process's
@@ -293,6 +297,7 @@ def main() -> None:
     cv2.setNumThreads(0)  # one core, as in a loader worker (loader._worker_init)
     torch.set_num_threads(1)
     from vitpose_scale.data.images import read_rgb
+    from vitpose_scale.data.loader import TrainSampler
     from vitpose_scale.data.transforms import sample_rng
 
     ours_uint8, ours_host, official, records = build(Path(args.data), args.ann, args.images)
@@ -321,6 +326,16 @@ def main() -> None:
             for rec in records:
                 read_rgb(rec["image_file"])
 
+    from vitpose_scale.data import jpeg_region
+
+    def decode_entropy_only():
+        """The floor of any window: a one-pixel window in the last row still entropy-decodes every
+        block above it (Huffman decoding is sequential), but does no IDCT, upsampling or colour work."""
+        for _ in range(args.epochs):
+            for rec in records:
+                h, w = decoded[rec["image_file"]].shape[:2]
+                jpeg_region.decode_window(Path(rec["image_file"]).read_bytes(), (h, w), (0, h - 1, 1, h))
+
     # The same pipelines on images decoded beforehand: what is left when JPEG decoding is taken out.
     ours_predecoded = build(Path(args.data), args.ann, args.images)[0]
     ours_predecoded.read_image = lambda rec, window=None: decoded[str(ours_predecoded.img_dir / rec["file_name"])]
@@ -329,11 +344,24 @@ def main() -> None:
     ours_whole.cfg = dataclasses.replace(ours_whole.cfg, window_decode=False)
     ours_whole.transform.cfg = ours_whole.cfg
     window_identical = same_items(ours_uint8, ours_whole, args.epochs)
+    # data.group_by_image: the same samples, images shuffled as units (one decode per image).
+    ours_grouped = build(Path(args.data), args.ann, args.images)[0]
+    ours_grouped.cfg = dataclasses.replace(ours_grouped.cfg, group_by_image=True)
+    ours_grouped.transform.cfg = ours_grouped.cfg
+    grouped_sampler = TrainSampler(len(ours_grouped), seed=0, groups=ours_grouped.image_groups())
+    grouped_identical = same_items(ours_uint8, ours_grouped, args.epochs)
+
+    def run_grouped():
+        for epoch in range(args.epochs):
+            ours_grouped.set_epoch(epoch)
+            grouped_sampler.set_epoch(epoch)
+            for i in grouped_sampler:
+                ours_grouped[i]
     variants = {"official": run_official(), "ours_uint8": run_ours(ours_uint8),
-                "ours_uint8_whole_decode": run_ours(ours_whole),
+                "ours_uint8_whole_decode": run_ours(ours_whole), "ours_uint8_group_by_image": run_grouped,
                 "ours_host_normalised": run_ours(ours_host),
                 "official_predecoded": run_official(predecoded=True), "ours_uint8_predecoded": run_ours(ours_predecoded),
-                "decode_only": decode_only}
+                "decode_only": decode_only, "decode_entropy_only": decode_entropy_only}
     n = args.epochs * len(records)
     for fn in variants.values():  # warm-up (imports, caches)
         fn()
@@ -363,6 +391,8 @@ def main() -> None:
         "ratio_ours_host_normalised_over_official": per_s["ours_host_normalised"] / per_s["official"],
         "ratio_ours_uint8_whole_decode_over_official": per_s["ours_uint8_whole_decode"] / per_s["official"],
         "window_decode_identical_to_whole_decode": window_identical,
+        "ratio_ours_uint8_group_by_image_over_official": per_s["ours_uint8_group_by_image"] / per_s["official"],
+        "group_by_image_items_identical": grouped_identical,
         "ratio_without_decode_ours_uint8_over_official": per_s["ours_uint8_predecoded"] / per_s["official_predecoded"],
         "cpu_ms_per_sample_median": {k: 1000 / v for k, v in per_s.items()},
         "normalisation_ms_per_crop": normalisation_costs(args.rounds),
@@ -373,6 +403,8 @@ def main() -> None:
                                              "ratio_ours_host_normalised_over_official",
                                              "ratio_ours_uint8_whole_decode_over_official",
                                              "window_decode_identical_to_whole_decode",
+                                             "ratio_ours_uint8_group_by_image_over_official",
+                                             "group_by_image_items_identical",
                                              "ratio_without_decode_ours_uint8_over_official",
                                              "normalisation_ms_per_crop")}, indent=1))
     print(json.dumps(report["same_draws_comparison"], indent=1))
