@@ -196,10 +196,11 @@ def test_rng_states_round_trip_as_plain_tensors(tmp_path):
 
 
 # ------------------------------------------------------------ item 4 ---
-@pytest.mark.parametrize("accum", [1, 2])
-def test_stop_at_then_resume_equals_the_uninterrupted_run(tmp_path, data, accum):
-    """Cosine schedule with warm-up, 4 steps per epoch: the pause at step 5 is mid-epoch 1."""
-    extra = ("model.drop_path=0.1", f"parallel.grad_accum={accum}")
+@pytest.mark.parametrize("accum, grouped", [(1, False), (2, False), (1, True)])
+def test_stop_at_then_resume_equals_the_uninterrupted_run(tmp_path, data, accum, grouped):
+    """Cosine schedule with warm-up, 4 steps per epoch: the pause at step 5 is mid-epoch 1.
+    ``grouped``: data.group_by_image's sampler resumes mid-epoch too."""
+    extra = ("model.drop_path=0.1", f"parallel.grad_accum={accum}", f"data.group_by_image={str(grouped).lower()}")
     whole = run(tmp_path / "whole", data, *extra)
     assert whole.returncode == 0, whole.stderr[-3000:]
     paused = run(tmp_path / "paused", data, *extra, "train.stop_at=5")
