@@ -105,3 +105,31 @@ def test_results_file_name_and_format_check():
                 {**good, "bbox": [0, 0, 1, 1]}, {**good, "keypoints": [float("nan")] * 51}]:
         with pytest.raises(ValueError, match="result 0"):
             check_results_format([bad])
+
+
+def test_test_dev_boxes_decode_each_image_once_and_name_a_missing_image(test_dev_sample, coco_sample, tmp_path,
+                                                                        monkeypatch):
+    import shutil
+
+    from vitpose_scale.config import DataConfig
+    from vitpose_scale.eval import testdev
+
+    cfg = DataConfig(det_score_thr=0.1)
+    boxes = testdev.DetectionBoxes(test_dev_sample["image_info"], coco_sample, coco_sample / DETS, cfg, (64, 48))
+    reads = []
+    real = testdev.read_rgb
+    monkeypatch.setattr(testdev, "read_rgb", lambda path, listed_in="": reads.append(path) or real(path, listed_in))
+    items = [boxes[i] for i in range(len(boxes))]
+    assert len(items) > 8 and len(reads) == len({r["file_name"] for r in boxes.records}) == 4
+    assert set(items[0]) == {"img", "center", "scale", "image_id", "bbox_score", "index"}
+    # an image the info file lists but the folder lacks: the error names it, its id and the info file
+    folder = tmp_path / "images"
+    folder.mkdir()
+    first = boxes.records[0]["file_name"]
+    for name in {r["file_name"] for r in boxes.records} - {first}:
+        shutil.copy(coco_sample / name, folder)
+    missing = testdev.DetectionBoxes(test_dev_sample["image_info"], folder, coco_sample / DETS, cfg, (64, 48))
+    with pytest.raises(FileNotFoundError) as err:
+        missing[0]
+    assert (f"image {folder / first} (image_id {boxes.records[0]['image_id']}, listed in "
+            f"{test_dev_sample['image_info']}) is missing or unreadable") in str(err.value)

@@ -88,6 +88,7 @@ class DetectionBoxes(Dataset):
                                      scale=scale, bbox_score=float(det["score"])))
         self.transform = TopDownTransform(image_size=self.image_size, cfg=data_cfg, train=False)
         self._no_joints = np.zeros((self.num_keypoints, 3), dtype=np.float32)
+        self._last_image = None  # (file name, decoded image)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,15 +96,15 @@ class DetectionBoxes(Dataset):
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         rec = self.records[index]
-        img = read_rgb(self.img_dir / rec["file_name"], f"image_id {rec['image_id']}, listed in {self.ann_file}")
-        out = self.transform(img, self._no_joints, rec["center"], rec["scale"])
+        if self._last_image is None or self._last_image[0] != rec["file_name"]:
+            # Detection files list an image's boxes together: one decode serves them all.
+            self._last_image = (rec["file_name"], read_rgb(self.img_dir / rec["file_name"],
+                                                           f"image_id {rec['image_id']}, listed in {self.ann_file}"))
+        out = self.transform(self._last_image[1], self._no_joints, rec["center"], rec["scale"])
         return {
             "img": normalize_batch(torch.from_numpy(out["img"])),  # float32, as the validation set's
-            "target": torch.from_numpy(out["target"]),
-            "target_weight": torch.from_numpy(out["target_weight"]),
-            "center": out["center"],
+            "center": out["center"],  # no targets: there are no joints to learn from
             "scale": out["scale"],
-            "rotation": out["rotation"],
             "image_id": rec["image_id"],
             "bbox_score": rec["bbox_score"],
             "index": index,
