@@ -137,6 +137,10 @@ class TopDownCocoDataset(Dataset):
         self.epoch = 0
         self._last_decode = None  # ((file name, epoch), image): the decode neighbours share
         self._users = None  # file name -> record indices, built on first use
+        if data_cfg.window_decode:
+            from .jpeg_region import load
+
+            load()  # build (or report) once here, before data-loader workers fork
         if isinstance(keypoint_map, str):
             if keypoint_map not in KEYPOINT_MAPS:
                 raise ValueError(f"keypoint_map {keypoint_map!r}: expected one of {sorted(KEYPOINT_MAPS)} "
