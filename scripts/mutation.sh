@@ -22,6 +22,11 @@ declare -A TARGETS=(
   [postprocess]="vitpose_scale/eval/postprocess.py|tests/test_coco_eval.py tests/test_decode.py tests/test_mutation_gaps.py"
   [coco_eval]="vitpose_scale/eval/coco_eval.py|tests/test_coco_eval.py tests/test_mutation_gaps.py"
   [eval]="vitpose_scale/eval/*.py|tests/test_coco_eval.py tests/test_decode.py tests/test_ensemble.py tests/test_testdev.py tests/test_evaluate_cli.py tests/test_infer.py tests/test_mutation_gaps.py"
+  # eval/ in two halves that together mutate every file once: the evaluator and decoding against their
+  # fast tests, and the modules that drive a model against the model-level tests (seconds each), so a
+  # surviving evaluator mutant does not also run every model evaluation.
+  [eval_core]="vitpose_scale/eval/coco_eval.py vitpose_scale/eval/oks.py vitpose_scale/eval/decode.py vitpose_scale/eval/synthetic_eval.py|tests/test_coco_eval.py tests/test_decode.py tests/test_mutation_gaps.py"
+  [eval_model]="vitpose_scale/eval/runner.py vitpose_scale/eval/ensemble.py vitpose_scale/eval/testdev.py vitpose_scale/eval/postprocess.py|tests/test_coco_eval.py tests/test_decode.py tests/test_ensemble.py tests/test_testdev.py tests/test_evaluate_cli.py tests/test_infer.py tests/test_mutation_gaps.py"
 )
 
 if [[ "${1:-}" == "--list" || -z "${1:-}" ]]; then
