@@ -1360,3 +1360,40 @@ def test_runner_uses_the_configured_rescoring_and_oks_nms_thresholds(coco_sample
     assert list(stats) == list(STAT_NAMES) and all(isinstance(v, float) for v in stats.values())
     no_gt_stats, same = evaluate_model(_heatmaps_from_the_crop, dataset, None, cfg, 0, 1, progress=False)
     assert no_gt_stats is None and same == results
+
+
+def test_oks_nms_threshold_default_and_ties_on_poses_at_every_distance():
+    """One person predicted with growing error: OKS with the best pose falls from ~1 to ~0, so every
+    threshold, the default (0.9) and the variances decide something; equal scores keep the lower index."""
+    import numpy as np
+
+    from vitpose_scale.eval.oks import COCO_SIGMAS, oks_nms
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(100, 300, (17, 2))
+    kpts = np.array([np.c_[base + rng.normal(0, s, (17, 2)), np.ones(17)] for s in np.linspace(0.5, 25, 40)])
+    areas = np.full(40, 4000.0)
+    scores = rng.uniform(0.1, 1.0, 40)
+    kept = {}
+    for thr in (0.3, 0.5, 0.7, 0.9):
+        kept[thr] = oks_nms(kpts, scores, areas, thr).tolist()
+        assert kept[thr] == _official_oks_nms(kpts, scores, areas, thr, COCO_SIGMAS), thr
+    assert len({tuple(k) for k in kept.values()}) == 4, "each threshold keeps a different set"
+    assert oks_nms(kpts, scores, areas).tolist() == kept[0.9]
+    tied = rng.integers(1, 4, 40) / 4.0  # three score levels: ties everywhere
+    assert oks_nms(kpts, tied, areas, 0.5).tolist() == _official_oks_nms(kpts, tied, areas, 0.5, COCO_SIGMAS)
+
+
+def test_coco_eval_command_notes_ignored_results_under_its_name(tmp_path, capsys):
+    import json
+
+    from vitpose_scale.eval.coco_eval import main
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(_gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))))
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([_result(), _result(category_id=2)]))
+    assert main(["--gt", str(gt), "--results", str(res)]) == 0
+    err = capsys.readouterr().err
+    assert ("vitpose-scale coco-eval: note: 1 of 2 results ignored: category_id not a GT category [1] "
+            "(pycocotools ignores them too)") in err
