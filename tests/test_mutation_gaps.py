@@ -1362,26 +1362,34 @@ def test_runner_uses_the_configured_rescoring_and_oks_nms_thresholds(coco_sample
     assert no_gt_stats is None and same == results
 
 
-def test_oks_nms_threshold_default_and_ties_on_poses_at_every_distance():
+@pytest.mark.parametrize("vis_thr", [None, 0.3])
+def test_oks_nms_threshold_default_and_ties_on_poses_at_every_distance(vis_thr):
     """One person predicted with growing error: OKS with the best pose falls from ~1 to ~0, so every
-    threshold, the default (0.9) and the variances decide something; equal scores keep the lower index."""
+    threshold, the default (0.9) and the variances decide something; equal scores keep the lower index.
+    Joint scores include the visibility threshold itself, poses sharing one visible joint and none."""
     import numpy as np
 
     from vitpose_scale.eval.oks import COCO_SIGMAS, oks_nms
 
     rng = np.random.default_rng(3)
     base = rng.uniform(100, 300, (17, 2))
-    kpts = np.array([np.c_[base + rng.normal(0, s, (17, 2)), np.ones(17)] for s in np.linspace(0.5, 25, 40)])
-    areas = np.full(40, 4000.0)
+    vis = rng.choice([0.1, 0.3, 0.9], size=(40, 17))
+    vis[5] = 0.1
+    vis[5, 0] = 0.9  # shares at most joint 0 with the others
+    vis[6] = 0.1  # no joint above the threshold
+    kpts = np.array([np.c_[base + rng.normal(0, s, (17, 2)), v] for s, v in zip(np.linspace(0.5, 25, 40), vis)])
+    areas = rng.uniform(3000, 5000, 40)
     scores = rng.uniform(0.1, 1.0, 40)
     kept = {}
     for thr in (0.3, 0.5, 0.7, 0.9):
-        kept[thr] = oks_nms(kpts, scores, areas, thr).tolist()
-        assert kept[thr] == _official_oks_nms(kpts, scores, areas, thr, COCO_SIGMAS), thr
+        kept[thr] = oks_nms(kpts, scores, areas, thr, vis_thr=vis_thr)
+        assert kept[thr].dtype == np.int64
+        assert kept[thr].tolist() == _official_oks_nms(kpts, scores, areas, thr, COCO_SIGMAS, vis_thr), thr
     assert len({tuple(k) for k in kept.values()}) == 4, "each threshold keeps a different set"
-    assert oks_nms(kpts, scores, areas).tolist() == kept[0.9]
+    assert oks_nms(kpts, scores, areas, vis_thr=vis_thr).tolist() == kept[0.9].tolist()
     tied = rng.integers(1, 4, 40) / 4.0  # three score levels: ties everywhere
-    assert oks_nms(kpts, tied, areas, 0.5).tolist() == _official_oks_nms(kpts, tied, areas, 0.5, COCO_SIGMAS)
+    assert (oks_nms(kpts, tied, areas, 0.5, vis_thr=vis_thr).tolist()
+            == _official_oks_nms(kpts, tied, areas, 0.5, COCO_SIGMAS, vis_thr))
 
 
 def test_coco_eval_command_notes_ignored_results_under_its_name(tmp_path, capsys):
