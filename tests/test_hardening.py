@@ -380,3 +380,24 @@ def test_dcp_metadata_with_code_is_refused(tmp_path):
         ckpt.ensure_safe_dcp_metadata(tmp_path)
     (tmp_path / ".metadata").write_bytes(pickle.dumps({"size": torch.Size([2, 3]), "dtype": torch.float32}, protocol=4))
     ckpt.ensure_safe_dcp_metadata(tmp_path)  # DCP's own kind of content passes
+
+
+def test_dcp_loading_unpickles_metadata_and_extra_entries_without_running_code(tmp_path):
+    """The scan above aside, the reader and planner that load FSDP2 checkpoints refuse code themselves."""
+    import io
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    (tmp_path / ".metadata").write_bytes(pickle.dumps({"meta": Payload()}, protocol=4))
+    reader, planner = ckpt.safe_dcp_reader_and_planner(tmp_path)
+    with pytest.raises(ckpt.UnsafeCheckpointError, match="posix.system|os.system"):
+        reader.read_metadata()
+    blob = io.BytesIO()
+    torch.save({"lr": Payload()}, blob)
+    blob.seek(0)
+    with pytest.raises(pickle.UnpicklingError):
+        planner.load_bytes(None, blob)

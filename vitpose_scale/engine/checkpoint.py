@@ -176,6 +176,56 @@ _DCP_ALLOWED_MODULES = ("torch.distributed.checkpoint.metadata.", "torch.distrib
 _TORCH_DTYPES = {f"torch.{name}" for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
 
 
+def _dcp_global_allowed(name: str) -> bool:
+    return name != "?" and (name.startswith(_DCP_ALLOWED_MODULES) or name in _TORCH_DTYPES)
+
+
+def safe_dcp_reader_and_planner(directory, whole: bool = False):
+    """(storage_reader, planner) for ``torch.distributed.checkpoint.load`` that cannot run code.
+
+    torch's own reader unpickles ``.metadata`` with ``pickle.load`` and its planners load every
+    non-tensor entry (optimizer hyper-parameters) with ``torch.load(weights_only=False)``: ours
+    unpickle the metadata with a class allow-list (the one ``ensure_safe_dcp_metadata`` scans for)
+    and load those entries weights-only. ``whole``: load everything into an empty state dict
+    (what ``dcp_to_torch_save`` does), else into the caller's state dict.
+    """
+    import pickle
+
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class AllowListUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if not _dcp_global_allowed(f"{module}.{name}"):
+                raise UnsafeCheckpointError(f"{Path(directory) / '.metadata'}: holds pickled objects outside the "
+                                            f"allow-list ({module}.{name}); refusing to load it: it could run code")
+            return super().find_class(module, name)
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):  # torch 2.14's, with the allow-list unpickler
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as file:
+                metadata = AllowListUnpickler(file).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    base = _EmptyStateDictLoadPlanner if whole else DefaultLoadPlanner
+
+    class Planner(base):
+        def load_bytes(self, read_item, value):
+            obj = torch.load(value, weights_only=True)  # refuses anything but plain data
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return Reader(str(directory)), Planner()
+
+
 def pickle_globals(data: bytes) -> set[str]:
     """Every global a pickle stream would import ("module.name"), found without unpickling.
     STACK_GLOBAL must take its two names from the string pushes (or memo reads of strings)
@@ -217,7 +267,7 @@ def ensure_safe_dcp_metadata(directory: Path) -> None:
         names = pickle_globals(path.read_bytes())
     except Exception as exc:
         raise UnsafeCheckpointError(f"{path}: cannot be inspected safely ({exc}); refusing to load it") from exc
-    refused = sorted(n for n in names if n == "?" or not (n.startswith(_DCP_ALLOWED_MODULES) or n in _TORCH_DTYPES))
+    refused = sorted(n for n in names if not _dcp_global_allowed(n))
     if refused:
         raise UnsafeCheckpointError(f"{path}: holds pickled objects outside the allow-list "
                                     f"({', '.join(refused)}); refusing to load it: it could run code")
@@ -310,14 +360,15 @@ def consolidate(directory: Path) -> dict[str, torch.Tensor]:
     if torch_file.is_file():
         state = torch.load(torch_file, map_location="cpu", weights_only=True)["model"]
     elif (directory / ".metadata").is_file():  # FSDP2: torch.distributed.checkpoint shards
-        import tempfile
-
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+        # dcp_to_torch_save's load, in memory, with our reader and planner (the public dcp.load
+        # fills only keys the given state dict already has).
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
         ensure_safe_dcp_metadata(directory)
-        with tempfile.TemporaryDirectory() as tmp:
-            dcp_to_torch_save(str(directory), f"{tmp}/whole.pt")
-            state = torch.load(f"{tmp}/whole.pt", map_location="cpu", weights_only=True)["model"]
+        whole: dict = {}
+        reader, planner = safe_dcp_reader_and_planner(directory, whole=True)
+        _load_state_dict(whole, storage_reader=reader, planner=planner, no_dist=True)
+        state = whole["model"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -401,12 +401,13 @@ class FSDPWrapper(_TorchWrapper):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        from vitpose_scale.engine.checkpoint import ensure_safe_dcp_metadata
+        from vitpose_scale.engine.checkpoint import ensure_safe_dcp_metadata, safe_dcp_reader_and_planner
 
         ensure_safe_dcp_metadata(directory)
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer)  # also creates the Adam states
         state = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(state, checkpoint_id=str(directory))
+        reader, planner = safe_dcp_reader_and_planner(directory)
+        dcp.load(state, storage_reader=reader, planner=planner)
         set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"])
 
