@@ -281,13 +281,17 @@ class TopDownCocoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def image_groups(self) -> list[list[int]]:
-        """Record indices grouped by image file, in first-appearance order."""
+    def _records_by_file(self) -> dict[str, list[int]]:
+        """Image file -> its record indices, in first-appearance order (built once)."""
         if self._users is None:
             self._users = {}
             for i, rec in enumerate(self.records):
                 self._users.setdefault(rec["file_name"], []).append(i)
-        return list(self._users.values())
+        return self._users
+
+    def image_groups(self) -> list[list[int]]:
+        """Record indices grouped by image file, in first-appearance order."""
+        return list(self._records_by_file().values())
 
     @property
     def shares_decodes(self) -> bool:
@@ -304,10 +308,8 @@ class TopDownCocoDataset(Dataset):
         key = (rec["file_name"], self.epoch)
         if self._last_decode is not None and self._last_decode[0] == key:
             return self._last_decode[1]
-        if self._users is None:
-            self.image_groups()
-        windows = np.array([self.transform.source_window(self._plan(i), rec["size"])
-                            for i in self._users[rec["file_name"]]])
+        windows = np.array([self.transform.source_window(geometry if i == index else self._plan(i), rec["size"])
+                            for i in self._records_by_file()[rec["file_name"]]])
         union = (int(windows[:, 0].min()), int(windows[:, 1].min()), int(windows[:, 2].max()),
                  int(windows[:, 3].max()))
         img = self.read_image(rec, union)
