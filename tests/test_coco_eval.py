@@ -640,3 +640,177 @@ def test_results_from_a_pipe_and_an_empty_file(coco_sample, tmp_path):
     empty.write_text("")
     with pytest.raises(EvaluationInputError, match=f"results file {empty} is not valid JSON"):
         coco_eval.evaluate(coco_sample / "test_coco.json", empty)
+
+
+# ------------------------------------------------- inputs pycocotools reads differently or not at all
+
+
+def _loose_gt():
+    """The bundled sample with GT fields in every form COCO files use in the wild."""
+    gt, results = make_eval_set(60, seed=11, zero_vis_frac=0.1)
+    anns = gt["annotations"]
+    anns[0]["id"] = 0                              # pycocotools: never counts as matched
+    for a in anns[1:40:3]:
+        del a["iscrowd"]                           # absent: not a crowd
+    for a in anns[2:40:5]:
+        if "iscrowd" in a:
+            a["iscrowd"] = bool(a["iscrowd"])      # booleans instead of 0/1
+    anns[5]["iscrowd"] = True
+    # a person with occluded joints only: labelled, so not ignored when num_keypoints is derived
+    kp = np.asarray(anns[7]["keypoints"]).reshape(17, 3)
+    kp[:, 2] = np.where(kp[:, 2] > 0, 1, 0)
+    anns[7]["keypoints"] = kp.reshape(-1).tolist()
+    anns[7]["num_keypoints"] = int((kp[:, 2] > 0).sum())
+    return gt, results
+
+
+def _pycocotools_form(gt):
+    """The same GT as pycocotools needs it: every field present, integers, numeric ids."""
+    g = copy.deepcopy(gt)
+    for a in g["annotations"]:
+        a["iscrowd"] = int(a.get("iscrowd", 0))
+    return g
+
+
+def test_absent_and_boolean_iscrowd_and_id_0_evaluate_like_pycocotools_on_the_filled_in_file():
+    gt, results = _loose_gt()
+    ref, _ = _reference(_pycocotools_form(gt), results)
+    assert np.array_equal(KeypointEvaluator(gt).evaluate(results), ref)
+    # num_keypoints absent everywhere: derived from the labelled joints, occluded (v=1) ones included
+    no_numk = copy.deepcopy(gt)
+    for a in no_numk["annotations"]:
+        del a["num_keypoints"]
+    assert np.array_equal(KeypointEvaluator(no_numk).evaluate(results), ref)
+
+
+def test_non_numeric_annotation_ids_evaluate_like_their_numeric_renaming():
+    gt, results = _loose_gt()
+    ref = KeypointEvaluator(gt).evaluate(results)
+    renamed = copy.deepcopy(gt)
+    for a in renamed["annotations"]:
+        # strings for most; keep 0 (never matched), 1 and another number among them
+        if a["id"] not in (0, 1, 9):
+            a["id"] = f"ann-{a['id']}"
+    assert np.array_equal(KeypointEvaluator(renamed).evaluate(results), ref)
+
+
+def test_detection_areas_on_the_range_borders_count_like_pycocotools():
+    """Unmatched detections whose keypoint extent is exactly 0, 32^2 or 96^2 (the area-range
+    borders: pycocotools counts a border area inside both ranges)."""
+    gt, results = make_eval_set(20, seed=12, fp_rate=0.0, many_det_frac=0.0)
+    extra = []
+    for img, side, score in [(1, 32, 0.99), (2, 96, 0.98), (3, 0, 0.97), (4, 32, 0.2), (5, 96, 0.1)]:
+        kp = np.zeros((17, 3))
+        kp[:, 0] = 600 - side * (np.arange(17) % 2)  # x spans exactly `side`, at the far corner
+        kp[:, 1] = 470 - side * (np.arange(17) // 16)
+        kp[:, 2] = 1
+        extra.append({"image_id": img, "category_id": 1, "keypoints": kp.reshape(-1).tolist(), "score": score})
+    _assert_same(gt, results + extra)
+
+
+def test_categories_without_detections_or_with_a_single_gt_like_pycocotools():
+    gt, results = make_eval_set(30, seed=13)
+    cats = [dict(gt["categories"][0], id=c, name=f"c{c}") for c in (1, 2, 3, 4)]
+    gt["categories"] = cats
+    lonely = dict(gt["annotations"][0], id=10 ** 6, category_id=4)  # one GT, no detection
+    gt["annotations"].append(lonely)
+    for i, r in enumerate(results):  # category 2: nothing; category 3: a third of the results
+        if i % 3 == 0:
+            r["category_id"] = 3
+    for a in gt["annotations"][::4]:
+        a["category_id"] = 3
+    _assert_same(gt, results)
+
+
+def test_precision_and_recall_arrays_are_pycocotools_eval():
+    gt, results = make_eval_set(40, seed=14)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+    ours = KeypointEvaluator(gt)
+    ours.evaluate(results)
+    assert set(ours.eval) == {"precision", "recall"}
+    np.testing.assert_array_equal(ours.eval["precision"], ev.eval["precision"])
+    np.testing.assert_array_equal(ours.eval["recall"], ev.eval["recall"])
+
+
+def test_verbose_evaluate_prints_the_pycocotools_summary(coco_sample, capsys):
+    gt, dets = _sample(coco_sample)
+    results = results_from_detections(gt, dets, seed=0)
+    _, expected = _reference(gt, results)
+    KeypointEvaluator(gt).evaluate(results, verbose=True)
+    assert capsys.readouterr().out == expected
+
+
+def test_results_may_be_a_tuple_but_not_a_number(coco_sample):
+    gt, dets = _sample(coco_sample)
+    results = results_from_detections(gt, dets, seed=0)
+    ev = KeypointEvaluator(gt)
+    assert np.array_equal(ev.evaluate(tuple(results)), KeypointEvaluator(gt).evaluate(results))
+    for bad, name in ((5, "int"), ({"a": 1}, "dict")):
+        with pytest.raises(EvaluationInputError, match=rf"^results must be a list of objects, got {name}$"):
+            KeypointEvaluator(gt).evaluate(bad)
+
+
+def test_well_formed_files_are_read_by_the_typed_decoders(coco_sample, tmp_path):
+    """The typed decoders (a fast path with a silent fallback) must accept COCO's own files,
+    keeping every field the evaluation reads, with COCO's defaults for the optional ones."""
+    pytest.importorskip("msgspec")
+    gt, dets = _sample(coco_sample)
+    del gt["annotations"][0]["iscrowd"]
+    del gt["annotations"][1]["num_keypoints"]
+    decoded = coco_eval._typed("gt").decode(json.dumps(gt).encode())
+    assert [im.id for im in decoded.images] == [im["id"] for im in gt["images"]]
+    for typed, plain in zip(decoded.annotations, gt["annotations"]):
+        for f in ("id", "image_id", "category_id", "keypoints", "area", "bbox"):
+            assert getattr(typed, f) == plain[f], f
+        assert typed.iscrowd == plain.get("iscrowd", 0)
+        assert (typed.num_keypoints is coco_eval._MISSING) == ("num_keypoints" not in plain)
+    assert decoded.categories == gt["categories"]
+    results = results_from_detections(gt, dets, seed=0)
+    results[0]["bbox"] = [1.0, 2.0, 3.0, 4.0]
+    records = coco_eval._typed("results").decode(json.dumps(results).encode())
+    for typed, plain in zip(records, results):
+        assert (typed.image_id, typed.category_id, typed.keypoints, typed.score) == (
+            plain["image_id"], plain["category_id"], plain["keypoints"], plain["score"])
+        assert typed.bbox == plain.get("bbox")
+    # and the evaluator takes that path for files
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert coco_eval._is_typed(coco_eval._read_json(tmp_path / "gt.json", "GT", coco_eval._typed("gt")).annotations,
+                               "annotation_type")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda g: g.update(categories=[]), r"^GT has no categories$"),
+    (lambda g: g["categories"].append("person"), r"^GT: categories\[1\] has no 'id'$"),
+    (lambda g: g["categories"].append({"name": "dog"}), r"^GT: categories\[1\] has no 'id'$"),
+    (lambda g: g["categories"].append({"id": 2, "name": "dog"}),
+     r"^GT is not a keypoint annotation file: category 2 \(dog\) has no 'keypoints' list$"),
+    (lambda g: g["categories"].append({"id": 2}), r"category 2 \(\?\) has no 'keypoints' list$"),
+    (lambda g: g["categories"].append({"id": 3, "keypoints": ["a"]}),
+     r"^GT: category 3 has 1 keypoints but 17 OKS sigmas are given$"),
+    (lambda g: g["images"].append({"file_name": "x.jpg"}),
+     r"^GT: an image or category entry has a bad or missing id \(KeyError\('id'\)\)$"),
+    (lambda g: g.update(images={}), r"^GT is not a COCO keypoint annotation file: missing 'images' list$"),
+])
+def test_bad_categories_and_images_are_named_exactly(coco_sample, mutate, message):
+    gt, _ = _sample(coco_sample)
+    mutate(gt)
+    with pytest.raises(EvaluationInputError, match=message):
+        KeypointEvaluator(gt)
+    with pytest.raises(EvaluationInputError, match=r"^GT is not a COCO keypoint annotation file: expected a JSON "
+                                                   r"object, got list$"):
+        KeypointEvaluator([gt])
+
+
+def test_a_fresh_evaluator_has_counted_nothing_and_lists_its_images(coco_sample):
+    gt, _ = _sample(coco_sample)
+    ev = KeypointEvaluator(gt)
+    assert ev.num_results == 0 and ev.num_ignored == 0
+    assert ev.img_ids == sorted(im["id"] for im in gt["images"])
+    assert ev.sigmas.dtype == np.float64 and np.array_equal(ev.sigmas, COCO_SIGMAS)

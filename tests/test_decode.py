@@ -281,3 +281,69 @@ def test_decode_config_is_checked_and_old_configs_still_load():
         from_dict({"eval": {"decode": "dakr"}})
     with pytest.raises(ConfigError, match="eval.blur_kernel"):
         from_dict({"eval": {"blur_kernel": 10}})
+
+
+def test_biased_inverse_transform_equals_official_transform_preds_without_udp():
+    # mmpose transform_preds(use_udp=False): scale / output_size (pixel counts, not intervals).
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        hm_hw = (int(rng.integers(16, 150)), int(rng.integers(12, 110)))
+        coords = rng.uniform(-2, max(hm_hw) + 2, (17, 2))
+        center = rng.uniform(0, 640, 2).astype(np.float32)
+        scale = rng.uniform(10, 600, 2).astype(np.float32)
+        ours = heatmap_to_image(coords, center, scale, 0.0, (hm_hw[0] * 4, hm_hw[1] * 4), hm_hw, use_udp=False)
+        ref = np.empty((17, 2))
+        c, s = center.astype(np.float64), scale.astype(np.float64)
+        ref[:, 0] = coords[:, 0] * (s[0] / hm_hw[1]) + c[0] - s[0] * 0.5
+        ref[:, 1] = coords[:, 1] * (s[1] / hm_hw[0]) + c[1] - s[1] * 0.5
+        assert np.abs(ours - ref).max() < 1e-9
+    with pytest.raises(ValueError, match=r"^non-UDP decoding supports rotation 0 only$"):
+        heatmap_to_image(coords, center, scale, 30.0, (256, 192), (64, 48), use_udp=False)
+    # decode_heatmaps passes the choice on: an argmax peak maps through the biased formula
+    maps = np.stack([_gaussian(64, 48, (10, 20)), _gaussian(64, 48, (30, 5))])[None]
+    out, _ = decode_heatmaps(maps, [[300, 200]], [[192, 256]], image_size=(256, 192), use_udp=False,
+                             method="argmax")
+    np.testing.assert_allclose(out[0], [[10 * 4 + 300 - 96, 20 * 4 + 200 - 128], [30 * 4 + 300 - 96,
+                                                                                5 * 4 + 200 - 128]])
+
+
+def test_argmax_marks_joints_without_a_positive_peak_with_minus_one():
+    # mmpose _get_max_preds: preds where maxval > 0, else -1
+    hm = np.zeros((1, 3, 8, 6), np.float32)
+    hm[0, 0, 5, 2] = 0.7
+    hm[0, 1] -= 1.0  # nothing above zero
+    hm[0, 2, 3, 4] = 0.0  # all zero
+    preds, maxvals = get_max_preds(hm)
+    assert preds.dtype == np.float32 and maxvals.dtype == np.float32
+    np.testing.assert_array_equal(preds[0], [[2, 5], [-1, -1], [-1, -1]])
+    np.testing.assert_array_equal(maxvals[0, :, 0], np.float32([0.7, -1.0, 0.0]))
+
+
+@pytest.mark.parametrize("method,refine", [("udp_dark", "udp"), ("dark", "dark")])
+def test_the_blur_kernel_reaches_the_refinement(method, refine):
+    from vitpose_scale.eval.decode import udp_dark_refine
+
+    rng = np.random.default_rng(7)
+    maps = _official_test_maps(rng, 2, 17, 64, 48, border=False)
+    centers, scales = np.full((2, 2), 150.0), np.full((2, 2), 100.0)
+    preds, _ = get_max_preds(maps)
+    fn = udp_dark_refine if refine == "udp" else dark_refine
+    for kernel in (3, 17):
+        out, _ = decode_heatmaps(maps, centers, scales, image_size=(256, 192), method=method, kernel=kernel)
+        ref = fn(maps, preds, kernel)
+        expected = np.stack([heatmap_to_image(ref[i], centers[i], scales[i], 0.0, (256, 192), (64, 48))
+                             for i in range(2)])
+        np.testing.assert_allclose(out, expected, atol=1e-4)
+    k3, _ = decode_heatmaps(maps, centers, scales, image_size=(256, 192), method=method, kernel=3)
+    k17, _ = decode_heatmaps(maps, centers, scales, image_size=(256, 192), method=method, kernel=17)
+    assert np.abs(k3 - k17).max() > 1e-3
+
+
+def test_the_legacy_dark_flag_selects_dark_or_argmax():
+    rng = np.random.default_rng(8)
+    maps = _official_test_maps(rng, 2, 17, 64, 48, border=False)
+    c, s = np.full((2, 2), 150.0), np.full((2, 2), 100.0)
+    for flag, method in ((True, "dark"), (False, "argmax")):
+        a, _ = decode_heatmaps(maps, c, s, method="udp_dark", dark=flag)
+        b, _ = decode_heatmaps(maps, c, s, method=method)
+        np.testing.assert_array_equal(a, b)

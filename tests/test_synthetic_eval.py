@@ -1,0 +1,234 @@
+"""The synthetic evaluation set keeps the promises the evaluator tests rely on.
+
+The equality tests compare us with pycocotools on ``make_eval_set``; they would still pass if
+the generator stopped producing crowds, empty images or score ties, and then cover less.
+These tests pin what its docstring promises, as frequencies with binomial margins
+(about 4 standard deviations) on a 600-image set.
+"""
+import math
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from vitpose_scale.eval.coco_eval import KeypointEvaluator
+from vitpose_scale.eval.synthetic_eval import KEYPOINT_NAMES, SKELETON, make_eval_set, results_from_detections
+
+N = 600
+
+
+def _near(observed, expected, n, sds=4.0):
+    """observed frequency within ``sds`` binomial standard deviations of ``expected``."""
+    return abs(observed - expected) <= sds * math.sqrt(expected * (1 - expected) / n) + 1e-9
+
+
+@pytest.fixture(scope="module")
+def eval_set():
+    return make_eval_set(N, seed=0)
+
+
+def _by_image(anns):
+    out = defaultdict(list)
+    for a in anns:
+        out[a["image_id"]].append(a)
+    return out
+
+
+def test_images_ids_and_sizes(eval_set):
+    gt, _ = eval_set
+    assert [im["id"] for im in gt["images"]] == list(range(1, N + 1))
+    assert all(im["file_name"] == f"{im['id']:012d}.jpg" for im in gt["images"])
+    sizes = Counter((im["width"], im["height"]) for im in gt["images"])
+    assert set(sizes) == {(640, 480), (480, 640)} and _near(sizes[(640, 480)] / N, 0.6, N)
+    assert [a["id"] for a in gt["annotations"]] == list(range(1, len(gt["annotations"]) + 1))
+    cat = gt["categories"]
+    assert len(cat) == 1 and cat[0]["id"] == 1 and cat[0]["name"] == "person"
+    assert cat[0]["keypoints"] == KEYPOINT_NAMES and cat[0]["skeleton"] == SKELETON
+    assert gt["info"]["seed"] == 0
+    other, _ = make_eval_set(3, seed=1, image_id_start=50, ann_id_start=900)
+    assert [im["id"] for im in other["images"]] == [50, 51, 52] and other["annotations"][0]["id"] == 900
+
+
+def test_people_per_image_empty_images_and_crowds(eval_set):
+    gt, _ = eval_set
+    people = _by_image(a for a in gt["annotations"] if not a["iscrowd"])
+    crowds = _by_image(a for a in gt["annotations"] if a["iscrowd"])
+    counts = np.array([len(people.get(im["id"], [])) for im in gt["images"]])
+    assert _near((counts == 0).mean(), 0.1, N)
+    # min(geometric(0.4), 15): mean 2.5 (truncation changes it by < 0.01), sd ~1.9
+    present = counts[counts > 0]
+    assert abs(present.mean() - 2.5) < 4 * 1.94 / math.sqrt(len(present)) and present.max() <= 15
+    assert _near(len(crowds) / N, 0.05, N) and all(len(v) == 1 for v in crowds.values())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
+    for (crowd,) in crowds.values():
+        x, y, w, h = crowd["bbox"]
+        img_w, img_h = sizes[crowd["image_id"]]
+        assert crowd["keypoints"] == [0] * 51 and crowd["num_keypoints"] == 0
+        assert 100 - 0.01 <= w <= 0.9 * img_w + 0.01 and 60 - 0.01 <= h <= 0.6 * img_h + 0.01
+        assert x >= 0 and y >= 0 and x + w <= img_w + 0.02 and y + h <= img_h + 0.02
+        assert 0.3 * w * h - 1 <= crowd["area"] <= 0.7 * w * h + 1
+
+
+def test_person_boxes_areas_and_joints(eval_set):
+    gt, _ = eval_set
+    sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
+    anns = [a for a in gt["annotations"] if not a["iscrowd"]]
+    zero = 0
+    visibility = {"head_arms": Counter(), "legs": Counter()}
+    heights, ratios = [], []
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        img_w, img_h = sizes[a["image_id"]]
+        assert all(v == round(v, 2) for v in a["bbox"])
+        assert 18 - 0.01 <= h <= min(img_h, 460) + 0.01 and 0.35 - 1e-3 <= w / h <= 0.75 + 1e-3
+        assert x >= 0 and y >= 0 and x + w <= max(img_w, w) + 0.02 and y + h <= max(img_h, h) + 0.02
+        assert 0.45 * w * h * 0.99 <= a["area"] <= 0.75 * w * h * 1.01  # of the unrounded box
+        heights.append(h)
+        ratios.append(w / h)
+        kp = np.asarray(a["keypoints"]).reshape(17, 3)
+        v = kp[:, 2]
+        assert set(v.tolist()) <= {0, 1, 2} and a["num_keypoints"] == int((v > 0).sum())
+        assert not kp[v == 0].any()  # unlabelled: 0, 0, 0
+        lab = kp[v > 0]
+        assert (lab[:, 0] >= x - 0.3 * w).all() and (lab[:, 0] <= x + 1.3 * w).all()
+        assert (lab[:, 1] >= y - 0.3 * h).all() and (lab[:, 1] <= y + 1.3 * h).all()
+        if a["num_keypoints"] == 0:
+            zero += 1
+            continue
+        visibility["head_arms"].update(v[:11].tolist())
+        visibility["legs"].update(v[11:].tolist())
+    assert _near(zero / len(anns), 0.03, len(anns))
+    head = visibility["head_arms"]
+    n_head = sum(head.values())
+    for value, p in ((0, 0.2), (1, 0.1), (2, 0.7)):
+        assert _near(head[value] / n_head, p, n_head), (value, head)
+    legs = visibility["legs"]
+    n_legs = sum(legs.values())
+    # 15 % of people are truncated (legs unlabelled): P(v = 0) = 0.15 + 0.85 * 0.2
+    assert _near(legs[0] / n_legs, 0.32, n_legs / 6)
+    # heights log-uniform from 18 px: the median sits near the geometric middle of its range
+    assert 50 < np.median(heights) < 150 and abs(np.mean(ratios) - 0.55) < 0.02
+    areas = np.array([a["area"] for a in anns])
+    for lo, hi in ((0, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, math.inf)):  # every COCO area range
+        assert 0.2 < ((areas >= lo) & (areas < hi)).mean() < 0.45
+
+
+def test_people_are_seen_from_the_front_and_the_back(eval_set):
+    gt, _ = eval_set
+    front = back = 0
+    for a in gt["annotations"]:
+        kp = np.asarray(a["keypoints"]).reshape(17, 3)
+        if a["iscrowd"] or not (kp[5, 2] and kp[6, 2]) or a["bbox"][2] < 20:
+            continue
+        # the template faces the camera: the left shoulder (5) is right of the right one (6)
+        if kp[5, 0] > kp[6, 0]:
+            front += 1
+        else:
+            back += 1
+    assert _near(back / (front + back), 0.4, front + back)
+
+
+def test_results_scores_and_ties(eval_set):
+    gt, results = eval_set
+    assert all(set(r) == {"image_id", "category_id", "keypoints", "score"} for r in results)
+    scores = np.array([r["score"] for r in results])
+    assert scores.min() >= 1e-4 and scores.max() <= 1.0
+    conf = np.array([r["keypoints"][2::3] for r in results])
+    assert conf.min() >= 0.2 and conf.max() <= 1.0 and abs(conf.mean() - 0.6) < 0.02
+    per_image = _by_image(results)
+    tied = [img for img, rs in per_image.items()
+            if len(rs) > 1 and all(r["score"] == round(r["score"], 1) and r["score"] >= 0.1 for r in rs)]
+    assert _near(len(tied) / N, 0.05, N, sds=5)
+    many = [img for img, rs in per_image.items() if len(rs) > 20]
+    assert _near(len(many) / N, 0.03, N, sds=5)
+    # result files are not grouped by image: image ids change often along the list
+    changes = sum(a["image_id"] != b["image_id"] for a, b in zip(results, results[1:]))
+    assert changes > 0.9 * len(results)
+    # with_bbox: each result carries its person's box
+    gt_b, with_box = make_eval_set(40, seed=0, with_bbox=True)
+    assert gt_b == make_eval_set(40, seed=0)[0]
+    assert all(len(r["bbox"]) == 4 and all(isinstance(v, float) for v in r["bbox"]) for r in with_box)
+
+
+def test_results_per_person_detections_duplicates_and_false_positives():
+    # Without crowds, empty images, extra false positives and many-detection images every
+    # result is a person's detection or its duplicate: 0.9 * (1 + 0.25) per person.
+    gt, results = make_eval_set(N, seed=2, crowd_frac=0.0, empty_frac=0.0, fp_rate=0.0, many_det_frac=0.0,
+                                zero_vis_frac=0.0)
+    assert not any(a["iscrowd"] for a in gt["annotations"])
+    per_person = len(results) / len(gt["annotations"])
+    assert abs(per_person - 1.125) < 0.06
+    # The set is hard but learnable: the published AP of a good model lies in this band.
+    stats = KeypointEvaluator(gt).evaluate(results)
+    assert 0.6 < stats[0] < 0.85 and stats[1] > 0.85
+    _, with_fp = make_eval_set(N, seed=2, crowd_frac=0.0, empty_frac=0.0, fp_rate=2.0, many_det_frac=0.0,
+                               zero_vis_frac=0.0)
+    assert abs((len(with_fp) - len(results)) / N - 2.0) < 4 * math.sqrt(2.0 / N)
+
+
+def test_default_set_evaluates_in_its_known_band(eval_set):
+    gt, results = eval_set
+    stats = KeypointEvaluator(gt).evaluate(results)
+    # AP, AP50, AP75, AP medium, AP large, then the recalls: pinned loosely, so a generator
+    # change that makes the set trivial or hopeless fails here
+    assert 0.5 < stats[0] < 0.75 and 0.8 < stats[1] < 0.95 and 0.5 < stats[2] < 0.8
+    assert 0.5 < stats[5] < 0.8 and stats[6] > stats[5]
+
+
+# ---------------------------------------------------------------- results_from_detections
+def _one_person_gt():
+    kp = np.zeros((17, 3))
+    kp[:, 0] = 100 + 10 * np.arange(17) % 80
+    kp[:, 1] = 50 + 12 * np.arange(17)
+    kp[:, 2] = 2
+    kp[3] = 0  # unlabelled: filled from the template in the GT box
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [90.0, 40.0, 100.0, 220.0],
+             "area": 15000.0, "num_keypoints": 16, "keypoints": kp.reshape(-1).astype(int).tolist()},
+            {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 1, "bbox": [300.0, 40.0, 100.0, 220.0],
+             "area": 15000.0, "num_keypoints": 0, "keypoints": [0] * 51}]
+    gt = {"images": [{"id": 1, "width": 640, "height": 480}], "annotations": anns,
+          "categories": [{"id": 1, "name": "person", "keypoints": KEYPOINT_NAMES}]}
+    return gt, kp
+
+
+def test_detections_take_the_best_overlapping_persons_joints_plus_box_scaled_noise():
+    from vitpose_scale.eval.synthetic_eval import _TEMPLATE
+
+    gt, kp = _one_person_gt()
+    fill = np.stack([90 + _TEMPLATE[:, 0] * 100, 40 + _TEMPLATE[:, 1] * 220], axis=1)
+    expected = np.where(kp[:, 2:3] > 0, kp[:, :2], fill)
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [90.0, 40.0, 100.0, 220.0], "score": 0.8}] * 200
+    out = results_from_detections(gt, dets, seed=0, noise=0.05)
+    pts = np.array([r["keypoints"] for r in out]).reshape(200, 17, 3)
+    err = (pts[:, :, :2] - expected[None]) / math.sqrt(100 * 220)
+    # noise = uniform(0.3, 1.7) * 0.05 of sqrt(w * h): E|err| per axis = E[n] * sqrt(2 / pi)
+    assert abs(np.abs(err).mean() - 0.05 * math.sqrt(2 / math.pi)) < 0.004
+    assert abs(err.mean()) < 0.003
+    # score = detector score * pose quality, quality = 1 - 2 * noise in [1 - 3.4 * 0.05, 1 - 0.6 * 0.05]
+    q = np.array([r["score"] for r in out]) / 0.8
+    assert q.min() >= 1 - 3.4 * 0.05 - 1e-9 and q.max() <= 1 - 0.6 * 0.05 + 1e-9
+    assert q.max() - q.min() > 0.1
+    assert all(r["image_id"] == 1 and r["category_id"] == 1 for r in out)
+    assert results_from_detections(gt, dets[:3], seed=4) == results_from_detections(gt, dets[:3], seed=4)
+    assert results_from_detections(gt, dets[:3], seed=4) != results_from_detections(gt, dets[:3], seed=5)
+
+
+@pytest.mark.parametrize("bbox,matched", [
+    ([90.0, 40.0, 100.0, 220.0], True),     # the person's own box
+    ([90.0, 40.0, 100.0, 70.0], True),      # IoU 0.318 > 0.3
+    ([90.0, 40.0, 100.0, 60.0], False),     # IoU 0.273
+    ([300.0, 40.0, 100.0, 220.0], False),   # on the crowd region only: crowds are never matched
+    ([500.0, 300.0, 50.0, 100.0], False),   # on nobody
+])
+def test_detections_match_by_iou_above_0_3_else_a_template_in_their_own_box(bbox, matched):
+    from vitpose_scale.eval.synthetic_eval import _TEMPLATE
+
+    gt, kp = _one_person_gt()
+    dets = [{"image_id": 1, "category_id": 1, "bbox": bbox, "score": 1.0}] * 100
+    pts = np.array([r["keypoints"] for r in results_from_detections(gt, dets, noise=0.02)]).reshape(100, 17, 3)
+    mean = pts[:, :, :2].mean(axis=0)
+    x, y, w, h = bbox
+    template = np.stack([x + _TEMPLATE[:, 0] * w, y + _TEMPLATE[:, 1] * h], axis=1)
+    target = kp[:, :2] if matched else template
+    rows = kp[:, 2] > 0 if matched else slice(None)
+    assert np.abs(mean[rows] - target[rows]).max() < 0.02 * math.sqrt(w * h)
