@@ -11,9 +11,12 @@ part of the per-sample time. Our pipeline is ``TopDownCocoDataset.__getitem__``:
 ``uint8_images`` (what training uses: normalisation runs on the device inside the step)
 and with host normalisation, decoding only the window each crop reads (``data.window_decode``,
 the default); ``ours_uint8_whole_decode`` decodes whole images; ``ours_uint8_group_by_image``
-visits the people image by image (``data.group_by_image``: one decode per image). JPEG
-decoding is included in every figure; the run checks that all our variants give bit-identical
-crops and targets.
+visits the people image by image (``data.group_by_image``: one decode per image);
+``ours_uint8_prepared_images`` reads a copy of the images made by ``vitpose-scale
+prepare-images`` (JPEGs rewritten losslessly with a restart marker per MCU, so only the
+blocks a crop reads are decoded; ``official_prepared_images`` is the official pipeline on
+that copy). JPEG decoding is included in every figure; the run checks that all our variants
+give bit-identical crops and targets.
 
 Each round times every variant once over the same samples, in a shuffled order, so drift
 in machine load hits all alike; medians over the rounds. The clock is the process's
@@ -305,10 +308,10 @@ def main() -> None:
     decoded = {rec["image_file"]: official.load(rec["image_file"]) for rec in records}
     decoded_sizes = [f"{img.shape[1]}x{img.shape[0]}" for img in decoded.values()]
 
-    def run_official(predecoded=False):
+    def run_official(predecoded=False, recs=records):
         def go():  # the very draws ours makes, so both do the same augmentations
             for epoch in range(args.epochs):
-                for i, rec in enumerate(records):
+                for i, rec in enumerate(recs):
                     official(rec, GeneratorDraws(sample_rng(0, epoch, i)),
                              img=decoded[rec["image_file"]] if predecoded else None)
         return go
@@ -351,6 +354,19 @@ def main() -> None:
     grouped_sampler = TrainSampler(len(ours_grouped), seed=0, groups=ours_grouped.image_groups())
     grouped_identical = same_items(ours_uint8, ours_grouped, args.epochs)
 
+    # vitpose-scale prepare-images: the same images, JPEGs with a restart marker per MCU.
+    import tempfile
+
+    from vitpose_scale.data.prepare_images import prepare_folder
+
+    prepared_dir = Path(tempfile.mkdtemp(prefix="vps_prepared_")) / "images"
+    c0 = time.process_time()
+    prep = prepare_folder(Path(args.data) / args.images, prepared_dir, progress=False)
+    prepare_ms_per_jpeg = 1000 * (time.process_time() - c0) / max(1, prep["rewritten"])
+    ours_prepared = build(Path(args.data), args.ann, str(prepared_dir))[0]
+    prepared_identical = same_items(ours_uint8, ours_prepared, args.epochs)
+    prepared_records = official_records(ours_prepared)
+
     def run_grouped():
         for epoch in range(args.epochs):
             ours_grouped.set_epoch(epoch)
@@ -360,6 +376,8 @@ def main() -> None:
     variants = {"official": run_official(), "ours_uint8": run_ours(ours_uint8),
                 "ours_uint8_whole_decode": run_ours(ours_whole), "ours_uint8_group_by_image": run_grouped,
                 "ours_host_normalised": run_ours(ours_host),
+                "ours_uint8_prepared_images": run_ours(ours_prepared),
+                "official_prepared_images": run_official(recs=prepared_records),
                 "official_predecoded": run_official(predecoded=True), "ours_uint8_predecoded": run_ours(ours_predecoded),
                 "decode_only": decode_only, "decode_entropy_only": decode_entropy_only}
     n = args.epochs * len(records)
@@ -393,18 +411,33 @@ def main() -> None:
         "window_decode_identical_to_whole_decode": window_identical,
         "ratio_ours_uint8_group_by_image_over_official": per_s["ours_uint8_group_by_image"] / per_s["official"],
         "group_by_image_items_identical": grouped_identical,
+        "ratio_ours_uint8_prepared_images_over_official":
+            per_s["ours_uint8_prepared_images"] / per_s["official"],
+        "ratio_ours_uint8_prepared_images_over_official_prepared_images":
+            per_s["ours_uint8_prepared_images"] / per_s["official_prepared_images"],
+        "prepared_images_items_identical": prepared_identical,
+        "prepared_images": {"jpegs_rewritten": prep["rewritten"], "bytes_before": prep["src_bytes"],
+                            "bytes_after": prep["out_bytes"],
+                            "growth_percent": 100 * (prep["out_bytes"] - prep["src_bytes"]) / max(1, prep["src_bytes"]),
+                            "prepare_cpu_ms_per_jpeg_once": prepare_ms_per_jpeg},
         "ratio_without_decode_ours_uint8_over_official": per_s["ours_uint8_predecoded"] / per_s["official_predecoded"],
         "cpu_ms_per_sample_median": {k: 1000 / v for k, v in per_s.items()},
         "normalisation_ms_per_crop": normalisation_costs(args.rounds),
         "same_draws_comparison": compare(ours_host, official, records, epochs=args.epochs),
     }
     Path(args.out).write_text(json.dumps(report, indent=1))
+    import shutil
+
+    shutil.rmtree(prepared_dir.parent, ignore_errors=True)
     print(json.dumps({k: report[k] for k in ("cpu_ms_per_sample_median", "ratio_ours_uint8_over_official",
                                              "ratio_ours_host_normalised_over_official",
                                              "ratio_ours_uint8_whole_decode_over_official",
                                              "window_decode_identical_to_whole_decode",
                                              "ratio_ours_uint8_group_by_image_over_official",
                                              "group_by_image_items_identical",
+                                             "ratio_ours_uint8_prepared_images_over_official",
+                                             "ratio_ours_uint8_prepared_images_over_official_prepared_images",
+                                             "prepared_images_items_identical", "prepared_images",
                                              "ratio_without_decode_ours_uint8_over_official",
                                              "normalisation_ms_per_crop")}, indent=1))
     print(json.dumps(report["same_draws_comparison"], indent=1))

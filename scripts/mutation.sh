@@ -65,6 +65,10 @@ for p in vitpose_scale tests data configs bench launch pytest.ini; do ln -sfn "$
 } > "$work/setup.cfg"
 
 cd "$work"
+# mutmut regenerates changed .py files only: refresh the C sources the package compiles on first use.
+if [[ -d mutants/vitpose_scale ]]; then
+  (cd "$ROOT" && find vitpose_scale -name '*.c' -exec cp {} "$work/mutants/{}" \;)
+fi
 # The progress spinner goes to run.log (it rewrites one line with \r); the final counts are printed below.
 nice -n 19 mutmut run --max-children "${MUTATION_JOBS:-2}" > run.log 2>&1 || { tail -c 3000 run.log; exit 1; }
 tr '\r' '\n' < run.log | grep -E 'done in|mutations/second' || true

@@ -179,3 +179,128 @@ print("same")
     assert done.stdout.strip() == "same"
     notes = [line for line in done.stderr.splitlines() if "partial JPEG decoding is unavailable" in line]
     assert len(notes) == 1, done.stderr
+
+
+# ------------------------------------------------ restart-marked copies (vitpose-scale prepare-images)
+UNUSUAL = [("baseline 4:2:0", [cv2.IMWRITE_JPEG_QUALITY, 90], (53, 37)),
+           ("progressive", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], (120, 161)),
+           ("4:4:4", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444], (99, 130)),
+           ("4:2:2", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422], (64, 200)),
+           ("restart every 3 MCUs", [cv2.IMWRITE_JPEG_RST_INTERVAL, 3], (90, 90)),
+           ("4:1:1", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411], (83, 117)),
+           ("4:4:0", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440], (83, 117))]
+
+
+def _rewritten(tmp_path, data, name="rst.jpg"):
+    path = tmp_path / name
+    path.write_bytes(jpeg_region.add_restarts(data))
+    return path
+
+
+def test_restart_marked_coco_images_decode_the_same_and_their_windows_equal_the_whole_decode(coco_sample, tmp_path):
+    rng = np.random.default_rng(10)
+    for src in sorted(coco_sample.glob("*.jpg")):
+        whole = read_rgb(src)
+        path = _rewritten(tmp_path, src.read_bytes(), src.name)
+        assert not jpeg_region.has_mcu_restarts(src.read_bytes(), whole.shape[:2])
+        assert jpeg_region.has_mcu_restarts(path.read_bytes(), whole.shape[:2])
+        np.testing.assert_array_equal(read_rgb(path), whole)  # lossless
+        _assert_window_equal(path, whole, rng)
+
+
+@pytest.mark.parametrize("name,params,size", UNUSUAL + [("grey", None, (70, 45))])
+def test_restart_marked_unusual_jpegs_take_the_cut_path_with_exact_windows(tmp_path, name, params, size):
+    img = _noise_image(*size)
+    data = (cv2.imencode(".jpg", img[..., 0])[1] if params is None else cv2.imencode(".jpg", img, params)[1]).tobytes()
+    src = tmp_path / "src.jpg"
+    src.write_bytes(data)
+    whole = read_rgb(src)
+    path = _rewritten(tmp_path, data)
+    assert jpeg_region.has_mcu_restarts(path.read_bytes(), size)  # progressive sources come out sequential
+    assert not jpeg_region.has_mcu_restarts(data, size)  # no markers, or not after every MCU
+    np.testing.assert_array_equal(read_rgb(path), whole)
+    _assert_window_equal(path, whole, np.random.default_rng(11))
+
+
+def test_restart_marked_files_keep_their_exif_rotation_and_cmyk_still_decodes_whole(tmp_path):
+    from PIL import Image
+
+    img = _noise_image(40, 64)
+    rotated = _with_exif_orientation(cv2.imencode(".jpg", img)[1].tobytes(), 6)
+    path = _rewritten(tmp_path, rotated)
+    assert read_rgb(path).shape[:2] == (64, 40)
+    np.testing.assert_array_equal(read_rgb_window(path, (40, 64), (3, 4, 20, 30)), read_rgb(path))
+    buf = io.BytesIO()
+    Image.fromarray(img).convert("CMYK").save(buf, format="JPEG", quality=90)
+    cmyk = _rewritten(tmp_path, buf.getvalue(), "cmyk.jpg")
+    assert not jpeg_region.has_mcu_restarts(cmyk.read_bytes(), (40, 64))
+    np.testing.assert_array_equal(read_rgb_window(cmyk, (40, 64), (3, 4, 20, 30)), read_rgb(cmyk))
+
+
+def test_a_damaged_restart_marked_file_decodes_its_window_as_a_whole_decode_does(tmp_path):
+    data = bytearray(jpeg_region.add_restarts(cv2.imencode(".jpg", _noise_image(96, 128))[1].tobytes()))
+    rng = np.random.default_rng(12)
+    scan = bytes(data).index(b"\xff\xda") + 20
+    compared = 0
+    for trial in range(6):
+        bad = bytearray(data)
+        at = int(rng.integers(scan, len(data) - 40))
+        bad[at] ^= 0x5A
+        path = tmp_path / f"bad{trial}.jpg"
+        path.write_bytes(bytes(bad))
+        whole = cv2.imdecode(np.frombuffer(bytes(bad), np.uint8), cv2.IMREAD_COLOR)
+        if whole is None:
+            continue
+        got = read_rgb_window(path, (96, 128), (30, 20, 90, 70))
+        np.testing.assert_array_equal(got[20:70, 30:90], whole[20:70, 30:90, ::-1], err_msg=f"byte {at}")
+        compared += 1
+    assert compared >= 3
+
+
+def test_add_restarts_refuses_what_libjpeg_cannot_read():
+    with pytest.raises(ValueError):
+        jpeg_region.add_restarts(b"\xff\xd8not a jpeg at all")
+
+
+def test_prepare_images_rewrites_jpegs_copies_the_rest_and_the_dataset_gives_identical_items(coco_sample, tmp_path):
+    from vitpose_scale.data.prepare_images import main
+
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    for p in coco_sample.glob("*.jpg"):
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "nested" / "x.png").write_bytes(cv2.imencode(".png", _noise_image(20, 30))[1].tobytes())
+    (src / "nested" / "fake.jpg").write_bytes(b"\xff\xd8not a jpeg")
+    os.chmod(src / "nested" / "x.png", 0o640)
+    out = tmp_path / "out"
+    assert main(["--src", str(src), "--out", str(out), "--workers", "2"]) == 0
+    for p in coco_sample.glob("*.jpg"):
+        new = (out / p.name).read_bytes()
+        assert new != p.read_bytes() and jpeg_region.has_mcu_restarts(new, read_rgb(p).shape[:2])
+    assert (out / "nested" / "x.png").read_bytes() == (src / "nested" / "x.png").read_bytes()
+    assert (out / "nested" / "x.png").stat().st_mode & 0o777 == 0o640
+    assert (out / "nested" / "fake.jpg").read_bytes() == b"\xff\xd8not a jpeg"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main(["--src", str(src), "--out", str(out)]) == 0  # nothing left to do
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert main(["--src", str(src), "--out", str(src / "inside")]) == 2
+    # Training reads the copy: the very same crops and targets, epoch after epoch
+    kw = dict(ann_file=coco_sample / "test_coco.json", data_cfg=DataConfig(), image_size=(256, 192), train=True,
+              seed=3, uint8_images=True)
+    a = TopDownCocoDataset(coco_sample, img_dir=coco_sample, **kw)
+    b = TopDownCocoDataset(coco_sample, img_dir=out, **kw)
+    for epoch in (0, 1):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for i in range(len(a)):
+            x, y = a[i], b[i]
+            assert torch.equal(x["img"], y["img"]) and torch.equal(x["target"], y["target"])
+
+
+def test_prepare_images_cli_is_listed_and_explains_a_missing_source(tmp_path, capsys):
+    from vitpose_scale.cli import main
+
+    assert main(["prepare-images", "--src", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "prepare-images: --src" in capsys.readouterr().err
+    main([])
+    assert "prepare-images" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""`vitpose-scale` command: train | eval | infer | coco-eval | convert | export | params | make-synthetic."""
+"""`vitpose-scale` command: train | eval | infer | coco-eval | convert | export | params | make-synthetic |
+prepare-images."""
 from __future__ import annotations
 
 import argparse
@@ -182,6 +183,8 @@ COMMANDS = {
     "params": ("parameter count and FLOPs table of the presets", "vitpose_scale.cli:params_main"),
     "plan": ("memory per rank, FLOPs and time of a config at a given number of GPUs", "vitpose_scale.plan:main"),
     "make-synthetic": ("generate the synthetic-people COCO data set", "vitpose_scale.data.synthetic:main"),
+    "prepare-images": ("copy an image folder with JPEGs that decode per crop window (lossless)",
+                       "vitpose_scale.data.prepare_images:main"),
 }
 
 

@@ -7,11 +7,19 @@
  * produces (same library, same integer IDCT and fancy upsampling); the Python side
  * checks that on every test image.
  *
+ * Entropy (Huffman) decoding cannot be skipped that way: it is sequential, so every row
+ * above the window's last one is still entropy-decoded. A JPEG with a restart marker after
+ * every MCU (vps_add_restarts: a lossless rewrite, the DCT coefficients are copied as they
+ * are) has independently decodable MCUs; for such files the window's MCUs (plus the
+ * neighbours chroma upsampling reads) are cut out of the byte stream into a small JPEG of their own, and
+ * only that is decoded (vps_decode_region's first path).
+ *
  * Built on first use by vitpose_scale/data/jpeg_region.py and called through ctypes
  * (no Python C API: one small shared library linked against the system libjpeg).
  */
 #include <setjmp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jpeglib.h>
@@ -68,11 +76,11 @@ static int exif_orientation(const jpeg_saved_marker_ptr m) {
   return 1;
 }
 
-/* Decode (at least) rows [y0, y1) and columns [x0, x1) of the JPEG in buf into out, an RGB
- * image of height x width x 3 bytes laid out row by row (pixels outside the window are left
- * as they are). Returns a VPS_* code. */
-int vps_decode_region(const unsigned char *buf, unsigned long len, unsigned char *out, int height, int width,
-                      int x0, int y0, int x1, int y1, char *err, int err_len) {
+/* Decode (at least) rows [y0, y1) and columns [x0, x1) of the height x width JPEG in buf.
+ * Its pixel (r, c) goes to out + ((off_y + r) * stride + off_x + c) * 3. Returns a VPS_* code. */
+static int decode_region_at(const unsigned char *buf, unsigned long len, unsigned char *out, int stride, int off_x,
+                            int off_y, int height, int width, int x0, int y0, int x1, int y1, char *err,
+                            int err_len) {
   struct jpeg_decompress_struct cinfo;
   struct vps_error jerr;
   volatile int status = VPS_OK;
@@ -123,10 +131,238 @@ int vps_decode_region(const unsigned char *buf, unsigned long len, unsigned char
   while ((int)cinfo.output_scanline < y1) {
     int first = (int)cinfo.output_scanline, n = y1 - first;
     if (n > 16) n = 16;
-    for (int i = 0; i < n; i++) rows[i] = out + ((size_t)(first + i) * (size_t)width + col) * 3;
+    for (int i = 0; i < n; i++)
+      rows[i] = out + ((size_t)(off_y + first + i) * (size_t)stride + (size_t)off_x + col) * 3;
     jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)n);
   }
   jpeg_abort_decompress(&cinfo); /* the rows below the window are never decoded */
   jpeg_destroy_decompress(&cinfo);
   return VPS_OK;
 }
+
+/* ---------------------------------------------------------------- restart-marked files */
+
+/* What the restart path needs to know of a file: where its SOF size fields and its entropy-
+ * coded data are, the MCU size, and where each MCU's bytes start and end. */
+struct rst_layout {
+  unsigned long sof_size_at; /* offset of the SOF's 16-bit height (width follows) */
+  unsigned long scan_at;     /* first byte of entropy-coded data */
+  int mcu_w, mcu_h, cols, rows;
+};
+
+/* 1 when buf is a one-scan sequential Huffman JPEG with a restart marker after every MCU
+ * (restart interval 1); anything else (progressive, arithmetic, other intervals, several
+ * scans, a damaged header) returns 0 and takes the general path. */
+static int rst_parse(const unsigned char *buf, unsigned long len, int height, int width, struct rst_layout *lay) {
+  unsigned long p = 2;
+  int restart_interval = 0, have_sof = 0, ncomp = 0, hmax = 1, vmax = 1;
+  if (len < 4 || buf[0] != 0xFF || buf[1] != 0xD8) return 0;
+  while (p + 4 <= len) {
+    if (buf[p] != 0xFF) return 0;
+    unsigned char marker = buf[p + 1];
+    if (marker == 0xFF) { p++; continue; } /* fill byte */
+    unsigned long seg = ((unsigned long)buf[p + 2] << 8) | buf[p + 3];
+    if (seg < 2 || p + 2 + seg > len) return 0;
+    const unsigned char *d = buf + p + 4;
+    if (marker == 0xC0 || marker == 0xC1) { /* baseline / extended sequential, Huffman */
+      if (seg < 8 || d[0] != 8) return 0;
+      if ((int)(((unsigned)d[1] << 8) | d[2]) != height || (int)(((unsigned)d[3] << 8) | d[4]) != width) return 0;
+      ncomp = d[5];
+      if (ncomp != 1 && ncomp != 3) return 0;
+      if (seg < 8ul + 3ul * (unsigned long)ncomp) return 0;
+      for (int i = 0; i < ncomp; i++) {
+        int h = d[6 + 3 * i + 1] >> 4, v = d[6 + 3 * i + 1] & 15;
+        if (h > hmax) hmax = h;
+        if (v > vmax) vmax = v;
+      }
+      lay->sof_size_at = p + 5;
+      have_sof = 1;
+    } else if (marker >= 0xC2 && marker <= 0xCF && marker != 0xC4) {
+      return 0; /* progressive, lossless, hierarchical or arithmetic-coded (0xC4: Huffman tables) */
+    } else if (marker == 0xDD) {
+      if (seg != 4) return 0;
+      restart_interval = ((int)d[0] << 8) | d[1];
+    } else if (marker == 0xDA) {
+      if (!have_sof || restart_interval != 1 || d[0] != ncomp) return 0;
+      lay->scan_at = p + 2 + seg;
+      /* One component: its MCU is one block whatever its sampling factors; else the iMCU. */
+      lay->mcu_w = ncomp == 1 ? DCTSIZE : hmax * DCTSIZE;
+      lay->mcu_h = ncomp == 1 ? DCTSIZE : vmax * DCTSIZE;
+      lay->cols = (width + lay->mcu_w - 1) / lay->mcu_w;
+      lay->rows = (height + lay->mcu_h - 1) / lay->mcu_h;
+      return lay->scan_at < len;
+    } else if (marker == 0xD8 || marker == 0xD9 || (marker >= 0xD0 && marker <= 0xD7)) {
+      return 0;
+    }
+    p += 2 + seg;
+  }
+  return 0;
+}
+
+/* Offsets where MCU i's bytes start (starts[i]) and end (ends[i]), for all cols*rows MCUs.
+ * 0 when the scan does not hold exactly that many restart intervals. In entropy-coded data
+ * 0xFF is followed by 0x00 (a stuffed byte), 0xFF (fill), a restart marker or the end. */
+static int rst_index(const unsigned char *buf, unsigned long len, const struct rst_layout *lay,
+                     unsigned long *starts, unsigned long *ends) {
+  long n = (long)lay->cols * lay->rows, i = 0;
+  unsigned long p = lay->scan_at;
+  starts[0] = p;
+  while (p + 1 < len) {
+    const unsigned char *ff = memchr(buf + p, 0xFF, len - 1 - p);
+    if (!ff) return 0;
+    p = (unsigned long)(ff - buf);
+    unsigned char b = buf[p + 1];
+    if (b == 0x00) { p += 2; continue; }
+    if (b == 0xFF) { p += 1; continue; }
+    if (b >= 0xD0 && b <= 0xD7) {
+      if (i + 1 >= n) return 0;
+      ends[i++] = p;
+      starts[i] = p + 2;
+      p += 2;
+      continue;
+    }
+    ends[i++] = p; /* EOI (or another marker): the last interval ends here */
+    return i == n;
+  }
+  return 0;
+}
+
+/* The window's MCUs (and neighbours where upsampling needs them) as a JPEG of their own, decoded into
+ * its place in out. -1: not a restart-marked file (nothing done); else a VPS_* code. */
+static int decode_region_rst(const unsigned char *buf, unsigned long len, unsigned char *out, int height, int width,
+                             int x0, int y0, int x1, int y1, char *err, int err_len) {
+  struct rst_layout lay;
+  if (!rst_parse(buf, len, height, width, &lay)) return -1;
+  long n = (long)lay.cols * lay.rows;
+  unsigned long *starts = malloc(sizeof(unsigned long) * (size_t)n * 2);
+  if (!starts) return -1;
+  unsigned long *ends = starts + n;
+  if (!rst_index(buf, len, &lay, starts, ends)) {
+    free(starts);
+    return -1;
+  }
+  /* The MCUs holding the window, plus a neighbour where the window's edge pixels lie within
+   * 2 pixels of an MCU boundary: fancy upsampling of 2x subsampled chroma reads one chroma
+   * sample (2 pixels) beyond a pixel's own, which may sit in that neighbour. */
+  int c0 = x0 / lay.mcu_w, c1 = (x1 - 1) / lay.mcu_w + 1;
+  int r0 = y0 / lay.mcu_h, r1 = (y1 - 1) / lay.mcu_h + 1;
+  if (x0 % lay.mcu_w < 2 && c0 > 0) c0--;
+  if ((x1 - 1) % lay.mcu_w >= lay.mcu_w - 2 && c1 < lay.cols) c1++;
+  if (y0 % lay.mcu_h < 2 && r0 > 0) r0--;
+  if ((y1 - 1) % lay.mcu_h >= lay.mcu_h - 2 && r1 < lay.rows) r1++;
+  /* The cut keeps the image's own last partial MCU where it reaches the right/bottom edge. */
+  int sub_w = (c1 == lay.cols ? width : c1 * lay.mcu_w) - c0 * lay.mcu_w;
+  int sub_h = (r1 == lay.rows ? height : r1 * lay.mcu_h) - r0 * lay.mcu_h;
+  unsigned long size = lay.scan_at + 2;
+  for (int r = r0; r < r1; r++)
+    size += ends[(long)r * lay.cols + c1 - 1] - starts[(long)r * lay.cols + c0] + 2ul * (unsigned long)(c1 - c0);
+  unsigned char *sub = malloc(size);
+  if (!sub) {
+    free(starts);
+    return -1;
+  }
+  memcpy(sub, buf, lay.scan_at); /* every table and marker up to the scan's data, as they are */
+  sub[lay.sof_size_at] = (unsigned char)(sub_h >> 8);
+  sub[lay.sof_size_at + 1] = (unsigned char)(sub_h & 255);
+  sub[lay.sof_size_at + 2] = (unsigned char)(sub_w >> 8);
+  sub[lay.sof_size_at + 3] = (unsigned char)(sub_w & 255);
+  unsigned long q = lay.scan_at;
+  long k = 0;
+  for (int r = r0; r < r1; r++) {
+    for (int c = c0; c < c1; c++, k++) {
+      if (k > 0) { /* restart markers count 0..7 in the new stream's own order */
+        sub[q++] = 0xFF;
+        sub[q++] = (unsigned char)(0xD0 + ((k - 1) & 7));
+      }
+      long m = (long)r * lay.cols + c;
+      memcpy(sub + q, buf + starts[m], ends[m] - starts[m]);
+      q += ends[m] - starts[m];
+    }
+  }
+  sub[q++] = 0xFF;
+  sub[q++] = 0xD9;
+  free(starts);
+  int off_x = c0 * lay.mcu_w, off_y = r0 * lay.mcu_h;
+  int status = decode_region_at(sub, q, out, width, off_x, off_y, sub_h, sub_w, 0, 0, sub_w, sub_h, err, err_len);
+  free(sub);
+  return status;
+}
+
+/* Decode (at least) rows [y0, y1) and columns [x0, x1) of the JPEG in buf into out, an RGB
+ * image of height x width x 3 bytes laid out row by row (pixels outside the window are left
+ * as they are). Returns a VPS_* code. */
+int vps_decode_region(const unsigned char *buf, unsigned long len, unsigned char *out, int height, int width,
+                      int x0, int y0, int x1, int y1, char *err, int err_len) {
+  if (x0 < x1 && y0 < y1) {
+    int status = decode_region_rst(buf, len, out, height, width, x0, y0, x1, y1, err, err_len);
+    if (status >= 0) return status;
+  }
+  return decode_region_at(buf, len, out, width, 0, 0, height, width, x0, y0, x1, y1, err, err_len);
+}
+
+/* 1 when vps_decode_region takes the restart path for this file (for tests and reports). */
+int vps_has_mcu_restarts(const unsigned char *buf, unsigned long len, int height, int width) {
+  struct rst_layout lay;
+  return rst_parse(buf, len, height, width, &lay);
+}
+
+/* ---------------------------------------------------------------- lossless rewrite */
+
+/* buf rewritten with a restart marker after every MCU: the DCT coefficients, quantisation
+ * tables and markers (EXIF, ICC, comments) are copied as they are, so every decoder
+ * produces the same pixels; the Huffman tables are re-optimised and the output is
+ * sequential (a progressive source becomes baseline). *out is malloc'ed (vps_free). */
+int vps_add_restarts(const unsigned char *buf, unsigned long len, unsigned char **out, unsigned long *out_len,
+                     char *err, int err_len) {
+  struct jpeg_decompress_struct src;
+  struct jpeg_compress_struct dst;
+  struct vps_error jerr; /* one error manager for both: either may fail */
+  volatile int have_dst = 0;
+  *out = NULL;
+  *out_len = 0;
+  src.err = dst.err = jpeg_std_error(&jerr.pub);
+  jerr.pub.error_exit = vps_error_exit;
+  jerr.pub.output_message = vps_quiet;
+  jpeg_create_decompress(&src);
+  if (setjmp(jerr.jump)) {
+    if (err && err_len > 0) {
+      char msg[JMSG_LENGTH_MAX];
+      (*jerr.pub.format_message)((j_common_ptr)&src, msg);
+      snprintf(err, (size_t)err_len, "%s", msg);
+    }
+    if (have_dst) jpeg_destroy_compress(&dst);
+    jpeg_destroy_decompress(&src);
+    free(*out);
+    *out = NULL;
+    return VPS_ERROR;
+  }
+  jpeg_mem_src(&src, buf, len);
+  jpeg_save_markers(&src, JPEG_COM, 0xFFFF);
+  for (int m = 0; m < 16; m++) jpeg_save_markers(&src, JPEG_APP0 + m, 0xFFFF);
+  jpeg_read_header(&src, TRUE);
+  jvirt_barray_ptr *coefficients = jpeg_read_coefficients(&src);
+  jpeg_create_compress(&dst);
+  have_dst = 1;
+  jpeg_copy_critical_parameters(&src, &dst);
+  dst.restart_interval = 1;
+  dst.optimize_coding = TRUE;
+  jpeg_mem_dest(&dst, out, out_len);
+  jpeg_write_coefficients(&dst, coefficients);
+  for (jpeg_saved_marker_ptr m = src.marker_list; m; m = m->next) {
+    /* The writer emits its own JFIF (APP0) and Adobe (APP14) headers: don't repeat them. */
+    if (dst.write_JFIF_header && m->marker == JPEG_APP0 && m->data_length >= 5 &&
+        memcmp(m->data, "JFIF", 5) == 0)
+      continue;
+    if (dst.write_Adobe_marker && m->marker == JPEG_APP0 + 14 && m->data_length >= 5 &&
+        memcmp(m->data, "Adobe", 5) == 0)
+      continue;
+    jpeg_write_marker(&dst, m->marker, m->data, m->data_length);
+  }
+  jpeg_finish_compress(&dst);
+  jpeg_destroy_compress(&dst);
+  jpeg_finish_decompress(&src);
+  jpeg_destroy_decompress(&src);
+  return VPS_OK;
+}
+
+void vps_free(void *p) { free(p); }
