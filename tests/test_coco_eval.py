@@ -22,8 +22,9 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 
-def _reference(gt, results):
-    """pycocotools stats and its printed summary (inputs are deep-copied: loadRes mutates)."""
+def _pycocotools(gt, results):
+    """pycocotools' COCOeval after accumulate() and its printed summary (inputs are deep-copied:
+    loadRes mutates)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         coco = COCO()
@@ -35,7 +36,13 @@ def _reference(gt, results):
         ev.accumulate()
         start = len(out.getvalue())
         ev.summarize()
-    return ev.stats, out.getvalue()[start:]
+    return ev, out.getvalue()[start:]
+
+
+def _reference(gt, results):
+    """pycocotools stats and its printed summary."""
+    ev, summary = _pycocotools(gt, results)
+    return ev.stats, summary
 
 
 def _assert_same(gt, results):
@@ -724,14 +731,7 @@ def test_categories_without_detections_or_with_a_single_gt_like_pycocotools():
 
 def test_precision_and_recall_arrays_are_pycocotools_eval():
     gt, results = make_eval_set(40, seed=14)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        coco = COCO()
-        coco.dataset = copy.deepcopy(gt)
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "keypoints")
-        ev.evaluate()
-        ev.accumulate()
+    ev, _ = _pycocotools(gt, results)
     ours = KeypointEvaluator(gt)
     ours.evaluate(results)
     assert set(ours.eval) == {"precision", "recall"}

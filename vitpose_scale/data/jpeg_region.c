@@ -44,6 +44,23 @@ static void vps_error_exit(j_common_ptr cinfo) {
 /* Warnings (e.g. "corrupt data") are not printed; the caller checks completeness itself. */
 static void vps_quiet(j_common_ptr cinfo) { (void)cinfo; }
 
+/* A quiet error manager that longjmps back (the caller's setjmp) instead of exiting. */
+static struct jpeg_error_mgr *vps_errors(struct vps_error *e) {
+  jpeg_std_error(&e->pub);
+  e->pub.error_exit = vps_error_exit;
+  e->pub.output_message = vps_quiet;
+  return &e->pub;
+}
+
+/* libjpeg's message for the error that sent us back, into err. */
+static void vps_message(j_common_ptr cinfo, char *err, int err_len) {
+  if (err && err_len > 0) {
+    char msg[JMSG_LENGTH_MAX];
+    (*cinfo->err->format_message)(cinfo, msg);
+    snprintf(err, (size_t)err_len, "%s", msg);
+  }
+}
+
 static unsigned read16(const JOCTET *p, int little) {
   return little ? (unsigned)(p[0] | (p[1] << 8)) : (unsigned)((p[0] << 8) | p[1]);
 }
@@ -84,16 +101,10 @@ static int decode_region_at(const unsigned char *buf, unsigned long len, unsigne
   struct jpeg_decompress_struct cinfo;
   struct vps_error jerr;
   volatile int status = VPS_OK;
-  cinfo.err = jpeg_std_error(&jerr.pub);
-  jerr.pub.error_exit = vps_error_exit;
-  jerr.pub.output_message = vps_quiet;
+  cinfo.err = vps_errors(&jerr);
   jpeg_create_decompress(&cinfo);
   if (setjmp(jerr.jump)) {
-    if (err && err_len > 0) {
-      char msg[JMSG_LENGTH_MAX];
-      (*cinfo.err->format_message)((j_common_ptr)&cinfo, msg);
-      snprintf(err, (size_t)err_len, "%s", msg);
-    }
+    vps_message((j_common_ptr)&cinfo, err, err_len);
     jpeg_destroy_decompress(&cinfo);
     return VPS_ERROR;
   }
@@ -320,16 +331,10 @@ int vps_add_restarts(const unsigned char *buf, unsigned long len, unsigned char 
   volatile int have_dst = 0;
   *out = NULL;
   *out_len = 0;
-  src.err = dst.err = jpeg_std_error(&jerr.pub);
-  jerr.pub.error_exit = vps_error_exit;
-  jerr.pub.output_message = vps_quiet;
+  src.err = dst.err = vps_errors(&jerr);
   jpeg_create_decompress(&src);
   if (setjmp(jerr.jump)) {
-    if (err && err_len > 0) {
-      char msg[JMSG_LENGTH_MAX];
-      (*jerr.pub.format_message)((j_common_ptr)&src, msg);
-      snprintf(err, (size_t)err_len, "%s", msg);
-    }
+    vps_message((j_common_ptr)&src, err, err_len);
     if (have_dst) jpeg_destroy_compress(&dst);
     jpeg_destroy_decompress(&src);
     free(*out);
