@@ -22,8 +22,10 @@ def _near(observed, expected, n, sds=4.0):
     return abs(observed - expected) <= sds * math.sqrt(expected * (1 - expected) / n) + 1e-9
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def eval_set():
+    # Built per test (0.1 s): a module-scoped copy would outlive a change of the generator in
+    # processes that run the tests again (mutation testing forks a warm pytest).
     return make_eval_set(N, seed=0)
 
 
