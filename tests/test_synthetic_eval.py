@@ -22,10 +22,9 @@ def _near(observed, expected, n, sds=4.0):
     return abs(observed - expected) <= sds * math.sqrt(expected * (1 - expected) / n) + 1e-9
 
 
-@pytest.fixture
-def eval_set():
-    # Built per test (0.1 s): a module-scoped copy would outlive a change of the generator in
-    # processes that run the tests again (mutation testing forks a warm pytest).
+def _eval_set():
+    # Built inside each test (0.1 s), not in a fixture: mutation testing maps a test to the code
+    # its body runs, and a cached copy would outlive a change of the generator.
     return make_eval_set(N, seed=0)
 
 
@@ -36,8 +35,8 @@ def _by_image(anns):
     return out
 
 
-def test_images_ids_and_sizes(eval_set):
-    gt, _ = eval_set
+def test_images_ids_and_sizes():
+    gt, _ = _eval_set()
     assert [im["id"] for im in gt["images"]] == list(range(1, N + 1))
     assert all(im["file_name"] == f"{im['id']:012d}.jpg" for im in gt["images"])
     sizes = Counter((im["width"], im["height"]) for im in gt["images"])
@@ -51,8 +50,8 @@ def test_images_ids_and_sizes(eval_set):
     assert [im["id"] for im in other["images"]] == [50, 51, 52] and other["annotations"][0]["id"] == 900
 
 
-def test_people_per_image_empty_images_and_crowds(eval_set):
-    gt, _ = eval_set
+def test_people_per_image_empty_images_and_crowds():
+    gt, _ = _eval_set()
     people = _by_image(a for a in gt["annotations"] if not a["iscrowd"])
     crowds = _by_image(a for a in gt["annotations"] if a["iscrowd"])
     counts = np.array([len(people.get(im["id"], [])) for im in gt["images"]])
@@ -71,8 +70,8 @@ def test_people_per_image_empty_images_and_crowds(eval_set):
         assert 0.3 * w * h - 1 <= crowd["area"] <= 0.7 * w * h + 1
 
 
-def test_person_boxes_areas_and_joints(eval_set):
-    gt, _ = eval_set
+def test_person_boxes_areas_and_joints():
+    gt, _ = _eval_set()
     sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
     anns = [a for a in gt["annotations"] if not a["iscrowd"]]
     zero = 0
@@ -110,13 +109,15 @@ def test_person_boxes_areas_and_joints(eval_set):
     assert _near(legs[0] / n_legs, 0.32, n_legs / 6)
     # heights log-uniform from 18 px: the median sits near the geometric middle of its range
     assert 50 < np.median(heights) < 150 and abs(np.mean(ratios) - 0.55) < 0.02
+    # ... reaching both ends of [18, 460] px (about 1.7 % of people lie in each 1-px/20-px end)
+    assert min(heights) < 19 and max(heights) > 440
     areas = np.array([a["area"] for a in anns])
     for lo, hi in ((0, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, math.inf)):  # every COCO area range
         assert 0.2 < ((areas >= lo) & (areas < hi)).mean() < 0.45
 
 
-def test_people_are_seen_from_the_front_and_the_back(eval_set):
-    gt, _ = eval_set
+def test_people_are_seen_from_the_front_and_the_back():
+    gt, _ = _eval_set()
     front = back = 0
     for a in gt["annotations"]:
         kp = np.asarray(a["keypoints"]).reshape(17, 3)
@@ -130,8 +131,8 @@ def test_people_are_seen_from_the_front_and_the_back(eval_set):
     assert _near(back / (front + back), 0.4, front + back)
 
 
-def test_results_scores_and_ties(eval_set):
-    gt, results = eval_set
+def test_results_scores_and_ties():
+    gt, results = _eval_set()
     assert all(set(r) == {"image_id", "category_id", "keypoints", "score"} for r in results)
     scores = np.array([r["score"] for r in results])
     assert scores.min() >= 1e-4 and scores.max() <= 1.0
@@ -168,8 +169,8 @@ def test_results_per_person_detections_duplicates_and_false_positives():
     assert abs((len(with_fp) - len(results)) / N - 2.0) < 4 * math.sqrt(2.0 / N)
 
 
-def test_default_set_evaluates_in_its_known_band(eval_set):
-    gt, results = eval_set
+def test_default_set_evaluates_in_its_known_band():
+    gt, results = _eval_set()
     stats = KeypointEvaluator(gt).evaluate(results)
     # AP, AP50, AP75, AP medium, AP large, then the recalls: pinned loosely, so a generator
     # change that makes the set trivial or hopeless fails here
@@ -183,6 +184,7 @@ def _one_person_gt():
     kp[:, 0] = 100 + 10 * np.arange(17) % 80
     kp[:, 1] = 50 + 12 * np.arange(17)
     kp[:, 2] = 2
+    kp[[1, 8, 12], 2] = 1  # occluded but labelled: kept like visible ones
     kp[3] = 0  # unlabelled: filled from the template in the GT box
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [90.0, 40.0, 100.0, 220.0],
              "area": 15000.0, "num_keypoints": 16, "keypoints": kp.reshape(-1).astype(int).tolist()},
@@ -219,7 +221,7 @@ def test_detections_take_the_best_overlapping_persons_joints_plus_box_scaled_noi
     ([90.0, 40.0, 100.0, 220.0], True),     # the person's own box
     ([90.0, 40.0, 100.0, 70.0], True),      # IoU 0.318 > 0.3
     ([90.0, 40.0, 100.0, 60.0], False),     # IoU 0.273
-    ([300.0, 40.0, 100.0, 220.0], False),   # on the crowd region only: crowds are never matched
+    ([310.0, 50.0, 100.0, 220.0], False),   # on the crowd region only: crowds are never matched
     ([500.0, 300.0, 50.0, 100.0], False),   # on nobody
 ])
 def test_detections_match_by_iou_above_0_3_else_a_template_in_their_own_box(bbox, matched):
@@ -234,3 +236,59 @@ def test_detections_match_by_iou_above_0_3_else_a_template_in_their_own_box(bbox
     target = kp[:, :2] if matched else template
     rows = kp[:, 2] > 0 if matched else slice(None)
     assert np.abs(mean[rows] - target[rows]).max() < 0.02 * math.sqrt(w * h)
+
+
+def test_the_set_is_a_complete_coco_keypoint_file_and_seeds_default_to_0():
+    gt, results = make_eval_set(30)
+    assert list(gt) == ["info", "licenses", "images", "annotations", "categories"]
+    assert gt["info"] == {"description": "vitpose_scale synthetic keypoint set", "seed": 0}
+    assert gt["licenses"] == [] and gt["categories"][0]["supercategory"] == "person"
+    assert (gt, results) == make_eval_set(30, seed=0)
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 90.0], "score": 0.5}]
+    assert results_from_detections(gt, dets) == results_from_detections(gt, dets, seed=0)
+
+
+def test_crowd_regions_and_the_people_detected_inside_them():
+    # every image: a crowd region and nobody else, so every result is a detection inside a crowd
+    gt, results = make_eval_set(300, seed=3, crowd_frac=1.0, empty_frac=1.0, fp_rate=0.0, many_det_frac=0.0)
+    crowds = {a["image_id"]: a for a in gt["annotations"]}
+    assert len(crowds) == 300 and all(a["iscrowd"] == 1 and a["category_id"] == 1 for a in crowds.values())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
+    for a in crowds.values():
+        x, y, w, h = a["bbox"]
+        img_w, img_h = sizes[a["image_id"]]
+        assert all(v == round(v, 2) for v in a["bbox"]) and a["area"] == round(a["area"], 2)
+        assert 100 <= w <= 0.9 * img_w + 0.01 and 60 <= h <= 0.6 * img_h + 0.01
+        assert 0 <= x <= img_w - w + 0.01 and 0 <= y <= img_h - h + 0.01
+    per_image = _by_image(results)
+    counts = np.array([len(per_image.get(i, [])) for i in crowds])
+    assert counts.min() == 1 and counts.max() == 4 and abs(counts.mean() - 2.5) < 0.2
+    scores = np.array([r["score"] for r in results])
+    assert scores.min() >= 0.2 - 1e-9 and scores.max() <= 0.9 + 1e-9 and scores.max() - scores.min() > 0.6
+    for r in results:
+        x, y, w, h = crowds[r["image_id"]]["bbox"]
+        pts = np.asarray(r["keypoints"]).reshape(17, 3)
+        # template people (half as wide as tall, at least 30 px) inside the crowd box, noise 0.05
+        extent = pts[:, :2].max(axis=0) - pts[:, :2].min(axis=0)
+        assert 30 * 0.5 * 0.5 < extent[1] and extent[0] < extent[1]
+        margin = 0.3 * np.sqrt(w * h)
+        assert (pts[:, 0] > x - margin).all() and (pts[:, 0] < x + w + margin).all()
+        assert (pts[:, 1] > y - margin).all() and (pts[:, 1] < y + h + margin).all()
+
+
+def test_many_detection_images_get_21_to_40_false_positives_of_low_score():
+    gt, results = make_eval_set(200, seed=4, crowd_frac=0.0, empty_frac=1.0, fp_rate=0.0, many_det_frac=1.0,
+                                tie_frac=0.0)
+    counts = Counter(r["image_id"] for r in results)
+    assert len(counts) == 200 and min(counts.values()) == 21 and max(counts.values()) == 40
+    scores = np.array([r["score"] for r in results])  # uniform(0, 0.6) squared, at least 1e-4
+    assert scores.min() >= 1e-4 and 0.3 < scores.max() <= 0.36 and abs(np.median(scores) - 0.09) < 0.02
+
+
+def test_result_boxes_are_their_peoples_boxes():
+    gt, results = make_eval_set(100, seed=5, crowd_frac=0.0, fp_rate=0.0, many_det_frac=0.0, with_bbox=True)
+    boxes = defaultdict(list)
+    for a in gt["annotations"]:
+        boxes[a["image_id"]].append(a["bbox"])
+    for r in results:
+        assert [round(v, 2) for v in r["bbox"]] in boxes[r["image_id"]]
