@@ -296,6 +296,8 @@ def _cfg_14(tmp_path, coco_sample, **data):
     for ann in raw["annotations"]:
         ann["keypoints"] = ann["keypoints"][:42]
     (tmp_path / "k14.json").write_text(json.dumps(raw))
+    raw["annotations"] = raw["annotations"][:5]  # a second, smaller set: its own report line
+    (tmp_path / "k14_small.json").write_text(json.dumps(raw))
     cfg = Config()
     cfg.model.image_size = list(SIZE)
     cfg.model.num_keypoints = 14
@@ -303,7 +305,7 @@ def _cfg_14(tmp_path, coco_sample, **data):
     entry = {"root": str(tmp_path), "ann": "k14.json", "images": str(coco_sample)}
     cfg.data = DataConfig(root=str(tmp_path), train_ann="k14.json", train_images=str(coco_sample),
                           val_ann="k14.json", val_images=str(coco_sample), **data)
-    cfg.data.extra_train = [dict(entry), dict(entry)]
+    cfg.data.extra_train = [dict(entry), dict(entry, ann="k14_small.json")]
     return cfg
 
 
@@ -314,10 +316,11 @@ def test_build_datasets_passes_joints_seed_and_streams_and_reports_each_set(tmp_
     assert [d.stream for d in sets] == [0, 1, 2] and all(d.train and d.uint8_images for d in sets)
     assert [d.seed for d in sets + [val]] == [7, 7, 7, 7]
     assert not val.train and val.det_file is None and val_ann == str(tmp_path / "k14.json")
-    report = sets[0].load_report
+    report, small = sets[0].load_report, sets[2].load_report
+    assert report != small and len(sets[2]) < len(sets[1])
     assert capsys.readouterr().out.splitlines() == [
         f"dataset train (k14.json): {report}", f"dataset extra_train[0] (k14.json): {report}",
-        f"dataset extra_train[1] (k14.json): {report}", f"dataset val (k14.json): {report}"]
+        f"dataset extra_train[1] (k14_small.json): {small}", f"dataset val (k14.json): {report}"]
 
 
 def test_build_datasets_one_set_is_the_dataset_itself(tmp_path, coco_sample):

@@ -125,7 +125,6 @@ class TopDownCocoDataset(Dataset):
                  train: bool = True, det_file: str | None = None, seed: int = 0, stream: int = 0,
                  keypoint_map: list | str | None = None, flip_pairs=None, upper_body_ids=None,
                  uint8_images: bool = False):
-        self.root = Path(root)
         self.ann_file = _resolve(root, ann_file)
         self.img_dir = _resolve(root, img_dir)
         self.cfg = data_cfg
