@@ -32,7 +32,9 @@ import json
 import math
 import platform
 import random as pyrandom
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -355,8 +357,6 @@ def main() -> None:
     grouped_identical = same_items(ours_uint8, ours_grouped, args.epochs)
 
     # vitpose-scale prepare-images: the same images, JPEGs with a restart marker per MCU.
-    import tempfile
-
     from vitpose_scale.data.prepare_images import prepare_folder
 
     prepared_dir = Path(tempfile.mkdtemp(prefix="vps_prepared_")) / "images"
@@ -426,8 +426,6 @@ def main() -> None:
         "same_draws_comparison": compare(ours_host, official, records, epochs=args.epochs),
     }
     Path(args.out).write_text(json.dumps(report, indent=1))
-    import shutil
-
     shutil.rmtree(prepared_dir.parent, ignore_errors=True)
     print(json.dumps({k: report[k] for k in ("cpu_ms_per_sample_median", "ratio_ours_uint8_over_official",
                                              "ratio_ours_host_normalised_over_official",

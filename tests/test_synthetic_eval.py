@@ -292,3 +292,67 @@ def test_result_boxes_are_their_peoples_boxes():
         boxes[a["image_id"]].append(a["bbox"])
     for r in results:
         assert [round(v, 2) for v in r["bbox"]] in boxes[r["image_id"]]
+
+
+def test_every_fraction_parameter_and_the_id_offsets_are_honoured():
+    # (moved from test_mutation_gaps.py: one home for the generator's promises)
+    n = 400
+    gt, results = make_eval_set(n, seed=3, crowd_frac=0.25, empty_frac=0.2, zero_vis_frac=0.2, many_det_frac=0.1,
+                                tie_frac=0.3, fp_rate=1.0, image_id_start=1000, ann_id_start=50)
+
+    def within(count, frac, total):  # a binomial count within 4 standard deviations of its mean
+        sd = math.sqrt(total * frac * (1 - frac))
+        return abs(count - total * frac) <= 4 * sd + 1
+
+    images = {im["id"]: im for im in gt["images"]}
+    assert list(images) == list(range(1000, 1000 + n))
+    assert all((im["width"], im["height"]) in ((640, 480), (480, 640)) and im["file_name"] == f"{im['id']:012d}.jpg"
+               for im in images.values())
+    assert [a["id"] for a in gt["annotations"]] == list(range(50, 50 + len(gt["annotations"])))
+    assert gt["categories"][0]["keypoints"] == KEYPOINT_NAMES and gt["categories"][0]["id"] == 1
+    people = [a for a in gt["annotations"] if not a["iscrowd"]]
+    crowds = [a for a in gt["annotations"] if a["iscrowd"]]
+    for a in people:
+        kp = np.asarray(a["keypoints"]).reshape(17, 3)
+        assert set(kp[:, 2]) <= {0, 1, 2} and a["num_keypoints"] == int((kp[:, 2] > 0).sum())
+        assert not kp[kp[:, 2] == 0].any()  # unlabelled joints are 0, 0, 0
+        x, y, w, h = a["bbox"]
+        im = images[a["image_id"]]
+        assert 0 <= x and 0 <= y and x + w <= im["width"] + 0.01 and y + h <= im["height"] + 0.01 and w < h
+        assert 0.44 * w * h <= a["area"] <= 0.76 * w * h
+    assert all(a["num_keypoints"] == 0 and not any(a["keypoints"]) for a in crowds)
+    assert within(len({a["image_id"] for a in crowds}), 0.25, n)
+    assert within(n - len({a["image_id"] for a in people}), 0.2, n)
+    assert within(sum(a["num_keypoints"] == 0 for a in people), 0.2, len(people))
+    areas = [a["area"] for a in people]
+    assert min(areas) < 32 ** 2 and any(32 ** 2 <= s < 96 ** 2 for s in areas) and max(areas) >= 96 ** 2
+    per_image = Counter(r["image_id"] for r in results)
+    assert within(sum(c > 20 for c in per_image.values()), 0.1, n)
+    assert set(per_image) <= set(images)
+    scores_of = {}
+    for r in results:
+        assert len(r["keypoints"]) == 51 and "bbox" not in r and 1e-4 <= r["score"] <= 1.0
+        conf = np.asarray(r["keypoints"][2::3])
+        assert ((conf >= 0.2) & (conf <= 1.0)).all()
+        scores_of.setdefault(r["image_id"], []).append(r["score"])
+    tied = sum(all(round(s, 1) == s for s in scores) for scores in scores_of.values())
+    assert within(tied, 0.3, len(scores_of))
+    ids = [r["image_id"] for r in results]
+    assert ids != sorted(ids)  # not grouped by image
+    again, again_results = make_eval_set(n, seed=3, crowd_frac=0.25, empty_frac=0.2, zero_vis_frac=0.2,
+                                         many_det_frac=0.1, tie_frac=0.3, image_id_start=1000, ann_id_start=50)
+    assert again == gt and again_results == results
+    _, boxed = make_eval_set(5, seed=1, with_bbox=True)
+    assert all(len(r["bbox"]) == 4 for r in boxed)
+    other, _ = make_eval_set(n, seed=4)
+    assert other["annotations"] != gt["annotations"]
+    # the defaults: 5 % crowds, 10 % empty images, 3 % zero-joint people, 3 % many-detection images, 5 % ties
+    m = 1500
+    gt, results = make_eval_set(m)
+    people = [a for a in gt["annotations"] if not a["iscrowd"]]
+    assert gt["images"][0]["id"] == 1 and gt["annotations"][0]["id"] == 1
+    assert within(len({a["image_id"] for a in gt["annotations"] if a["iscrowd"]}), 0.05, m)
+    assert within(m - len({a["image_id"] for a in people}), 0.1, m)
+    assert within(sum(a["num_keypoints"] == 0 for a in people), 0.03, len(people))
+    per_image = Counter(r["image_id"] for r in results)
+    assert within(sum(c > 20 for c in per_image.values()), 0.03, m)

@@ -64,20 +64,17 @@ def prepare_file(src: Path, out: Path) -> FileResult:
     if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return FileResult("skipped")
     data = src.read_bytes()
+    note = ""
     if data.startswith(JPEG_SOI):
         try:
             new = jpeg_region.add_restarts(data)
         except ValueError as exc:
-            new, note = None, f"{src}: libjpeg cannot rewrite it ({exc}); copied as it is"
+            note = f"{src}: libjpeg cannot rewrite it ({exc}); copied as it is"
         else:
-            note = ""
-            if not _same_pixels(data, new):  # never expected: the coefficients are copied
-                new, note = None, f"{src}: the rewritten file decodes differently; copied as it is"
-        if new is not None:
-            _write_atomic(out, new, src)
-            return FileResult("rewritten", len(data), len(new))
-    else:
-        note = ""
+            if _same_pixels(data, new):
+                _write_atomic(out, new, src)
+                return FileResult("rewritten", len(data), len(new))
+            note = f"{src}: the rewritten file decodes differently; copied as it is"  # never expected
     _write_atomic(out, data, src)
     return FileResult("copied", len(data), len(data), note)
 
