@@ -74,7 +74,7 @@ def _fake_checkpoint(root: Path, step: int) -> Path:
     (d / "zero").mkdir(parents=True)
     (d / "shard.pt").write_bytes(bytes(range(256)) * 40)
     (d / "zero" / "nested.pt").write_bytes(b"x" * 100)
-    (d / "meta.json").write_text(json.dumps({"step": step, "files": ckpt.file_records(d)}))
+    ckpt.write_meta(d, {"step": step, "files": ckpt.file_records(d)})
     return d
 
 
@@ -143,7 +143,7 @@ def _plant(directory: Path, name: str, marker: Path) -> None:
     # The attacker also fixes up the recorded checksums: only safe loading can stop it now.
     meta = json.loads((directory / "meta.json").read_text())
     meta["files"] = ckpt.file_records(directory)
-    (directory / "meta.json").write_text(json.dumps(meta))
+    ckpt.write_meta(directory, {k: v for k, v in meta.items() if k != "manifest_sha256"})
 
 
 @pytest.fixture(scope="module")
@@ -278,11 +278,14 @@ def test_unwritable_output_dir_and_missing_data_name_the_key(tmp_path, data):
 
 # ------------------------------------------------------------ item 7 ---
 def test_keep_last_also_removes_universal_conversions(tmp_path):
+    """Conversions live only while a resume loads them: any left over (older versions kept
+    step_N_universal; a killed resume leaves .universal-*) goes at the next prune."""
     for step in (2, 4, 6):
         _fake_checkpoint(tmp_path, step)
         (tmp_path / f"step_{step:08d}_universal" / "zero").mkdir(parents=True)
+    (tmp_path / ".universal-step_00000006-abc" / "u").mkdir(parents=True)
     ckpt.prune(tmp_path, keep_last=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006", "step_00000006_universal"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000006"]
 
 
 def test_resume_after_a_crash_logs_each_step_once(tmp_path, data):

@@ -13,12 +13,14 @@ checked first to hold no global outside a short allow-list of DeepSpeed classes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,14 @@ def complete_checkpoints(root: Path) -> list[Path]:
         return []
     done = [d for d in root.iterdir() if d.is_dir() and is_complete(d)]
     return sorted(done, key=lambda d: int(STEP_DIR.match(d.name)[1]), reverse=True)
+
+
+def step_directories(root: Path) -> list[Path]:
+    """Every step_N directory, complete or not, newest first."""
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if d.is_dir() and STEP_DIR.match(d.name)]
+    return sorted(found, key=lambda d: int(STEP_DIR.match(d.name)[1]), reverse=True)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -103,9 +113,16 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _checkpoint_files(directory: Path) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+def _checkpoint_files(directory: Path, world_size: int = 1) -> list[str]:
+    """The checkpoint's files but meta.json: one listing for every rank, the union of what each
+    rank sees (each rank sees the files it wrote itself; a directory listing on NFS may lag)."""
+    mine = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
                   if p.is_file() and p.name not in (META, META + ".tmp"))
+    if dist.is_initialized() and world_size > 1:
+        parts = [None] * world_size
+        dist.all_gather_object(parts, mine)
+        mine = sorted(set().union(*parts))
+    return mine
 
 
 def _shared(items: list, rank: int, world_size: int, fn) -> dict:
@@ -122,21 +139,58 @@ def _shared(items: list, rank: int, world_size: int, fn) -> dict:
 
 def file_records(directory: Path, rank: int = 0, world_size: int = 1) -> dict[str, dict]:
     """{relative path: {size, sha256}} for every file of a checkpoint except meta.json."""
-    return _shared(_checkpoint_files(directory), rank, world_size,
+    return _shared(_checkpoint_files(directory, world_size), rank, world_size,
                    lambda rel: {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)})
 
 
-def verify_checkpoint(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
-    """Problems found (empty: intact). Compares every file with the sizes and checksums in meta.json."""
+def _manifest_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    """meta.json (atomically), carrying the SHA-256 of its own content: one flipped bit in the
+    manifest (a step number, a checksum) is found like one in any other file."""
+    tmp = directory / (META + ".tmp")
+    tmp.write_text(json.dumps({**meta, "manifest_sha256": _manifest_digest(meta)}, indent=1))
+    os.replace(tmp, directory / META)
+
+
+def read_meta(directory: Path) -> dict:
+    """meta.json after checking its own checksum and that its step is the directory's."""
+    directory = Path(directory)
     try:
         meta = json.loads((directory / META).read_text())
     except (OSError, ValueError) as exc:
-        return [f"{META} unreadable ({exc})"]
-    recorded = meta.get("files")
-    if recorded is None:  # written before checksums were recorded: nothing to compare with
-        return []
+        raise CheckpointError(f"{directory / META}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or "manifest_sha256" not in meta or "files" not in meta:
+        raise CheckpointError(f"{directory / META}: no manifest checksum or file list (not written by this "
+                              "version, or altered)")
+    if meta["manifest_sha256"] != _manifest_digest(meta):
+        raise CheckpointError(f"{directory / META}: its content does not match its recorded checksum")
+    named = STEP_DIR.match(directory.name)
+    if named and meta.get("step") != int(named[1]):
+        raise CheckpointError(f"{directory / META}: records step {meta.get('step')} in {directory.name}")
+    return meta
+
+
+def verify_checkpoint(directory: Path, rank: int = 0, world_size: int = 1) -> list[str]:
+    """Problems found (empty: intact): meta.json's own checksum and step, then every file against
+    the sizes and checksums it records. Every rank must call it (the hashing is shared)."""
+    try:
+        recorded = read_meta(directory)["files"]
+    except CheckpointError as exc:
+        recorded, problem = {}, str(exc).replace(f"{Path(directory) / META}: ", f"{META}: ")
+    else:
+        problem = None
+    if dist.is_initialized() and world_size > 1:  # one decision for every rank, read from rank 0's view
+        parts = [None] * world_size
+        dist.all_gather_object(parts, (recorded, problem))
+        recorded, problem = parts[0]
+    if problem:
+        return [problem]
     problems = []
-    present = set(_checkpoint_files(directory))
+    present = set(_checkpoint_files(directory, world_size))
     for rel in sorted(set(recorded) - present):
         problems.append(f"{rel}: missing (expected {recorded[rel]['size']} bytes)")
 
@@ -170,14 +224,27 @@ def ensure_safe_pickles(directory: Path) -> None:
 
 # torch.distributed.checkpoint's `.metadata` is a plain pickle that it loads with pickle.load:
 # only its own metadata dataclasses, torch sizes/dtypes and builtin containers may appear in it.
-_DCP_ALLOWED_MODULES = ("torch.distributed.checkpoint.metadata.", "torch.distributed.checkpoint.filesystem._StorageInfo",
-                        "torch.Size", "torch.serialization._get_layout", "collections.OrderedDict",
-                        "pathlib.PosixPath", "pathlib.PurePosixPath")
-_TORCH_DTYPES = {f"torch.{name}" for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
+# Exact (module, qualified name) pairs: protocol 4 resolves dotted names (module
+# `torch.distributed.checkpoint.metadata`, name `os.system` is os.system, since that module
+# imports os), so a prefix test or a dotted name would let any reachable callable through.
+_DCP_ALLOWED = frozenset(
+    [("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")]
+    + [("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+       ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+       ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")]
+    + [("torch", name) for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)])
 
 
-def _dcp_global_allowed(name: str) -> bool:
-    return name != "?" and (name.startswith(_DCP_ALLOWED_MODULES) or name in _TORCH_DTYPES)
+def _dcp_global_allowed(module, name) -> bool:
+    return isinstance(module, str) and isinstance(name, str) and (module, name) in _DCP_ALLOWED
+
+
+def _refused(path: Path, names) -> UnsafeCheckpointError:
+    listed = ", ".join(sorted(f"{m}.{n}" if m != "?" else "?" for m, n in names))
+    return UnsafeCheckpointError(f"{path}: holds pickled objects outside the allow-list ({listed}); "
+                                 "refusing to load it: it could run code")
 
 
 def safe_dcp_reader_and_planner(directory, whole: bool = False):
@@ -199,9 +266,8 @@ def safe_dcp_reader_and_planner(directory, whole: bool = False):
 
     class AllowListUnpickler(pickle.Unpickler):
         def find_class(self, module, name):
-            if not _dcp_global_allowed(f"{module}.{name}"):
-                raise UnsafeCheckpointError(f"{Path(directory) / '.metadata'}: holds pickled objects outside the "
-                                            f"allow-list ({module}.{name}); refusing to load it: it could run code")
+            if not _dcp_global_allowed(module, name):
+                raise _refused(Path(directory) / ".metadata", [(module, name)])
             return super().find_class(module, name)
 
     class Reader(FileSystemReader):
@@ -217,7 +283,12 @@ def safe_dcp_reader_and_planner(directory, whole: bool = False):
 
     class Planner(base):
         def load_bytes(self, read_item, value):
-            obj = torch.load(value, weights_only=True)  # refuses anything but plain data
+            try:
+                obj = torch.load(value, weights_only=True)  # refuses anything but plain data
+            except pickle.UnpicklingError as exc:
+                what = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain data")
+                raise UnsafeCheckpointError(f"{directory}: entry {read_item.dest_index.fqn} of a .distcp shard "
+                                            f"holds pickled code ({what}); refusing to load it") from None
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
             else:
@@ -226,8 +297,30 @@ def safe_dcp_reader_and_planner(directory, whole: bool = False):
     return Reader(str(directory)), Planner()
 
 
-def pickle_globals(data: bytes) -> set[str]:
-    """Every global a pickle stream would import ("module.name"), found without unpickling.
+def dcp_load(state: dict, directory: Path, whole: bool = False) -> None:
+    """torch.distributed.checkpoint's load with the safe reader and planner; a refusal on any
+    rank comes out as one UnsafeCheckpointError, not DCP's per-rank traceback dump."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    reader, planner = safe_dcp_reader_and_planner(directory, whole=whole)
+    try:
+        if whole:
+            from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+            _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+        else:
+            dcp.load(state, storage_reader=reader, planner=planner)
+    except CheckpointException as exc:
+        for failure in exc.failures.values():  # (exception, its traceback summary) per rank
+            inner = failure[0] if isinstance(failure, tuple) else failure
+            if isinstance(inner, CheckpointError):
+                raise type(inner)(str(inner)) from None
+        raise
+
+
+def pickle_globals(data: bytes) -> set[tuple[str, str]]:
+    """Every global a pickle stream would import, as (module, name) pairs, found without unpickling.
     STACK_GLOBAL must take its two names from the string pushes (or memo reads of strings)
     directly before it, as pickle writes it; anything else is reported as "?" (refused)."""
     import pickletools
@@ -247,12 +340,13 @@ def pickle_globals(data: bytes) -> set[str]:
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             recent.append(memo.get(arg))
         elif name in ("GLOBAL", "INST"):
-            found.add(arg.replace(" ", "."))
+            module, _, attr = arg.partition(" ")
+            found.add((module, attr))
             recent.append(None)
         elif name == "STACK_GLOBAL":
             module, attr = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
             ok = isinstance(module, str) and isinstance(attr, str)
-            found.add(f"{module}.{attr}" if ok else "?")
+            found.add((module, attr) if ok else ("?", "?"))
             recent.append(None)
         else:
             recent.append(None)  # any other op breaks the run of names
@@ -267,10 +361,9 @@ def ensure_safe_dcp_metadata(directory: Path) -> None:
         names = pickle_globals(path.read_bytes())
     except Exception as exc:
         raise UnsafeCheckpointError(f"{path}: cannot be inspected safely ({exc}); refusing to load it") from exc
-    refused = sorted(n for n in names if not _dcp_global_allowed(n))
+    refused = [pair for pair in names if not _dcp_global_allowed(*pair)]
     if refused:
-        raise UnsafeCheckpointError(f"{path}: holds pickled objects outside the allow-list "
-                                    f"({', '.join(refused)}); refusing to load it: it could run code")
+        raise _refused(path, refused)
 
 
 def _allowed_classes() -> list:
@@ -298,45 +391,93 @@ def _barrier() -> None:
         dist.barrier()
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (the partial directory is removed)."""
+
+
+def _space_left(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
+def _disk_full(exc: BaseException, path: Path) -> bool:
+    """ENOSPC anywhere in the chain, or (torch's writer reports only "iostream error") almost no
+    space left on the filesystem after the failed write."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return 0 <= _space_left(path) < 8 * 2 ** 20
+
+
 def save_training_checkpoint(wrapper, root: Path, step: int, meta: dict, rank: int, keep_last: int,
                              world_size: int = 1) -> Path:
-    """Write step_N atomically (temporary name, checksums, then rename) and prune to the last `keep_last`."""
+    """Write step_N atomically (temporary name, checksums, then rename) and prune to the last `keep_last`.
+    A failed write (disk full above all) removes the partial directory and says why."""
     final = step_dir(root, step)
     tmp = root / f".tmp-step_{step:08d}"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
-    wrapper.save(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-    _barrier()
-    records = file_records(tmp, rank, world_size)
+    try:
+        wrapper.save(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+        _barrier()
+        records = file_records(tmp, rank, world_size)
+        if rank == 0:
+            write_meta(tmp, {**meta, "files": records})
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # any rank: the partial directory must not stay
+        if _disk_full(exc, root):
+            raise CheckpointWriteError(f"no space left on {root} while writing {final.name} (rank {rank}); the "
+                                       "partial checkpoint was removed, the previous ones are intact") from None
+        raise
     if rank == 0:
-        (tmp / (META + ".tmp")).write_text(json.dumps({**meta, "files": records}, indent=1))
-        os.replace(tmp / (META + ".tmp"), tmp / META)
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():  # an older run's step_N (resumed from an earlier step): replaced
+            shutil.rmtree(final)
         os.replace(tmp, final)
-        prune(root, keep_last)
+        prune(root, keep_last, keep=final)
     _barrier()
     return final
 
 
-def prune(root: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` checkpoints; their universal conversions go with them."""
+def prune(root: Path, keep_last: int, keep: Path | None = None) -> None:
+    """Keep the newest `keep_last` checkpoints, always including `keep` (the one just written:
+    a newer step_N left by an earlier run must not push it out). Conversions left by older
+    versions (step_N_universal) go too: conversions now live only while a resume loads them."""
+    for orphan in [*root.glob("step_*_universal"), *root.glob(".universal-*")]:
+        shutil.rmtree(orphan, ignore_errors=True)
     if keep_last <= 0:
         return
-    for old in complete_checkpoints(root)[keep_last:]:
-        shutil.rmtree(old.parent / (old.name + "_universal"), ignore_errors=True)
+    done = complete_checkpoints(root)
+    if keep is not None and keep in done:
+        done.remove(keep)
+        done.insert(0, keep)
+    for old in done[keep_last:]:
         shutil.rmtree(old, ignore_errors=True)
-    kept = {d.name for d in complete_checkpoints(root)}
-    for orphan in root.glob("step_*_universal"):
-        if orphan.name[: -len("_universal")] not in kept:
-            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def set_aside(directory: Path, why: str) -> Path:
+    """Rename a damaged checkpoint out of the way (never deleted: it may hold what a person wants
+    to recover); it no longer counts as a checkpoint for resume or keep_last."""
+    target = directory.with_name(f"damaged-{directory.name}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = directory.with_name(f"damaged-{directory.name}.{n}")
+    os.replace(directory, target)
+    print(f"checkpoint {directory} is damaged ({why}): renamed to {target.name}", file=sys.stderr, flush=True)
+    return target
 
 
 def load_training_checkpoint(wrapper, directory: Path, rank: int) -> dict:
-    meta = json.loads((directory / META).read_text())
+    meta = read_meta(directory)
     ensure_safe_pickles(directory)
     if (directory / ".metadata").is_file():
         ensure_safe_dcp_metadata(directory)
@@ -362,12 +503,9 @@ def consolidate(directory: Path) -> dict[str, torch.Tensor]:
     elif (directory / ".metadata").is_file():  # FSDP2: torch.distributed.checkpoint shards
         # dcp_to_torch_save's load, in memory, with our reader and planner (the public dcp.load
         # fills only keys the given state dict already has).
-        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
         ensure_safe_dcp_metadata(directory)
         whole: dict = {}
-        reader, planner = safe_dcp_reader_and_planner(directory, whole=True)
-        _load_state_dict(whole, storage_reader=reader, planner=planner, no_dist=True)
+        dcp_load(whole, directory, whole=True)
         state = whole["model"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -167,6 +167,20 @@ def drop_records_after(path: Path, step: int) -> None:
     path = Path(path)
     if not path.is_file():
         return
+    # Records are appended in step order: cutting the file at the first later record needs no
+    # disk space (a resume after a disk-full failure must be able to start).
+    lines = path.read_bytes().splitlines(keepends=True)
+    steps = []
+    for line in lines:
+        try:
+            steps.append(json.loads(line).get("step", 0))
+        except ValueError:
+            steps.append(None)
+    cut = next((i for i, s in enumerate(steps) if s is None or s > step), len(lines))
+    if all(s is not None and s <= step for s in steps[:cut]) and all(s is None or s > step for s in steps[cut:]):
+        if cut < len(lines):
+            os.truncate(path, sum(len(line) for line in lines[:cut]))
+        return
     kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))

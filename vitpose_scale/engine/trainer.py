@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 from vitpose_scale.config import Config, check_run_paths
 from vitpose_scale.engine import checkpoint as ckpt
+from vitpose_scale.engine import run_dir
+from vitpose_scale.engine.resume_check import check_resume_config
 from vitpose_scale.engine.distributed import (DistInfo, LauncherWatch, all_reduce_max, average_buffers,
                                               broadcast_object, main_rank_first)
 from vitpose_scale.engine.metrics import (MetricsLog, SavedActivationMeter, drop_records_after, held_tensor_bytes,
@@ -111,6 +113,8 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.ckpt_root = self.out / "checkpoints"
         self.check_paths()
+        # One run per directory, and every rank sees it: before anything is written there.
+        self.lock = run_dir.claim(self.out, info.rank, info.world_size)
         if info.is_main:
             cfg.save(self.out / "config.yaml")
         # rank 0 first: it may generate the synthetic set
@@ -125,7 +129,9 @@ class Trainer:
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
         resume_dir = self._find_resume()
-        meta = json.loads((resume_dir / "meta.json").read_text()) if resume_dir else None
+        meta = ckpt.read_meta(resume_dir) if resume_dir else None
+        if meta is not None:
+            check_resume_config(meta, cfg, resume_dir)
         model = self.build_model(fresh=resume_dir is None)
         torch.manual_seed(cfg.train.seed + 1000 * info.rank + 1)  # per-rank stochastic depth / mask draws
         self.wrapper = wrap(model, self.optim_config(), info,
@@ -197,27 +203,45 @@ class Trainer:
 
     # ------------------------------------------------------------ helpers --
     def _find_resume(self) -> Path | None:
-        """The newest checkpoint that verifies against its recorded sizes and checksums."""
+        """The newest checkpoint that verifies against its recorded sizes and checksums. With
+        train.resume=auto, damaged ones newer than it are renamed aside (they would otherwise
+        count as the newest for keep_last), and finding checkpoints but none intact stops the
+        run (exit 4) rather than silently starting again: auto_or_scratch allows that."""
         r = self.cfg.train.resume
-        if r in (None, "", "none", "no", "false"):
+        if r in (None, "", "none", "no", "false", "never"):
             return None
-        if r == "auto":
-            candidates = ckpt.complete_checkpoints(self.ckpt_root)
+        auto = r in ("auto", "auto_or_scratch")
+        if auto:  # rank 0's listing for every rank (a listing on NFS may lag)
+            candidates = broadcast_object(ckpt.step_directories(self.ckpt_root))
         else:
             candidates = [Path(r)]
             if not ckpt.is_complete(candidates[0]):
                 raise ckpt.CheckpointError(f"train.resume={r}: not a complete checkpoint directory (no meta.json)")
+        damaged = []
         for directory in candidates:
-            problems = ckpt.verify_checkpoint(directory, self.info.rank, self.info.world_size)
+            problems = (ckpt.verify_checkpoint(directory, self.info.rank, self.info.world_size)
+                        if ckpt.is_complete(directory) else [f"no {ckpt.META} (incomplete or altered)"])
             if not problems:
                 return directory
             message = f"checkpoint {directory} is damaged and was not loaded: " + "; ".join(problems)
-            if r != "auto":
+            if not auto:
                 raise ckpt.CheckpointError(message)
+            damaged.append(f"{directory.name}: " + "; ".join(problems))
             if self.info.is_main:
                 print(message + " (trying the previous one)", file=sys.stderr, flush=True)
-        if candidates and self.info.is_main:
-            print("no intact checkpoint left: starting from scratch", file=sys.stderr, flush=True)
+                ckpt.set_aside(directory, problems[0])
+            if dist.is_initialized():
+                dist.barrier()
+        # Set aside by this or an earlier start (a requeue after exit 4 must not start afresh either).
+        aside = sorted(p.name for p in self.ckpt_root.glob("damaged-step_*")) if auto else []
+        if (damaged or aside) and r != "auto_or_scratch":
+            listed = " | ".join(damaged) if damaged else "set aside earlier: " + ", ".join(aside)
+            raise ckpt.CheckpointError(
+                f"no intact checkpoint in {self.ckpt_root} (the damaged ones are renamed to damaged-*); not "
+                f"starting from scratch without being asked: set train.resume=auto_or_scratch (or never): {listed}")
+        if (damaged or aside) and self.info.is_main:
+            print("no intact checkpoint left: starting from scratch (train.resume=auto_or_scratch)",
+                  file=sys.stderr, flush=True)
         return None
 
     def _meta(self) -> dict:
@@ -225,8 +249,34 @@ class Trainer:
                 "best_ap": self.best_ap, "samples_seen": self.step * self.cfg.train.batch_size,
                 "backend": self.cfg.parallel.backend, "config": self.cfg.to_dict()}
 
+    def _last_good_checkpoint(self) -> str:
+        """The newest checkpoint that verifies (rank 0 checks, every rank gets the answer)."""
+        found = "none written yet"
+        if self.info.is_main:
+            for directory in ckpt.complete_checkpoints(self.ckpt_root):
+                if not ckpt.verify_checkpoint(directory):
+                    found = str(directory)
+                    break
+        return broadcast_object(found)
+
+    def _check_weights_finite(self) -> None:
+        """Stop before a checkpoint holds NaN/inf weights: a finite but huge loss can still
+        break every weight in the update (a resume would load them and stop again, for ever)."""
+        bad = 0.0
+        for p in self.wrapper.module.parameters():
+            t = getattr(p, "ds_tensor", None)  # ZeRO-3: this rank's partition
+            t = p.data if t is None else t
+            t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor shard
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                bad = 1.0
+                break
+        if all_reduce_max(bad, self.info.device):
+            raise TrainingDiverged(f"the weights are NaN/inf after step {self.step}: no checkpoint written; the "
+                                   f"last good checkpoint ({self._last_good_checkpoint()}) is left as it was")
+
     def save(self) -> Path:
         average_buffers(self.wrapper.module)
+        self._check_weights_finite()
         self._saved_step = self.step
         return ckpt.save_training_checkpoint(self.wrapper, self.ckpt_root, self.step, self._meta(),
                                              self.info.rank, self.cfg.train.keep_last, self.info.world_size)
@@ -297,9 +347,8 @@ class Trainer:
             value /= self.info.world_size
         value = value.item()
         if not math.isfinite(value):
-            last = ckpt.latest_checkpoint(self.ckpt_root)
             raise TrainingDiverged(f"loss is {value} at step {self.step + 1}: stopping; the last good "
-                                   f"checkpoint ({last or 'none written yet'}) is left as it was")
+                                   f"checkpoint ({self._last_good_checkpoint()}) is left as it was")
         return value
 
     def _optimizer_step(self, batches, measure_activations: bool) -> tuple[float, float | None]:
