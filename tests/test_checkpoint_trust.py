@@ -407,3 +407,58 @@ def test_a_conversion_on_disk_is_never_loaded(tmp_path, data, two_rank_run, left
     assert not marker.exists()
     left = sorted(p.name for p in (out / CKPT).iterdir() if p.is_dir())
     assert left == ["step_00000003", "step_00000004"], left  # no conversion stays behind
+
+
+# ------------------------------------------- cluster item 5: a frozen rank --
+def _rank_pid(marker: str, rank: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if "launch/train.py" in cmdline and marker in cmdline and f"RANK={rank}".encode() in environ \
+                and "torchrun" not in cmdline:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.distributed
+def test_a_frozen_rank_ends_the_job_with_who_was_last_heard(tmp_path, data):
+    """SIGSTOP one of two ranks: the other's step watchdog names both ranks' last steps, dumps
+    its stacks and exits 5; the launcher then ends the job. Timed from the SIGSTOP."""
+    bound = 8
+    cmd = train_cmd(tmp_path, data, "train.max_steps=100000", "train.epochs=100000", "train.save_every=100000",
+                    f"train.stall_timeout_s={bound}",
+                    launcher=[str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29741"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    frozen = None
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "metrics.jsonl").is_file() or not any(
+                r.get("kind") == "train" and r["step"] >= 3 for r in read_jsonl(tmp_path / "metrics.jsonl")):
+            assert proc.poll() is None and time.time() < deadline, "training did not start"
+            time.sleep(0.3)
+        frozen = _rank_pid(str(tmp_path), 1)
+        assert frozen is not None
+        os.kill(frozen, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        output, _ = proc.communicate(timeout=240)
+        ended = time.monotonic()
+    finally:
+        if frozen is not None:
+            try:
+                os.kill(frozen, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert f"rank 0: no training step completed for" in output, output[-3000:]
+    assert "last heard: rank 0: step" in output and "; rank 1: step" in output, output[-3000:]
+    assert "exiting 5" in output and "Thread" in output  # faulthandler's dump of rank 0's threads
+    # the bound, the watchdog's poll and torchrun's SIGTERM-then-SIGKILL of the frozen rank (30 s)
+    assert ended - stopped_at < bound + 60, ended - stopped_at

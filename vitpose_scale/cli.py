@@ -15,6 +15,40 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
+# Exit codes of every command (docs/operations.md, "Exit codes").
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_PREEMPTED = 0, 1, 2, 3, 4, 143
+
+
+class InputError(ValueError):
+    """A command's input (an image, a boxes file, an output path) cannot be used; exit 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line: some library messages (torch.load's) span several."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
+def run_reporting_errors(command, *args) -> int:
+    """``command(*args)``'s exit code, or one line on stderr and the code of a known failure:
+    2 for a config (ConfigError) or input error (InputError, or a file that cannot be read or
+    written: OSError), 4 for a checkpoint that is missing, damaged, unsafe or of another model
+    (CheckpointError). Anything else is a bug: its traceback, exit 1."""
+    from vitpose_scale.config import ConfigError
+    from vitpose_scale.models.interop import CheckpointError
+
+    try:
+        return command(*args)
+    except CheckpointError as exc:
+        print(f"checkpoint error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_CHECKPOINT
+    except ConfigError as exc:
+        print(f"config error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (InputError, OSError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
 def load_config_or_report(args: argparse.Namespace):
     """The validated config, or None after printing the error (callers exit with 2)."""
     from vitpose_scale.config import ConfigError, load_config
@@ -40,7 +74,7 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
     from vitpose_scale.engine.checkpoint import CheckpointError
     from vitpose_scale.engine.distributed import PeerFailureWatch, init_distributed, shutdown
 
-    info = init_distributed(cfg.parallel.backend == "deepspeed")
+    info = init_distributed(cfg.parallel.backend == "deepspeed", cfg.parallel.timeout_s)
     import importlib
 
     from vitpose_scale.engine.trainer import PREEMPTED_EXIT_CODE, TrainingDiverged
@@ -58,7 +92,7 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
         claim = watch.claim_failure()
         if claim == "first":
             if label:
-                print(f"{label}: {exc}", file=sys.stderr)
+                print(f"{label}: {one_line(exc)}", file=sys.stderr)
             else:
                 import traceback
 
@@ -69,6 +103,13 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
             print(f"rank {info.rank} stopping: {label or type(exc).__name__}: {first_line[:300]}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
+        if claim == "first":
+            watch.linger()
+        elif claim == "other":
+            watch.acknowledge()
+        from vitpose_scale.engine.run_dir import release_all
+
+        release_all()  # os._exit skips atexit: the output directory's lock goes now
         # Peers may sit in a collective that will never complete: no barrier, no destroy.
         os._exit(code)
     watch.stop()
@@ -102,6 +143,10 @@ def pretrain_main(argv: list[str] | None = None) -> int:
 
 
 def convert_main(argv: list[str] | None = None) -> int:
+    return run_reporting_errors(_convert, argv)
+
+
+def _convert(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="vitpose-scale convert",
         description="consolidate a training checkpoint (ZeRO shards or FSDP) into one fp32 official-format file, "
@@ -123,8 +168,8 @@ def convert_main(argv: list[str] | None = None) -> int:
         try:
             state = consolidate(src)
         except (CheckpointError, FileNotFoundError) as exc:
-            print(f"vitpose-scale convert: {exc}", file=sys.stderr)
-            return 4
+            print(f"checkpoint error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_CHECKPOINT
         import json
 
         from vitpose_scale.config import from_dict

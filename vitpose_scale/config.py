@@ -21,6 +21,16 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------- presets --
+# Named keypoint maps that data.extra_train[].keypoint_map may give (source joint -> COCO index,
+# None: dropped); here, not in data/coco.py, so that validation needs no torch.
+# AI Challenger order: r_shoulder, r_elbow, r_wrist, l_shoulder, l_elbow, l_wrist,
+# r_hip, r_knee, r_ankle, l_hip, l_knee, l_ankle, head_top, neck -> COCO index.
+AIC_TO_COCO: list[int | None] = [6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, None, None]
+KEYPOINT_MAPS: dict[str, list[int | None]] = {"aic": AIC_TO_COCO}
+EXTRA_TRAIN_KEYS = ("root", "ann", "images")
+EXTRA_TRAIN_OPTIONAL = ("keypoint_map", "ratio")
+
+
 # Backbone shapes of the official model zoo (REFERENCE.md §1). The G preset
 # follows the published ViT-g/14 shape (width 1408, depth 40, MLP 6144,
 # 16 heads): ViTAE-G's exact dimensions were never released, and ViT-g is the
@@ -146,6 +156,9 @@ class ParallelConfig:
     offload_params: str = "none"  # none | cpu | nvme (ZeRO-3 only)
     nvme_path: str | None = None  # a fast local disk for the nvme targets
     deepspeed_config: str | None = None  # a user's DeepSpeed JSON merged over the generated one
+    # Collective timeout of the process group (and DeepSpeed's): the last resort against a hung
+    # collective; the step watchdog (train.stall_timeout_s) usually ends a stalled run sooner.
+    timeout_s: int = 1800
 
 
 @dataclass
@@ -161,7 +174,12 @@ class TrainConfig:
     save_every: int = 0  # steps; 0: at the end of every epoch
     keep_last: int = 3
     init_from: str | None = None  # official ViTPose, MAE or our checkpoint to initialise from
-    resume: str | None = "auto"  # auto | path | null
+    # auto: the newest intact checkpoint (none intact: stop, exit 4) | auto_or_scratch (none intact:
+    # start again) | a step_N path | never (or null)
+    resume: str | None = "auto"
+    # Exit (code 5) when no step completes for this long; null: 20x the median step time, at
+    # least 300 s (900 s for the first 5 steps); 0: off (engine/watchdog.py)
+    stall_timeout_s: float | None = None
     peak_tflops: float = 989.0  # per device, for MFU (H100 SXM bf16 dense)
     # metrics.jsonl is always written; tensorboard, wandb: engine/tracking.py (pip install -e .[track])
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
@@ -325,7 +343,8 @@ RANGES: dict[str, tuple] = {
     "train.stop_at": (1, None, True, None), "train.batch_size": (1, None, True, None),
     "train.log_every": (1, None, True, None), "train.eval_every": (-1, None, True, None),
     "train.save_every": (0, None, True, None), "train.keep_last": (0, None, True, None),
-    "train.peak_tflops": (0, None, False, None),
+    "train.peak_tflops": (0, None, False, None), "train.stall_timeout_s": (0, None, True, None),
+    "parallel.timeout_s": (1, None, True, None),
     "eval.batch_size": (1, None, True, None), "eval.oks_nms_thr": (0, 1, False, True),
     "eval.rescore_thr": (0, 1, True, True),
     "mae.decoder_dim": (1, None, True, None), "mae.decoder_depth": (1, None, True, None),
@@ -348,6 +367,56 @@ def _check_ranges(cfg: Config) -> None:
     for i, beta in enumerate(cfg.optim.betas):
         if not 0 <= beta < 1:
             raise ConfigError(f"optim.betas[{i}]: got {beta}, expected 0 <= beta < 1")
+
+
+def _is_positive_number(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+            and value != float("inf"))
+
+
+def check_training_sets(d: DataConfig, num_keypoints: int) -> list[float] | None:
+    """Check data.extra_train and the sampling ratios; return [data.train_ratio, extra_train[i].ratio, ...],
+    or None when no set has a ratio. Part of validate (a config error at load time, exit 2);
+    build_datasets calls it too, for configs built or changed in Python."""
+    for i, entry in enumerate(d.extra_train):
+        key = f"data.extra_train[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}: got {entry!r}, expected a mapping {{root, ann, images, keypoint_map?, ratio?}}")
+        missing = set(EXTRA_TRAIN_KEYS) - set(entry)
+        unknown = set(entry) - set(EXTRA_TRAIN_KEYS) - set(EXTRA_TRAIN_OPTIONAL)
+        if missing or unknown:
+            raise ConfigError(f"{key}: got keys {sorted(entry, key=str)}; expected root, ann, images "
+                              f"and optionally keypoint_map, ratio")
+        for name in EXTRA_TRAIN_KEYS:
+            if not isinstance(entry[name], str) or not entry[name]:
+                raise ConfigError(f"{key}.{name}: got {entry[name]!r}, expected a path (a string)")
+        kmap = entry.get("keypoint_map")
+        if isinstance(kmap, str):
+            if kmap not in KEYPOINT_MAPS:
+                raise ConfigError(f"{key}.keypoint_map: got {kmap!r}, expected one of {sorted(KEYPOINT_MAPS)} "
+                                  f"or a list of target indices")
+            kmap = KEYPOINT_MAPS[kmap]
+        if kmap is not None:
+            if not isinstance(kmap, (list, tuple)) or not kmap or not all(
+                    t is None or (isinstance(t, int) and not isinstance(t, bool)) for t in kmap):
+                raise ConfigError(f"{key}.keypoint_map: got {kmap!r}, expected one of {sorted(KEYPOINT_MAPS)} "
+                                  f"or a list of target indices (ints, or null to drop a source joint)")
+            bad = [t for t in kmap if t is not None and not 0 <= t < num_keypoints]
+            if bad:
+                raise ConfigError(f"{key}.keypoint_map: targets {bad} are outside [0, {num_keypoints}) "
+                                  f"(model.num_keypoints {num_keypoints})")
+    given = [d.train_ratio] + [entry.get("ratio") for entry in d.extra_train]
+    names = ["data.train_ratio"] + [f"data.extra_train[{i}].ratio" for i in range(len(d.extra_train))]
+    if all(r is None for r in given):
+        return None
+    first_set = names[next(i for i, r in enumerate(given) if r is not None)]
+    for name, r in zip(names, given):
+        if r is None:
+            raise ConfigError(f"{name} is not set while {first_set} is: expected a sampling ratio for every "
+                              f"training set, or for none")
+        if not _is_positive_number(r):
+            raise ConfigError(f"{name}: got {r!r}, expected a positive number (relative sampling weight)")
+    return [float(r) for r in given]
 
 
 def validate(cfg: Config) -> Config:
@@ -406,6 +475,7 @@ def validate(cfg: Config) -> Config:
             f"train.batch_size: {cfg.train.batch_size} is not divisible by parallel.grad_accum "
             f"{p.grad_accum}: expected a multiple of it")
     _choice("optim.schedule", cfg.optim.schedule, ("step", "cosine"))
+    check_training_sets(cfg.data, m.num_keypoints)
     if cfg.data.group_by_image and (cfg.data.train_ratio is not None
                                     or any("ratio" in e for e in cfg.data.extra_train if isinstance(e, dict))):
         raise ConfigError("data.group_by_image: not available with sampling ratios (data.train_ratio / "

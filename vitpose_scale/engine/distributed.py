@@ -6,6 +6,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -56,18 +57,57 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
+# MASTER_PORT of a Slurm job: a function of the job id (the same after a requeue), kept below
+# Linux's ephemeral range (ip_local_port_range, 32768-60999), from which any outgoing connection
+# on the master node may take a port; 20000 + jobid % 20000 reached up to 39999.
+# slurm/_common.sh and launch/submit.py compute the same (tests/test_slurm_env.py checks).
+MASTER_PORT_RANGE = (12000, 31999)
+
+
+def master_port(job_id: int | str) -> int:
+    low, high = MASTER_PORT_RANGE
+    return low + int(job_id) % (high - low + 1)
+
+
+def pick_device(local_rank: int, device_count: int) -> int:
+    """The CUDA device index of a rank: its local rank among the GPUs this process can see.
+
+    Where Slurm binds GPUs to tasks (--gpus-per-task, --gpu-bind), each task sees only its own
+    GPU(s), renumbered from 0, so local rank 3 must use cuda:0, not cuda:3."""
+    if device_count < 1:
+        raise ValueError(f"no visible GPU (device_count {device_count}) for local rank {local_rank}")
+    return local_rank % device_count
+
+
+def tasks_on_node(tasks_per_node: str, node: int) -> str:
+    """The task count of node `node` in Slurm's compressed list ("8(x3),4": nodes 0-2 run 8, node 3 runs 4)."""
+    import re
+
+    counts = []
+    for part in tasks_per_node.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not match:
+            raise ValueError(f"tasks per node {tasks_per_node!r}: expected Slurm's form, e.g. 8(x3),4")
+        counts += [match.group(1)] * int(match.group(2) or 1)
+    # A node id past the list (a step on part of the job's nodes): the last entry, the step's
+    # smallest group in Slurm's block layout, rather than failing the start.
+    return counts[min(node, len(counts) - 1)]
+
+
 def slurm_rendezvous(env: dict) -> dict[str, str]:
     """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT of an
     `srun` task (one task per GPU, no torchrun/deepspeed launcher), from the variables srun sets;
     values already in `env` win. MASTER_ADDR is the job's first node, MASTER_PORT a function of
-    the job id (the same after a requeue; slurm/_common.sh computes the same)."""
+    the job id (master_port)."""
     out = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "NODE_RANK": env.get("SLURM_NODEID", "0")}
-    per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
-    out["LOCAL_WORLD_SIZE"] = per_node.split("(")[0].split(",")[0]
+    # The step's real layout first: with uneven nodes ("8(x3),4") each node has its own count.
+    per_node = (env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+                or env.get("SLURM_NTASKS_PER_NODE") or "1")
+    out["LOCAL_WORLD_SIZE"] = tasks_on_node(per_node, int(out["NODE_RANK"]))
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
     out["MASTER_ADDR"] = expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1"
-    out["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    out["MASTER_PORT"] = str(master_port(env.get("SLURM_JOB_ID", "0")))
     return {k: env.get(k, v) for k, v in out.items()}
 
 
@@ -86,22 +126,23 @@ def prepare_environment() -> None:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
-def init_distributed(use_deepspeed: bool) -> DistInfo:
+def init_distributed(use_deepspeed: bool, timeout_s: float = 1800) -> DistInfo:
     prepare_environment()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        index = pick_device(local_rank, torch.cuda.device_count())  # one GPU per task: cuda:0
+        torch.cuda.set_device(index)
+        device, backend = torch.device("cuda", index), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         if use_deepspeed:
             import deepspeed
 
-            deepspeed.init_distributed(dist_backend=backend)
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
             release_deepspeed_shared_memory()
         else:
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
@@ -193,11 +234,14 @@ class PeerFailureWatch:
     """
 
     KEY = "vitpose_scale/failed_rank"
+    ACK = "vitpose_scale/failure_seen"
     POLL_SECONDS = 0.5
+    LINGER_SECONDS = 5.0  # how long the failing rank waits for its peers to leave first
 
     def __init__(self, rank: int, exit_code: int = 1):
         self.rank, self.exit_code = rank, exit_code
         self.stopped = threading.Event()
+        self._ack_lock, self._acked = threading.Lock(), False
         self.store = None
         self.store_on_rank0 = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -217,6 +261,7 @@ class PeerFailureWatch:
             if failed and failed != str(self.rank):
                 sys.stdout.flush()
                 sys.stderr.flush()
+                self.acknowledge(failed)
                 os._exit(self.exit_code)
 
     def claim_failure(self) -> str:
@@ -229,6 +274,65 @@ class PeerFailureWatch:
         except Exception:
             return "unknown"
         return "first" if winner == str(self.rank) else "other"
+
+    # Leaving in order: every rank's last store call must reach the store before the rank that
+    # hosts it exits, or the call fails and torch prints "Connection reset by peer" with a C++
+    # stack after the real error. Peers acknowledge the mark (ACK); the failing rank then sets
+    # RELEASED and goes; the others go once they see it (counting themselves in LEFT); the host
+    # goes last. Every wait is bounded by LINGER_SECONDS.
+    RELEASED = "vitpose_scale/failure_released"
+    LEFT = "vitpose_scale/failure_left"
+
+    def _hosts_store(self) -> bool:
+        return self.store_on_rank0 and self.rank == 0
+
+    def _wait(self, done) -> None:
+        import time
+
+        deadline = time.monotonic() + self.LINGER_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if done():
+                    return
+            except Exception:  # the store is gone: nothing left to wait for
+                return
+            time.sleep(0.05)
+
+    def acknowledge(self, failed: str | None = None) -> None:
+        """On a rank that did not fail first: tell the failing rank, then leave in order
+        (once per process: the watch thread and the failing main thread may both get here)."""
+        with self._ack_lock:
+            if self._acked:
+                return
+            self._acked = True
+        peers = dist.get_world_size() - 1
+        try:
+            self.store.add(self.ACK, 1)
+        except Exception:
+            return
+        self._wait(lambda: self.store.check([self.RELEASED]))
+        if self._hosts_store():  # every other peer (not the failing one) must have left
+            others = peers - (0 if failed == str(self.rank) else 1)
+            self._wait(lambda: self.store.add(self.LEFT, 0) >= others)
+        else:
+            try:
+                self.store.add(self.LEFT, 1)
+            except Exception:
+                pass
+
+    def linger(self) -> None:
+        """On the rank that failed first: wait until every peer has seen the mark, then release
+        them (and, hosting the store, wait until they have left)."""
+        if self.store is None:
+            return
+        peers = dist.get_world_size() - 1
+        self._wait(lambda: self.store.add(self.ACK, 0) >= peers)
+        try:
+            self.store.set(self.RELEASED, "1")
+        except Exception:
+            return
+        if self._hosts_store():
+            self._wait(lambda: self.store.add(self.LEFT, 0) >= peers)
 
     def stop(self) -> None:
         self.stopped.set()

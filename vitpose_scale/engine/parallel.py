@@ -6,6 +6,8 @@ never branches on the backend or the model size.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -81,6 +83,21 @@ FIXED_DEEPSPEED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "g
                         "bf16.enabled", "fp16.enabled", "zero_optimization.stage")
 
 
+# Sections a user's DeepSpeed JSON may not hold, with the toolkit keys to use instead. The trainer
+# builds the optimizer (layer-decay AdamW, or DeepSpeedCPUAdam for offload) and the learning-rate
+# schedule itself and passes the optimizer to deepspeed.initialize, which then ignores the JSON's
+# optimizer and scheduler (the logged learning rate would not be the one used), and an
+# offload_optimizer section without DeepSpeedCPUAdam fails inside DeepSpeed.
+OWNED_DEEPSPEED_SECTIONS = {
+    "optimizer": "optim.lr, optim.betas, optim.weight_decay, optim.layer_decay (the trainer's AdamW)",
+    "scheduler": "optim.schedule, optim.warmup_iters, optim.warmup_ratio, optim.step_epochs, optim.step_gamma",
+    "zero_optimization.offload_optimizer": "parallel.offload_optimizer (and parallel.nvme_path)",
+    "zero_optimization.offload_param": "parallel.offload_params (and parallel.nvme_path)",
+    "zero_optimization.cpu_offload": "parallel.offload_optimizer",  # DeepSpeed's older spelling
+    "zero_optimization.cpu_offload_param": "parallel.offload_params",  # likewise
+}
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
@@ -94,8 +111,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def merge_user_deepspeed_config(generated: dict, path: str, cfg: Config, world_size: int) -> tuple[dict, list[str]]:
     """The generated DeepSpeed config with a user's JSON merged over it, and the keys it changed.
 
-    Refused (ConfigError) where the JSON contradicts the toolkit's config; `train_batch_size`
-    is checked against train.batch_size (DeepSpeed derives it otherwise)."""
+    Refused (ConfigError) where the JSON contradicts the toolkit's config (`train_batch_size`
+    is checked against train.batch_size: DeepSpeed derives it otherwise) or holds a section the
+    toolkit owns (OWNED_DEEPSPEED_SECTIONS: optimizer, scheduler, offload)."""
     import copy
     import json
 
@@ -105,6 +123,12 @@ def merge_user_deepspeed_config(generated: dict, path: str, cfg: Config, world_s
         raise ConfigError(f"parallel.deepspeed_config: {path!r} is not a readable JSON file ({exc})") from None
     if not isinstance(user, dict):
         raise ConfigError(f"parallel.deepspeed_config: {path!r} holds {type(user).__name__}, expected an object")
+    for section, toolkit_keys in OWNED_DEEPSPEED_SECTIONS.items():
+        parent, _, name = section.rpartition(".")
+        holder = user.get(parent) if parent else user
+        if isinstance(holder, dict) and name in holder:
+            raise ConfigError(f"parallel.deepspeed_config: {path} sets {section}, which the toolkit sets itself "
+                              f"(DeepSpeed would ignore it or fail): remove it and use {toolkit_keys} instead")
     flat_user, flat_gen = _flatten(user), _flatten(generated)
     flat_gen["train_batch_size"] = cfg.train.batch_size
     for key in FIXED_DEEPSPEED_KEYS:
@@ -164,7 +188,15 @@ class DeepSpeedWrapper:
                       f"{', '.join(changed) or 'nothing'}", flush=True)
         offload = cfg.parallel.offload_optimizer != "none"
         optimizer = _offload_optimizer(model, cfg) if offload else build_optimizer(model, cfg)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
+        # DeepSpeed would set_device(LOCAL_RANK): wrong where Slurm binds one GPU per task (the
+        # visible device is cuda:0); device_rank makes it use the device init_distributed chose.
+        args = None
+        if info.device.type == "cuda":
+            from types import SimpleNamespace
+
+            args = SimpleNamespace(device_rank=info.device.index)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer,
+                                                                 config=ds_cfg)
         self.module = self.engine.module
         self.dtype = DTYPES[cfg.parallel.precision]
         self._grad_norm = None
@@ -211,23 +243,54 @@ class DeepSpeedWrapper:
         self.engine.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
 
     def _universal(self, directory: Path) -> Path:
-        """DeepSpeed's universal format lets ZeRO states load at another world size (converted once)."""
-        target = directory.parent / (directory.name + "_universal")
-        if self.info.is_main and not (target / "zero").is_dir():
-            import subprocess
-            import sys
+        """Convert to DeepSpeed's universal format (ZeRO states at another world size) into a fresh
+        private directory, every time: a conversion is never reused, so a stale one (of an older
+        step_N written over since), a partial one (an interrupted conversion) or a planted one
+        can never be loaded. Its pickles are scanned like the checkpoint's own."""
+        import subprocess
+        import sys
+        import tempfile
 
-            print(f"converting {directory} to DeepSpeed's universal checkpoint for a new world size", flush=True)
-            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(directory), "--output_folder", str(target), "--num_extract_workers", "1",
-                            "--num_merge_workers", "1", "--no_strict"], check=True)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        return target
+        from vitpose_scale.engine.checkpoint import UnsafeCheckpointError, ensure_safe_pickles
+        from vitpose_scale.engine.distributed import broadcast_object
+
+        target = None  # rank 0's outcome, shared so that every rank stops the same way
+        if self.info.is_main:
+            target = Path(tempfile.mkdtemp(prefix=f".universal-{directory.name}-", dir=directory.parent))
+            workers = str(max(1, min(8, (os.cpu_count() or 2) // 2)))
+            print(f"converting {directory} to DeepSpeed's universal checkpoint for a new world size "
+                  f"({workers} workers)", flush=True)
+            proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                                   str(directory), "--output_folder", str(target / "u"), "--num_extract_workers",
+                                   workers, "--num_merge_workers", workers, "--no_strict"],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                shutil.rmtree(target, ignore_errors=True)
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+                target = RuntimeError(f"converting {directory} for a new world size failed: {tail[0]}")
+            else:
+                try:
+                    ensure_safe_pickles(target / "u")
+                except UnsafeCheckpointError as exc:
+                    shutil.rmtree(target, ignore_errors=True)
+                    target = exc
+        target = broadcast_object(target)
+        if isinstance(target, Exception):
+            raise target
+        return target / "u"
 
     def load(self, directory: Path) -> None:
-        if self.load_universal:
-            directory = self._universal(directory)
+        converted = self._universal(directory) if self.load_universal else None
+        try:
+            self._load(converted or directory)
+        finally:
+            if converted is not None:
+                if torch.distributed.is_initialized():
+                    torch.distributed.barrier()
+                if self.info.is_main:
+                    shutil.rmtree(converted.parent, ignore_errors=True)
+
+    def _load(self, directory: Path) -> None:
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         path, _ = self.engine.load_checkpoint(str(directory.parent), tag=directory.name,
                                               load_optimizer_states=True, load_lr_scheduler_states=False)
@@ -398,16 +461,14 @@ class FSDPWrapper(_TorchWrapper):
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(directory))
 
     def load(self, directory: Path) -> None:
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        from vitpose_scale.engine.checkpoint import ensure_safe_dcp_metadata, safe_dcp_reader_and_planner
+        from vitpose_scale.engine.checkpoint import dcp_load, ensure_safe_dcp_metadata
 
         ensure_safe_dcp_metadata(directory)
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer)  # also creates the Adam states
         state = {"model": model_sd, "optimizer": optim_sd}
-        reader, planner = safe_dcp_reader_and_planner(directory)
-        dcp.load(state, storage_reader=reader, planner=planner)
+        dcp_load(state, directory)
         set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"])
 
