@@ -29,8 +29,9 @@ PREEMPTED_EXIT_CODE = 143  # vitpose_scale.engine.trainer.PREEMPTED_EXIT_CODE (n
 
 
 def _master_port(job_id: str) -> int:
+    """vitpose_scale.engine.distributed.master_port of the job id's digits (not imported: keeps torch out)."""
     digits = "".join(c for c in str(job_id) if c.isdigit()) or "0"
-    return 20000 + int(digits[-9:]) % 20000
+    return 12000 + int(digits[-9:]) % 20000
 
 
 def _forward_to_trainer(usr_sig: int) -> None:

@@ -23,8 +23,10 @@ vitpose_setup() {
         MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
     fi
     export MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-    # Deterministic per job (the same after a requeue), spread over 20000-39999.
-    export MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-$$} % 20000))}
+    # Deterministic per job (the same after a requeue), spread over 12000-31999: below Linux's
+    # ephemeral ports (32768-60999), which any outgoing connection may hold. Same as
+    # vitpose_scale/engine/distributed.py:master_port.
+    export MASTER_PORT=${MASTER_PORT:-$((12000 + ${SLURM_JOB_ID:-$$} % 20000))}
     mkdir -p runs
     echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}:" \
          "${SLURM_JOB_NUM_NODES:-1} node(s) x ${SLURM_NTASKS_PER_NODE:-1} task(s), nodes ${SLURM_JOB_NODELIST:-$(hostname)}," \

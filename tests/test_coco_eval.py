@@ -814,3 +814,51 @@ def test_a_fresh_evaluator_has_counted_nothing_and_lists_its_images(coco_sample)
     assert ev.num_results == 0 and ev.num_ignored == 0
     assert ev.img_ids == sorted(im["id"] for im in gt["images"])
     assert ev.sigmas.dtype == np.float64 and np.array_equal(ev.sigmas, COCO_SIGMAS)
+
+
+def _other_category(results, i, **changes):
+    """results[i] as a result of category 7 (no GT category), e.g. from a 21-keypoint hand model."""
+    return dict(results[i], category_id=7, **changes)
+
+
+def test_results_of_another_category_with_other_keypoint_counts_are_ignored_like_pycocotools(coco_sample, tmp_path,
+                                                                                            capsys):
+    gt, results = _good(coco_sample)
+    extra = [_other_category(results, 0, keypoints=[float(v) for v in range(63)]),  # 21 joints
+             _other_category(results, 4, keypoints=[1.0, 2.0, 0.5] * 5),
+             _other_category(results, 9, keypoints=[3.5, 1.0])]  # pycocotools: x, y of one joint, no score
+    mixed = results[:2] + extra + results[2:]
+    ref, _ = _reference(gt, mixed)
+    ev = KeypointEvaluator(gt)
+    assert np.array_equal(ev.evaluate(mixed), ref) and np.array_equal(ref, _reference(gt, results)[0])
+    assert ev.num_ignored == 3 and ev.num_results == len(mixed)
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(mixed))
+    assert coco_eval.main(["--gt", str(coco_sample / "test_coco.json"), "--results", str(res_path)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 10
+    assert err.strip() == (f"vitpose-scale coco-eval: note: 3 of {len(mixed)} results ignored: category_id not a GT "
+                           f"category [1] (pycocotools ignores them too)")
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(keypoints=[]), "results[3] (image_id="),  # pycocotools: min() of an empty array
+    (dict(keypoints=["1.5"] * 63), "'keypoints' must be numbers"),
+    (dict(keypoints=[None] * 63), "'keypoints' must be numbers"),
+    (dict(keypoints=[True] * 63), "'keypoints' must be numbers"),
+    (dict(keypoints=5), "'keypoints' is not a list"),
+    (dict(image_id=123456, keypoints=[1.0] * 63), "results[3] (image_id=123456): image_id is not an image of the GT"),
+], ids=["empty", "strings", "null", "bools", "number", "image"])
+def test_results_of_another_category_that_pycocotools_refuses_stay_refused(coco_sample, tmp_path, changes, message):
+    gt, results = _good(coco_sample)
+    results.insert(3, _other_category(results, 3, **changes))
+    with pytest.raises(Exception):  # noqa: B017 - pycocotools fails with whatever numpy or Python raises
+        _reference(gt, results)
+    with pytest.raises(EvaluationInputError) as in_memory:
+        KeypointEvaluator(gt).evaluate(copy.deepcopy(results))
+    assert message in str(in_memory.value)
+    res_path = tmp_path / "res.json"
+    res_path.write_text(json.dumps(results))
+    with pytest.raises(EvaluationInputError) as from_file:  # the typed fast path says the same
+        coco_eval.evaluate(coco_sample / "test_coco.json", res_path)
+    assert str(from_file.value) == str(in_memory.value)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose_scale.config import Config, DataConfig
+from vitpose_scale.config import Config, ConfigError, DataConfig, load_config
 from vitpose_scale.data import coco as coco_module
 from vitpose_scale.data.coco import DROP_REASONS, TopDownCocoDataset, build_datasets, load_coco
 
@@ -342,12 +342,30 @@ def test_build_datasets_one_set_is_the_dataset_itself(tmp_path, coco_sample):
                                                        r"data\.train_ratio is"),
     ({"root": ".", "ann": "a.json", "images": ".", "ratio": 1}, None, r"data\.train_ratio is not set while "
                                                                      r"data\.extra_train\[0\]\.ratio is"),
+    ({"root": ".", "ann": "a.json", "images": ".", "keypoint_map": "wholebody"}, None,
+     r"data\.extra_train\[0\]\.keypoint_map: got 'wholebody', expected one of \['aic'\] or a list"),
+    ({"root": ".", "ann": "a.json", "images": ".", "keypoint_map": [0, 20, None]}, None,
+     r"data\.extra_train\[0\]\.keypoint_map: targets \[20\] are outside \[0, 1[47]\)"),
+    ({"root": ".", "ann": "a.json", "images": ".", "keypoint_map": ["nose"]}, None,
+     r"data\.extra_train\[0\]\.keypoint_map: got \['nose'\], expected .* list of target indices"),
+    ({"root": 5, "ann": "a.json", "images": "."}, None, r"data\.extra_train\[0\]\.root: got 5, expected a path"),
 ])
-def test_build_datasets_refuses_bad_extra_sets_naming_the_key(tmp_path, coco_sample, entry, ratio, message):
+def test_bad_extra_sets_are_config_errors_at_load_time_naming_the_key(tmp_path, coco_sample, entry, ratio, message):
+    """Refused while the config loads (ConfigError: one line, exit 2 from every command), before any
+    data is read; build_datasets refuses the same for a config built or changed in Python."""
+    overrides = [f"data.extra_train={json.dumps([entry])}", f"data.train_ratio={'null' if ratio is None else ratio}"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
     cfg = _cfg_14(tmp_path, coco_sample, train_ratio=ratio)
     cfg.data.extra_train = [entry]
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_datasets(cfg)
+
+
+def test_a_named_keypoint_map_and_ratios_load():
+    cfg = load_config(None, ['data.extra_train=[{root: ., ann: a.json, images: ., keypoint_map: aic, ratio: 1}]',
+                             "data.train_ratio=3"])
+    assert cfg.data.extra_train[0]["keypoint_map"] == "aic" and cfg.data.train_ratio == 3.0
 
 
 def test_ensure_synthetic_defaults_to_seed_0(tmp_path):

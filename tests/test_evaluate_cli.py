@@ -138,14 +138,14 @@ def test_two_ranks_over_an_odd_number_of_people_equal_one_rank(trained_run, coco
     assert 0 < len(one["results"]) < 37  # OKS-NMS merged some boxes
 
 
-def test_eval_command_reports_a_missing_checkpoint_in_one_line(trained_run, tmp_path, monkeypatch, capsys):
+def test_eval_command_reports_a_missing_checkpoint_in_one_line_exit_4(trained_run, tmp_path, monkeypatch, capsys):
     from vitpose_scale.evaluate import main
 
     for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(_free_port())).items():  # a one-process group, restored afterwards
         monkeypatch.setenv(key, value)
     assert main(["--config", str(trained_run / "config.yaml"), "--checkpoint", str(tmp_path / "nope.pth"),
-                 "--out", str(tmp_path)]) == 2
+                 "--out", str(tmp_path)]) == 4  # a checkpoint error, as from training
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: checkpoint") and "nope.pth" in err[0]
+    assert len(err) == 1 and err[0].startswith("checkpoint error: checkpoint") and "nope.pth" in err[0]
     assert not torch.distributed.is_initialized()  # the group is gone again

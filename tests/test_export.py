@@ -2,6 +2,7 @@
 import io
 import json
 import logging
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from vitpose_scale.cli import main as cli
 from vitpose_scale.config import load_config
 from vitpose_scale.engine.distributed import DistInfo
 from vitpose_scale.export import ONNX_OPSET, keypoint_names, load_weights
-from vitpose_scale.models.interop import CheckpointError, export_official
+from vitpose_scale.models.interop import export_official
 from vitpose_scale.models.pose import build_pose_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,13 +94,15 @@ def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(r
         assert torch.equal(target.state_dict()[key], value), key
 
 
-def test_hf_export_refuses_a_head_transformers_cannot_hold(tmp_path):
+def test_hf_export_refuses_a_head_transformers_cannot_hold(tmp_path, capsys):
     pytest.importorskip("transformers")
     cfg = load_config(ROOT / "configs" / "demo.yaml")  # the demo's 64-channel classic head
     export_official(build_pose_model(cfg.model), tmp_path / "w.pth")
-    with pytest.raises(CheckpointError, match="model.head_channels: 64.*expected 256"):
-        cli(["export", "--checkpoint", str(tmp_path / "w.pth"), "--config", str(ROOT / "configs" / "demo.yaml"),
-             "--format", "hf", "--out", str(tmp_path / "hf")])
+    # The model config, not the checkpoint, is what the format cannot hold: a config error, exit 2.
+    assert cli(["export", "--checkpoint", str(tmp_path / "w.pth"), "--config", str(ROOT / "configs" / "demo.yaml"),
+                "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"config error: model\.head_channels: 64.*expected 256", err[0])
 
 
 def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(run_dir, tmp_path):
@@ -137,9 +140,9 @@ def test_safetensors_export_is_the_official_layout_without_pickle(run_dir, tmp_p
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
-def test_export_without_a_config_names_the_missing_file(tmp_path):
+def test_export_without_a_config_names_the_missing_file(tmp_path, capsys):
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     export_official(build_pose_model(cfg.model), tmp_path / "lonely.pth")
-    with pytest.raises(FileNotFoundError, match="no --config given and no config.yaml next to it"):
-        cli(["export", "--checkpoint", str(tmp_path / "lonely.pth"), "--format", "safetensors",
-             "--out", str(tmp_path / "x.safetensors")])
+    assert cli(["export", "--checkpoint", str(tmp_path / "lonely.pth"), "--format", "safetensors",
+                "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "no --config given and no config.yaml next to it" in capsys.readouterr().err

@@ -45,10 +45,27 @@ def test_infer_writes_png_and_json(infer_out, coco_sample):
         assert (kp[:, 1] >= 0).all() and (kp[:, 1] <= h - 1).all()
 
 
-def test_missing_image_is_a_clear_error(tmp_path):
+def test_missing_image_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "nope.jpg"
-    with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        main(["--config", str(CONFIG), "--image", str(missing), "--out", str(tmp_path / "o.png")])
+    assert main(["--config", str(CONFIG), "--image", str(missing), "--out", str(tmp_path / "o.png")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: image {missing} does not exist"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a JSON file"),
+    ('{"boxes": []}', "expected a JSON list of detections or of [x, y, w, h] boxes"),
+    ("[[1, 2, 3]]", "box [1, 2, 3] is not [x, y, w, h(, score)] numbers"),
+    ('[["a", 2, 3, 4]]', "is not [x, y, w, h(, score)] numbers"),
+    ('[{"image_id": 785, "score": 0.9}]', "is not {image_id, category_id, bbox: [x, y, w, h], score}"),
+])
+def test_a_bad_boxes_file_is_an_input_error_naming_it(tmp_path, content, message):
+    from vitpose_scale.cli import InputError
+
+    path = tmp_path / "boxes.json"
+    path.write_text(content)
+    with pytest.raises(InputError) as refused:
+        load_boxes(path, "000000000785.jpg")
+    assert str(refused.value).startswith(f"{path}") and message in str(refused.value)
 
 
 def test_box_loading(coco_sample, tmp_path):

@@ -160,3 +160,33 @@ def test_user_json_changes_are_listed_and_contradictions_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not a readable JSON file"):
         merge_user_deepspeed_config(generated, str(path), cfg, 2)
+
+
+@pytest.mark.parametrize("section, toolkit_key", [
+    ({"optimizer": {"type": "Adam", "params": {"lr": 1e-3}}}, "optim.lr"),
+    ({"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}}, "optim.schedule"),
+    ({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}, "parallel.offload_optimizer"),
+    ({"zero_optimization": {"offload_param": {"device": "cpu", "pin_memory": False}}}, "parallel.offload_params"),
+    ({"zero_optimization": {"cpu_offload": True}}, "parallel.offload_optimizer"),  # DeepSpeed's older spelling
+])
+def test_user_json_sections_the_toolkit_owns_are_refused_naming_its_key(tmp_path, section, toolkit_key):
+    """DeepSpeed would take these from the JSON, but the trainer builds its own AdamW, schedule and
+    offload optimizer and hands them over: the sections would be listed as changed, then ignored
+    (or, for offload_optimizer, end in a DeepSpeed exception). Refused with the key to use instead."""
+    cfg = _cfg("parallel.offload_optimizer=cpu", "parallel.offload_params=cpu")  # even where they agree
+    path = tmp_path / "u.json"
+    path.write_text(json.dumps(section))
+    key = next(iter(_flat_keys(section)))
+    with pytest.raises(ConfigError) as refused:
+        merge_user_deepspeed_config(deepspeed_config(cfg, world_size=2), str(path), cfg, 2)
+    message = str(refused.value)
+    assert message.startswith(f"parallel.deepspeed_config: {path} sets {key}") and toolkit_key in message
+
+
+def _flat_keys(tree, prefix=""):
+    """The JSON's section path down to the refused key (zero_optimization.offload_param, optimizer, ...)."""
+    for k, v in tree.items():
+        if k == "zero_optimization":
+            yield from _flat_keys(v, "zero_optimization.")
+        else:
+            yield prefix + k

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vitpose_scale.cli import add_config_args, load_config_or_report
+from vitpose_scale.cli import EXIT_CHECKPOINT, EXIT_CONFIG, add_config_args, load_config_or_report, one_line
 from vitpose_scale.config import Config, ConfigError, ModelConfig
 
 DEFAULT_ALG_NAME = "vitposescale"
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0; 2 config, data or input error; 4 checkpoint missing, damaged or unsafe (one line each)."""
     args = build_parser().parse_args(argv)
     cfg = load_config_or_report(args)
     if cfg is None:
@@ -192,12 +193,19 @@ def main(argv: list[str] | None = None) -> int:
         outcome = evaluate_checkpoints(cfg, args.checkpoint, args.model_config, args.weight, info.rank,
                                        info.world_size, info.device, progress=info.is_main)
     except (FileNotFoundError, ValueError) as exc:  # config, data or checkpoint (CheckpointError is a ValueError)
-        print(f"{'config error' if isinstance(exc, ConfigError) else 'error'}: {exc}", file=sys.stderr)
+        from vitpose_scale.models.interop import CheckpointError
+
+        # A checkpoint error exits 4, as from training (docs/operations.md, "Exit codes").
+        if isinstance(exc, CheckpointError):
+            label, code = "checkpoint error", EXIT_CHECKPOINT
+        else:
+            label, code = ("config error" if isinstance(exc, ConfigError) else "error"), EXIT_CONFIG
+        print(f"{label}: {one_line(exc)}", file=sys.stderr)
         import torch.distributed as dist
 
         if dist.is_initialized():  # every rank meets the same error: no barrier to wait at
             dist.destroy_process_group()
-        return 2
+        return code
     if info.is_main:
         out = Path(args.out or Path(cfg.train.output_dir) / "eval")
         out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitpose_scale.config import Config, ModelConfig, from_dict, load_config
+from vitpose_scale.config import Config, ConfigError, ModelConfig, from_dict, load_config
 from vitpose_scale.models import interop
 
 # Opset 18: every current runtime runs it (onnxruntime >= 1.14, TensorRT >= 8.6); the torch.export
@@ -68,16 +68,27 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict in the official layout, meta) from any supported checkpoint:
     a training checkpoint directory (step_N), a Hugging Face directory, an official .pth,
     or a .safetensors file in either layout."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     if is_hf_directory(path):
-        return read_hf_directory(path), {"format": "hf"}
+        try:
+            return read_hf_directory(path), {"format": "hf"}
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            if isinstance(exc, interop.CheckpointError):
+                raise
+            raise interop.CheckpointError(f"{path}: cannot be read as a Hugging Face directory ({exc}): "
+                                          f"damaged or incomplete") from exc
     if path.is_dir():
         if not (path / "meta.json").is_file():
             raise interop.CheckpointError(f"{path}: a directory must be a training checkpoint (meta.json) or a "
                                           f"Hugging Face directory (config.json)")
         from vitpose_scale.engine.checkpoint import consolidate
 
-        return consolidate(path), {"format": "training checkpoint"}
+        try:
+            return consolidate(path), {"format": "training checkpoint"}
+        except FileNotFoundError as exc:  # a file of the checkpoint is missing: damaged, as convert says
+            raise interop.CheckpointError(f"{path}: {exc}") from exc
     raw = interop.safe_load(path)
     state = interop.extract_state_dict(raw, str(path))
     meta = dict(raw.get("meta") or {}) if isinstance(raw.get("meta"), dict) else {}
@@ -123,13 +134,13 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path) -> Path:
     hidden = int(round(m.embed_dim * m.mlp_ratio))
     # transformers' VitPose hard-codes these; a model outside them has no HF equivalent.
     if hidden % m.embed_dim:
-        raise interop.CheckpointError(f"model MLP width {hidden} is not an integer multiple of embed_dim "
+        raise ConfigError(f"model MLP width {hidden} is not an integer multiple of embed_dim "
                                       f"{m.embed_dim}: the Hugging Face VitPose config has only an integer mlp_ratio")
     if m.head == "classic" and m.head_channels != 256:
-        raise interop.CheckpointError(f"model.head_channels: {m.head_channels}; the Hugging Face classic decoder "
+        raise ConfigError(f"model.head_channels: {m.head_channels}; the Hugging Face classic decoder "
                                       f"has 256 channels: expected 256 (or model.head=simple)")
     if m.patch_padding != 2:
-        raise interop.CheckpointError(f"model.patch_padding: {m.patch_padding}; the Hugging Face patch embedding "
+        raise ConfigError(f"model.patch_padding: {m.patch_padding}; the Hugging Face patch embedding "
                                       f"pads by 2: expected 2")
     hf = interop.hf_config(cfg)
     hf.backbone_config.mlp_ratio = hidden // m.embed_dim
@@ -185,10 +196,15 @@ def config_for_checkpoint(checkpoint: str | Path, config: str | None, overrides:
         return load_config(config, overrides)
     ckpt = Path(checkpoint)
     meta = ckpt / "meta.json"
-    if meta.is_file() and isinstance(json.loads(meta.read_text()).get("config"), dict):
-        from vitpose_scale.config import apply_overrides
+    if meta.is_file():
+        try:
+            run = json.loads(meta.read_text())
+        except ValueError as exc:
+            raise interop.CheckpointError(f"{meta}: not JSON ({exc}): the checkpoint is damaged") from None
+        if isinstance(run, dict) and isinstance(run.get("config"), dict):
+            from vitpose_scale.config import apply_overrides
 
-        return from_dict(apply_overrides(json.loads(meta.read_text())["config"], overrides))
+            return from_dict(apply_overrides(run["config"], overrides))
     for candidate in (ckpt.parent / "config.yaml", ckpt.parent.parent / "config.yaml"):
         if candidate.is_file():
             return load_config(candidate, overrides)
@@ -208,9 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit codes: 0, 2 bad config or input (one line), 4 checkpoint missing/damaged/unsafe (one line)."""
+    from vitpose_scale.cli import run_reporting_errors
+
+    return run_reporting_errors(_main, build_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     from vitpose_scale.models.pose import build_pose_model
 
+    if not Path(args.checkpoint).exists():  # before looking for its config: that is not the problem
+        raise interop.CheckpointError(f"checkpoint {args.checkpoint} does not exist")
     cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
     model = build_pose_model(cfg.model).eval()
     source = load_weights(model, args.checkpoint)

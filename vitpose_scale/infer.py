@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from vitpose_scale.cli import InputError
 from vitpose_scale.config import Config
 from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, box_to_center_scale, crop_box, normalize_image
 from vitpose_scale.eval.decode import decode_heatmaps
@@ -49,29 +50,42 @@ def load_boxes(path: str | Path, image_path: str | Path, det_thr: float = 0.0) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"boxes file {path} does not exist")
-    data = _read_json(path.resolve(), path.stat().st_mtime_ns)
+    try:
+        data = _read_json(path.resolve(), path.stat().st_mtime_ns)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON file ({exc})") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of detections or of [x, y, w, h] boxes")
+        raise InputError(f"{path}: expected a JSON list of detections or of [x, y, w, h] boxes")
     rows = []
     if data and isinstance(data[0], dict):
         image_id = image_id_from_name(image_path)
-        ids = {d.get("image_id") for d in data}
-        if image_id is None and len(ids) > 1:
-            raise ValueError(f"{path} holds detections of {len(ids)} images and the image name "
-                             f"{Path(image_path).name} has no number to pick them by")
         for d in data:
-            if image_id is not None and int(d.get("image_id", -1)) != image_id:
-                continue
-            if int(d.get("category_id", 1)) != 1:
-                continue
-            score = float(d.get("score", 1.0))
+            try:
+                if image_id is not None and int(d.get("image_id", -1)) != image_id:
+                    continue
+                if int(d.get("category_id", 1)) != 1:
+                    continue
+                score = float(d.get("score", 1.0))
+                box = [*map(float, d["bbox"][:4]), score]
+                if len(box) != 5:
+                    raise ValueError
+            except (AttributeError, KeyError, TypeError, ValueError):
+                raise InputError(f"{path}: detection {d!r} is not {{image_id, category_id, bbox: [x, y, w, h], "
+                                 f"score}}") from None
             if score >= det_thr:
-                rows.append([*map(float, d["bbox"][:4]), score])
+                rows.append(box)
+        ids = {str(d.get("image_id")) for d in data}  # every entry is a mapping by now
+        if image_id is None and len(ids) > 1:
+            raise InputError(f"{path} holds detections of {len(ids)} images and the image name "
+                             f"{Path(image_path).name} has no number to pick them by")
     else:
         for b in data:
-            if len(b) < 4:
-                raise ValueError(f"{path}: box {b!r} is not [x, y, w, h]")
-            rows.append([*map(float, b[:4]), float(b[4]) if len(b) > 4 else 1.0])
+            try:
+                if len(b) < 4:
+                    raise ValueError
+                rows.append([*map(float, b[:4]), float(b[4]) if len(b) > 4 else 1.0])
+            except (TypeError, ValueError):
+                raise InputError(f"{path}: box {b!r} is not [x, y, w, h(, score)] numbers") from None
     boxes = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
     return boxes[np.argsort(-boxes[:, 4], kind="stable")]
 
@@ -152,8 +166,9 @@ def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"image {path} could not be decoded by OpenCV")
+    if image is None:  # e.g. a video: OpenCV reads no frame from it here
+        raise InputError(f"image {path} could not be decoded by OpenCV: expected an image file "
+                         f"({', '.join(IMAGE_SUFFIXES)}); for a video, extract its frames first")
     return image
 
 
@@ -188,7 +203,7 @@ def predict_image(model, cfg: Config, image_path: Path, image_id: int, boxes_fil
 def _write_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), image):
-        raise OSError(f"could not write {path}")
+        raise InputError(f"--out {path}: could not write it (expected a writable .png/.jpg path)")
 
 
 def load_model(cfg: Config, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
@@ -207,9 +222,15 @@ def load_model(cfg: Config, checkpoint: str | None, device: torch.device) -> tor
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0, 2 bad config or input (one line), 4 checkpoint missing/damaged/unsafe (one line)."""
+    from vitpose_scale.cli import run_reporting_errors
+
+    return run_reporting_errors(_main, build_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     from vitpose_scale.cli import load_config_or_report
 
-    args = build_parser().parse_args(argv)
     cfg = load_config_or_report(args)
     if cfg is None:
         return 2

@@ -526,9 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     print(ASSUMPTIONS.format(mfu=hw.mfu, peak=hw.peak_tflops, half=MFU_HALF_TOKENS, nv=hw.nvlink_gbps,
                              net=hw.network_gbps, pcie=hw.pcie_gbps, adam=hw.cpu_adam_params_per_s, ctx=CONTEXT_GB,
                              frag=FRAGMENTATION))
-    if not fits:
-        print(f"nothing fits in {hw.gpu_mem_gb:g} GB per GPU", file=sys.stderr)
-        return 1
+    if not fits:  # the config cannot run on this hardware: an input error, not a failure of the planner
+        print(f"plan: nothing fits in {hw.gpu_mem_gb:g} GB per GPU", file=sys.stderr)
+        return 2
     print(f"{len(fits)} settings fit, fastest first (* recommended; GB per rank: GPU peak estimate, model states "
           f"and saved activations on the GPU, offloaded states on the host):")
     print("\n".join(format_table(fits, args.top)))

@@ -21,6 +21,7 @@ from vitpose_scale.config import Config, check_run_paths
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.engine import run_dir
 from vitpose_scale.engine.resume_check import check_resume_config
+from vitpose_scale.engine.watchdog import StepWatchdog
 from vitpose_scale.engine.distributed import (DistInfo, LauncherWatch, all_reduce_max, average_buffers,
                                               broadcast_object, main_rank_first)
 from vitpose_scale.engine.metrics import (MetricsLog, SavedActivationMeter, drop_records_after, held_tensor_bytes,
@@ -151,6 +152,7 @@ class Trainer:
 
         self.log = MetricsLog(self.out / "metrics.jsonl", info.is_main, build_loggers(cfg, self.out, info.is_main))
         self.preemption = _Preemption()
+        self.watchdog = StepWatchdog(info.rank, info.world_size, cfg.train.stall_timeout_s)
         self._fault = _injected_fault(info.rank)
         self._log_setup()
 
@@ -391,6 +393,7 @@ class Trainer:
             logged = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == self.total_steps
             loss, grad_norm = self._optimizer_step(batches, measure_activations=logged)
             self.step += 1
+            self.watchdog.beat(self.step)
             window_images += cfg.train.batch_size
             loss_sum, loss_n = loss_sum + loss, loss_n + 1
             self.history.append({"step": self.step, "loss": loss})
@@ -400,8 +403,10 @@ class Trainer:
                 self._log_train(window_t, window_images, loss_sum / loss_n, grad_norm, epoch)
                 window_t, window_images, loss_sum, loss_n = time.time(), 0, 0.0, 0
             if self.step % save_every == 0 and self.step < self.total_steps:
+                self.watchdog.pause()
                 self.save()
             if self._should_eval(at_end=False):
+                self.watchdog.pause()
                 self._eval_and_keep_best()
             if all_reduce_max(float(self.preemption.requested), info.device):
                 outcome = "preempted"
@@ -410,6 +415,7 @@ class Trainer:
             if self.step < self.total_steps:
                 outcome = "paused"
         bar.close()
+        self.watchdog.stop()
         if outcome != "finished":
             path = self.save() if self._saved_step != self.step else ckpt.step_dir(self.ckpt_root, self.step)
             if info.is_main and outcome == "preempted":

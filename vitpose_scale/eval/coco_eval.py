@@ -421,15 +421,18 @@ class KeypointEvaluator:
             kp = r["keypoints"]
             if not hasattr(kp, "__len__"):
                 raise EvaluationInputError(f"{at}: 'keypoints' is not a list")
-            if len(kp) != k3:
+            if r["category_id"] not in self._cat_index:
+                self._check_ignored_keypoints(at, kp)
+            elif len(kp) != k3:
                 raise EvaluationInputError(
                     f"{at}: 'keypoints' has {len(kp)} values, expected 3*K = {k3}")
-            try:
-                vals = _numeric_array(kp, (k3,))
-            except (TypeError, ValueError, OverflowError):
-                raise EvaluationInputError(f"{at}: 'keypoints' must be {k3} numbers") from None
-            if not np.isfinite(vals).all():
-                raise EvaluationInputError(f"{at}: 'keypoints' contains NaN/inf")
+            else:
+                try:
+                    vals = _numeric_array(kp, (k3,))
+                except (TypeError, ValueError, OverflowError):
+                    raise EvaluationInputError(f"{at}: 'keypoints' must be {k3} numbers") from None
+                if not np.isfinite(vals).all():
+                    raise EvaluationInputError(f"{at}: 'keypoints' contains NaN/inf")
             s = r["score"]
             if not _is_score(s):
                 raise EvaluationInputError(f"{at}: 'score' is not a number ({s!r})")
@@ -445,6 +448,36 @@ class KeypointEvaluator:
                     raise EvaluationInputError(
                         f"{at}: 'bbox' must be 4 finite numbers (results[0] has a bbox, so "
                         f"result areas come from boxes as in pycocotools loadRes)")
+
+    @staticmethod
+    def _check_ignored_keypoints(at, kp):
+        """A result of a category the GT does not list is ignored whatever its number of keypoints
+        (a 21-joint hand model's 63 values): checked only as far as pycocotools' loadRes reads it
+        (the extent of its x and y values: at least 2 numbers), plus finiteness as everywhere."""
+        if isinstance(kp, (str, bytes, dict)) or not hasattr(kp, "__len__"):
+            raise EvaluationInputError(f"{at}: 'keypoints' is not a list")
+        if len(kp) < 2:
+            raise EvaluationInputError(f"{at}: 'keypoints' has {len(kp)} values, expected at least x, y "
+                                       f"(category_id not in the GT: ignored, but read by loadRes)")
+        try:
+            vals = np.array(kp)
+        except (TypeError, ValueError, OverflowError):
+            vals = None
+        if vals is None or vals.ndim != 1 or vals.dtype.kind not in "iuf":  # pycocotools refuses bools too
+            raise EvaluationInputError(f"{at}: 'keypoints' must be numbers")
+        if not np.isfinite(vals).all():
+            raise EvaluationInputError(f"{at}: 'keypoints' contains NaN/inf")
+
+    def _ignored_placeholders(self, results, kps, ignored):
+        """``kps`` with the keypoints of ignored results (category not in the GT) checked and replaced
+        by zeros of the GT's length, so that every row stacks; those rows are dropped before scoring."""
+        kps = list(kps)
+        zeros = [0.0] * (3 * self.num_joints)
+        for i in np.flatnonzero(ignored):
+            img = results[i].get("image_id")
+            self._check_ignored_keypoints(f"results[{i}] (image_id={img!r})", kps[i])
+            kps[i] = zeros
+        return kps
 
     def _bad(self, results, mask, what):
         i = int(np.flatnonzero(mask)[0])
@@ -492,8 +525,16 @@ class KeypointEvaluator:
         except TypeError:  # an unhashable id
             return None
         kps = [r.keypoints for r in records]
-        if (img < 0).any() or (np.fromiter(map(len, kps), np.int64, n) != 3 * k).any():
+        if (img < 0).any():
             return None
+        lens = np.fromiter(map(len, kps), np.int64, n)
+        other = lens != 3 * k
+        if other.any():
+            # results of a category the GT does not list may hold any number (>= 2) of keypoint values
+            if (cat[other] >= 0).any() or (lens[other] < 2).any():
+                return None
+            zeros = [0.0] * (3 * k)
+            kps = [zeros if o else kp for kp, o in zip(kps, other)]
         kp = np.fromiter(chain.from_iterable(kps), np.float64, n * 3 * k).reshape(n, k, 3)
         score = np.fromiter([r.score for r in records], np.float64, n)
         bb = None
@@ -529,6 +570,8 @@ class KeypointEvaluator:
             self._bad(results, img < 0, "image_id is not an image of the GT")
         if not np.isfinite(score).all():
             self._bad(results, ~np.isfinite(score), "'score' is NaN/inf")
+        if (cat < 0).any():
+            kps = self._ignored_placeholders(results, kps, cat < 0)
         try:
             kp = _numeric_array(kps, (n, 3 * k)).reshape(n, k, 3)
         except (TypeError, ValueError, OverflowError):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,32 @@ def safe_load(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return {"state_dict": load_file(str(path))}
+
+        try:
+            return {"state_dict": load_file(str(path))}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(exc)}): "
+                                  f"damaged, truncated or not a safetensors file") from exc
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the unpickler names the refused global
-        raise CheckpointError(
-            f"checkpoint {path} could not be loaded safely (weights_only=True refuses pickled code): {exc}") from exc
+        with warnings.catch_warnings():  # a plain pickle.dump file: a stderr line about its protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is several lines, with advice to load unsafely; keep the refused global.
+        refused = str(exc).split("WeightsUnpickler error:")[-1]
+        raise CheckpointError(f"checkpoint {path} could not be loaded safely: it holds pickled objects that "
+                              f"weights_only=True refuses ({_first_line(refused)})") from exc
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(exc)}): "
+                              f"damaged, truncated or not a torch file") from exc
+
+
+def _first_line(message) -> str:
+    """The first sentence of a library's (often multi-line) message."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()] or [""]
+    return lines[0].split(". ")[0].rstrip(".")
 
 
 def extract_state_dict(obj: Any, path: str = "<checkpoint>") -> dict[str, torch.Tensor]:
