@@ -462,3 +462,35 @@ def test_a_frozen_rank_ends_the_job_with_who_was_last_heard(tmp_path, data):
     assert "exiting 5" in output and "Thread" in output  # faulthandler's dump of rank 0's threads
     # the bound, the watchdog's poll and torchrun's SIGTERM-then-SIGKILL of the frozen rank (30 s)
     assert ended - stopped_at < bound + 60, ended - stopped_at
+
+
+# ------------------------------ cluster item 1: one directory for all ranks --
+def test_a_rank_that_sees_another_output_dir_stops_the_run_naming_it(tmp_path, data):
+    """Rank 1 runs in its own mount namespace with a private tmpfs over output_dir, as a
+    node-local directory would be: every rank exits 2 before any work, naming rank 1."""
+    if not shutil.which("unshare") or not _unshare_available():
+        pytest.skip("needs `unshare -rm` (util-linux, user namespaces) for a private mount")
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**launcher_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29751", "WORLD_SIZE": "2"}
+    cmd = train_cmd(out, data, "train.max_steps=3")
+    rank0 = subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": "0", "LOCAL_RANK": "0"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    inner = " ".join(f"'{c}'" for c in cmd)
+    rank1 = subprocess.Popen(["unshare", "-rm", "bash", "-c", f"mount -t tmpfs tmpfs '{out}' && exec {inner}"],
+                             cwd=ROOT, env={**env, "RANK": "1", "LOCAL_RANK": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        results = [p.communicate(timeout=300) for p in (rank0, rank1)]
+    finally:
+        for p in (rank0, rank1):
+            if p.poll() is None:
+                p.kill()
+    assert (rank0.returncode, rank1.returncode) == (2, 2), results
+    text = "".join(err for _, err in results)
+    assert f"rank 1 on {socket.gethostname()} cannot see the files rank 0 writes" in text, text[-3000:]
+    assert "must be on a filesystem that every node shares" in text
+    assert text.count("config error:") == 1, text[-3000:]
+    assert not (out / "metrics.jsonl").exists() and not (out / ".lock").exists()

@@ -62,7 +62,8 @@ def load_config_or_report(args: argparse.Namespace):
 
 def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_path: str) -> int:
     """Parse, set up the process group and run a Trainer class. Exit codes: 0 done or paused
-    (train.stop_at), 1 error, 2 config, 3 diverged, 4 damaged/unsafe checkpoint, 143 preempted
+    (train.stop_at), 1 error, 2 config, 3 diverged, 4 damaged/unsafe checkpoint, 5 stalled (the step
+    watchdog, engine/watchdog.py), 143 preempted
     (checkpoint written: requeue to resume). Any failure ends every rank at once with one message.
     Shared by every launcher."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
