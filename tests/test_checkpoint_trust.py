@@ -58,6 +58,7 @@ def _stderr_lines(proc) -> list[str]:
     """stderr without library warnings and progress bars: what the user reads."""
     return [line for line in proc.stderr.splitlines()
             if line.strip() and "Warning" not in line and "warnings.warn" not in line and "it/s]" not in line
+            and "No CUDA runtime is found" not in line  # torch's cpp_extension logs this on CPU hosts
             and not line.startswith("  ") and "%|" not in line]
 
 
@@ -285,23 +286,28 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------- 8: resume, config changed --
-@pytest.mark.parametrize("change, keys", [
-    (["model.embed_dim=128"], ["model.embed_dim 64 -> 128"]),
+CHANGES = [
+    (["model.embed_dim=128"], ["model.embed_dim 96 -> 128"]),
     (["model.depth=2", "model.image_size=[160,128]"], ["model.depth 1 -> 2", "model.image_size [128, 96] -> [160, 128]"]),
     (["train.batch_size=8"], ["train.batch_size 4 -> 8", "reinterpret the saved step counter"]),
     (["parallel.backend=fsdp"], ["parallel.backend 'none' -> 'fsdp'"]),
-    (["parallel.backend=deepspeed"], ["parallel.backend 'none' -> 'deepspeed'"]),
-])
-def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, data, change, keys):
+    (["parallel.backend=deepspeed", "parallel.zero_stage=2"], ["parallel.backend 'none' -> 'deepspeed'"]),
+]
+
+
+def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, data):
     first = run(tmp_path, data, "train.stop_at=3")
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run(tmp_path, data, *change)
-    assert second.returncode == 2, second.stderr[-3000:]
-    lines = _stderr_lines(second)
-    assert len(lines) == 1 and "cannot resume from" in lines[0], second.stderr[-3000:]
-    for key in keys:
-        assert key in lines[0], lines[0]
-    assert "Traceback" not in second.stderr
+    config = (tmp_path / "config.yaml").read_text()
+    for change, keys in CHANGES:
+        second = run(tmp_path, data, *change)
+        assert second.returncode == 2, (change, second.stderr[-3000:])
+        lines = _stderr_lines(second)
+        assert len(lines) == 1 and "cannot resume from" in lines[0], (change, second.stderr[-3000:])
+        for key in keys:
+            assert key in lines[0], lines[0]
+        assert "Traceback" not in second.stderr
+        assert (tmp_path / "config.yaml").read_text() == config  # the refused run rewrote nothing
 
 
 def test_resume_may_change_what_does_not_touch_the_state(tmp_path, data):
@@ -318,6 +324,7 @@ def _unshare_available() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow  # four training runs in a mount namespace
 def test_disk_full_during_a_checkpoint_names_the_path_and_the_resume_starts(tmp_path, data):
     if not shutil.which("unshare") or not _unshare_available():
         pytest.skip("needs `unshare -rm` (util-linux, user namespaces) to mount a small tmpfs")
@@ -386,7 +393,8 @@ def _plant_in_conversion(directory: Path, marker: Path) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("left_behind", ["planted", "partial", "empty"])
+@pytest.mark.parametrize("left_behind", ["planted", pytest.param("partial", marks=pytest.mark.slow),
+                                         pytest.param("empty", marks=pytest.mark.slow)])
 def test_a_conversion_on_disk_is_never_loaded(tmp_path, data, two_rank_run, left_behind):
     """A resume at another world size converts afresh into a private directory every time: a
     conversion left on disk (planted with code, interrupted, stale) is never read."""
@@ -425,6 +433,7 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # about a minute: a real torchrun job, the stall bound and torchrun's kill grace
 @pytest.mark.distributed
 def test_a_frozen_rank_ends_the_job_with_who_was_last_heard(tmp_path, data):
     """SIGSTOP one of two ranks: the other's step watchdog names both ranks' last steps, dumps

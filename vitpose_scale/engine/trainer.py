@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vitpose_scale.config import Config, check_run_paths
+from vitpose_scale.config import Config, ConfigError, check_run_paths
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.engine import run_dir
 from vitpose_scale.engine.resume_check import check_resume_config
@@ -116,6 +116,12 @@ class Trainer:
         self.check_paths()
         # One run per directory, and every rank sees it: before anything is written there.
         self.lock = run_dir.claim(self.out, info.rank, info.world_size)
+        # Which checkpoint, and can this config continue it: before config.yaml is rewritten (a
+        # refused resume must not leave its config beside the checkpoints it could not load).
+        resume_dir = self._find_resume()
+        meta = ckpt.read_meta(resume_dir) if resume_dir else None
+        if meta is not None:
+            check_resume_config(meta, cfg, resume_dir)
         if info.is_main:
             cfg.save(self.out / "config.yaml")
         # rank 0 first: it may generate the synthetic set
@@ -123,16 +129,12 @@ class Trainer:
         self.micro_bs = micro_batch_size(cfg, info.world_size)
         self.steps_per_epoch = (len(self.train_set) // info.world_size) // (self.micro_bs * cfg.parallel.grad_accum)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"training set of {len(self.train_set)} samples is smaller than one global batch "
-                             f"({cfg.train.batch_size})")
+            raise ConfigError(f"train.batch_size: the training set of {len(self.train_set)} samples is smaller "
+                              f"than one global batch ({cfg.train.batch_size})")
         total = cfg.train.epochs * self.steps_per_epoch
         # The schedule's length; train.stop_at pauses earlier without changing it.
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
 
-        resume_dir = self._find_resume()
-        meta = ckpt.read_meta(resume_dir) if resume_dir else None
-        if meta is not None:
-            check_resume_config(meta, cfg, resume_dir)
         model = self.build_model(fresh=resume_dir is None)
         torch.manual_seed(cfg.train.seed + 1000 * info.rank + 1)  # per-rank stochastic depth / mask draws
         self.wrapper = wrap(model, self.optim_config(), info,
