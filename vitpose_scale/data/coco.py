@@ -42,15 +42,15 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from vitpose_scale.config import AIC_TO_COCO, KEYPOINT_MAPS, check_training_sets
+
 from .images import read_rgb, read_rgb_window
 from .loader import RatioConcatDataset
 from .transforms import (COCO_FLIP_PAIRS, COCO_UPPER_BODY_IDS, TopDownTransform, box_to_center_scale,
                          normalize_batch, sample_rng)
 
-# AI Challenger order: r_shoulder, r_elbow, r_wrist, l_shoulder, l_elbow, l_wrist,
-# r_hip, r_knee, r_ankle, l_hip, l_knee, l_ankle, head_top, neck -> COCO index.
-AIC_TO_COCO: list[int | None] = [6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, None, None]
-KEYPOINT_MAPS: dict[str, list[int | None]] = {"aic": AIC_TO_COCO}
+# AIC_TO_COCO and KEYPOINT_MAPS (the named keypoint maps) live in vitpose_scale.config, which
+# validates data.extra_train[].keypoint_map against them.
 
 SYNTHETIC_LAYOUT = {
     "train_ann": "annotations/person_keypoints_train.json", "train_images": "train",
@@ -367,32 +367,12 @@ def ensure_synthetic(root: str | Path, num_train: int, num_val: int, seed: int =
         generate_synthetic_coco(root, num_train, num_val, seed=seed)
 
 
-EXTRA_TRAIN_KEYS = ("root", "ann", "images")
-EXTRA_TRAIN_OPTIONAL = ("keypoint_map", "ratio")
-
-
 def _report(name: str, ds: TopDownCocoDataset) -> None:
     """One line per dataset, from one process only."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"dataset {name} ({ds.ann_file.name}): {ds.load_report}", flush=True)
-
-
-def _sampling_ratios(d) -> list[float] | None:
-    """[data.train_ratio, extra_train[i].ratio, ...] or None when no set has one."""
-    given = [d.train_ratio] + [entry.get("ratio") for entry in d.extra_train]
-    names = ["data.train_ratio"] + [f"data.extra_train[{i}].ratio" for i in range(len(d.extra_train))]
-    if all(r is None for r in given):
-        return None
-    first_set = names[next(i for i, r in enumerate(given) if r is not None)]
-    for name, r in zip(names, given):
-        if r is None:
-            raise ValueError(f"{name} is not set while {first_set} is: expected a sampling ratio for every "
-                             f"training set, or for none")
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
-            raise ValueError(f"{name}: got {r!r}, expected a positive number (relative sampling weight)")
-    return [float(r) for r in given]
 
 
 def build_datasets(cfg):
@@ -417,13 +397,9 @@ def build_datasets(cfg):
     if d.kind == "synthetic":
         ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val)
         paths = dict(SYNTHETIC_LAYOUT)
-    for i, entry in enumerate(d.extra_train):
-        missing = set(EXTRA_TRAIN_KEYS) - set(entry)
-        unknown = set(entry) - set(EXTRA_TRAIN_KEYS) - set(EXTRA_TRAIN_OPTIONAL)
-        if missing or unknown:
-            raise ValueError(f"data.extra_train[{i}]: got keys {sorted(entry)}; expected root, ann, images "
-                             f"and optionally keypoint_map, ratio")
-    ratios = _sampling_ratios(d)
+    # Config validation refuses bad entries and ratios at load time (ConfigError, exit 2); checked
+    # again for configs built or changed in Python after loading.
+    ratios = check_training_sets(d, k)
     # Training crops stay uint8 until the trainer normalises them on the device.
     sets = [TopDownCocoDataset(d.root, paths["train_ann"], paths["train_images"], d, image_size, k,
                                train=True, seed=seed, stream=0, uint8_images=True)]

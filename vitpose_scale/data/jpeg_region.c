@@ -16,19 +16,27 @@
  *
  * Built on first use by vitpose_scale/data/jpeg_region.py and called through ctypes
  * (no Python C API: one small shared library linked against the system libjpeg).
+ *
+ * Every input is hostile: the entry points check their arguments (window inside the image,
+ * a pixel limit against decompression bombs) and never read outside buf or write outside
+ * out. scripts/fuzz_jpeg_asan.sh drives an AddressSanitizer build over mutated JPEGs.
  */
 #include <setjmp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jpeglib.h>
+#include <jerror.h> /* ERREXIT1 */
 
 enum {
   VPS_OK = 0,
   VPS_ERROR = 1,        /* libjpeg refused the data: message in err */
   VPS_SIZE = 2,         /* header size differs from the caller's: nothing decoded */
-  VPS_UNSUPPORTED = 3,  /* CMYK/YCCK or an EXIF rotation: the caller decodes the whole image */
+  VPS_UNSUPPORTED = 3,  /* CMYK/YCCK, an EXIF rotation, block smoothing: the caller decodes it whole */
+  VPS_TOO_LARGE = 4,    /* more pixels than the caller's limit: nothing decoded or allocated */
+  VPS_BAD_ARGS = 5,     /* a window outside the image, a null buffer: nothing done */
 };
 
 struct vps_error {
@@ -43,6 +51,13 @@ static void vps_error_exit(j_common_ptr cinfo) {
 
 /* Warnings (e.g. "corrupt data") are not printed; the caller checks completeness itself. */
 static void vps_quiet(j_common_ptr cinfo) { (void)cinfo; }
+
+/* Corrupt-data warnings as errors (vps_add_restarts): a truncated or damaged file must not be
+ * rewritten into a complete-looking one with grey/garbage blocks baked in, and a bomb whose data
+ * runs out after a few bytes stops there instead of zero-filling a gigapixel. */
+static void vps_strict_emit(j_common_ptr cinfo, int msg_level) {
+  if (msg_level < 0) (*cinfo->err->error_exit)(cinfo);
+}
 
 /* A quiet error manager that longjmps back (the caller's setjmp) instead of exiting. */
 static struct jpeg_error_mgr *vps_errors(struct vps_error *e) {
@@ -93,6 +108,20 @@ static int exif_orientation(const jpeg_saved_marker_ptr m) {
   return 1;
 }
 
+/* 1 when libjpeg smooths this file's blocks on output: a progressive file whose low-frequency
+ * coefficients (the ten libjpeg looks at) are not all complete, i.e. damaged, cut short or missing
+ * scans (found by the fuzz). Call after jpeg_start_decompress / jpeg_read_coefficients (all scans
+ * read). Smoothing reads DC values up to two blocks away and takes the edge of a
+ * jpeg_crop_scanline crop for the image's edge, so a window would differ from a whole decode; a
+ * sequential rewrite of the coefficients is not smoothed at all, so it would not be lossless. */
+static int block_smoothing(j_decompress_ptr cinfo) {
+  if (!cinfo->progressive_mode || !cinfo->do_block_smoothing || !cinfo->coef_bits) return 0;
+  for (int ci = 0; ci < cinfo->num_components; ci++)
+    for (int k = 0; k < 10; k++)
+      if (cinfo->coef_bits[ci][k] != 0) return 1;
+  return 0;
+}
+
 /* Decode (at least) rows [y0, y1) and columns [x0, x1) of the height x width JPEG in buf.
  * Its pixel (r, c) goes to out + ((off_y + r) * stride + off_x + c) * 3. Returns a VPS_* code. */
 static int decode_region_at(const unsigned char *buf, unsigned long len, unsigned char *out, int stride, int off_x,
@@ -134,6 +163,13 @@ static int decode_region_at(const unsigned char *buf, unsigned long len, unsigne
   if (from_x < 0) from_x = 0;
   if (to_x > width) to_x = width;
   if (from_y < 0) from_y = 0;
+  if (block_smoothing(&cinfo)) {
+    /* Not even a whole decode here would do: libjpeg versions smooth differently (2.1 and 3.1
+     * differ by a few levels), so only the caller's own whole decode gives its pixels. */
+    jpeg_abort_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    return VPS_UNSUPPORTED;
+  }
   JDIMENSION col = (JDIMENSION)from_x, cols = (JDIMENSION)(to_x - from_x);
   if (col > 0 || cols < cinfo.output_width)
     jpeg_crop_scanline(&cinfo, &col, &cols); /* may widen the window to whole column blocks */
@@ -194,6 +230,8 @@ static int rst_parse(const unsigned char *buf, unsigned long len, int height, in
       if (seg != 4) return 0;
       restart_interval = ((int)d[0] << 8) | d[1];
     } else if (marker == 0xDA) {
+      /* The length is checked before d[0] is read: a 2-byte SOS may end the buffer. */
+      if (seg < 3 || seg != 6ul + 2ul * d[0]) return 0;
       if (!have_sof || restart_interval != 1 || d[0] != ncomp) return 0;
       lay->scan_at = p + 2 + seg;
       /* One component: its MCU is one block whatever its sampling factors; else the iMCU. */
@@ -210,14 +248,17 @@ static int rst_parse(const unsigned char *buf, unsigned long len, int height, in
   return 0;
 }
 
-/* Offsets where MCU i's bytes start (starts[i]) and end (ends[i]), for all cols*rows MCUs.
- * 0 when the scan does not hold exactly that many restart intervals. In entropy-coded data
- * 0xFF is followed by 0x00 (a stuffed byte), 0xFF (fill), a restart marker or the end. */
+/* Offsets where MCU i's bytes start (starts[i]) and end (ends[i]), for all cols*rows MCUs
+ * (starts/ends may be NULL: only check). 0 when the scan does not hold exactly that many
+ * restart intervals, or when a marker is not the one due (RST0..RST7 in turn): libjpeg resyncs
+ * on a misnumbered marker by skipping or inserting intervals, so the cut-out intervals would not
+ * be the MCUs a whole decode shows there. In entropy-coded data 0xFF is followed by 0x00 (a
+ * stuffed byte), 0xFF (fill), a restart marker or the end. */
 static int rst_index(const unsigned char *buf, unsigned long len, const struct rst_layout *lay,
                      unsigned long *starts, unsigned long *ends) {
   long n = (long)lay->cols * lay->rows, i = 0;
   unsigned long p = lay->scan_at;
-  starts[0] = p;
+  if (starts) starts[0] = p;
   while (p + 1 < len) {
     const unsigned char *ff = memchr(buf + p, 0xFF, len - 1 - p);
     if (!ff) return 0;
@@ -226,13 +267,15 @@ static int rst_index(const unsigned char *buf, unsigned long len, const struct r
     if (b == 0x00) { p += 2; continue; }
     if (b == 0xFF) { p += 1; continue; }
     if (b >= 0xD0 && b <= 0xD7) {
-      if (i + 1 >= n) return 0;
-      ends[i++] = p;
-      starts[i] = p + 2;
+      if (i + 1 >= n || b != 0xD0 + (i & 7)) return 0;
+      if (ends) ends[i] = p;
+      i++;
+      if (starts) starts[i] = p + 2;
       p += 2;
       continue;
     }
-    ends[i++] = p; /* EOI (or another marker): the last interval ends here */
+    if (ends) ends[i] = p; /* EOI (or another marker): the last interval ends here */
+    i++;
     return i == n;
   }
   return 0;
@@ -299,11 +342,32 @@ static int decode_region_rst(const unsigned char *buf, unsigned long len, unsign
   return status;
 }
 
+/* 1 (and a message) when height x width is more than max_pixels. */
+static int too_large(unsigned long long height, unsigned long long width, unsigned long long max_pixels, char *err,
+                     int err_len) {
+  if (height * width <= max_pixels) return 0; /* both < 2^32: no overflow */
+  if (err && err_len > 0)
+    snprintf(err, (size_t)err_len, "%llux%llu pixels is more than the limit of %llu", width, height, max_pixels);
+  return 1;
+}
+
 /* Decode (at least) rows [y0, y1) and columns [x0, x1) of the JPEG in buf into out, an RGB
  * image of height x width x 3 bytes laid out row by row (pixels outside the window are left
- * as they are). Returns a VPS_* code. */
+ * as they are). The window must lie inside the image (0 <= x0 <= x1 <= width, the same for y),
+ * and height x width must be at most max_pixels. Returns a VPS_* code. */
 int vps_decode_region(const unsigned char *buf, unsigned long len, unsigned char *out, int height, int width,
-                      int x0, int y0, int x1, int y1, char *err, int err_len) {
+                      int x0, int y0, int x1, int y1, unsigned long long max_pixels, char *err, int err_len) {
+  if (err && err_len > 0) err[0] = 0;
+  /* out is the caller's height x width x 3 buffer: every row pointer below is computed from
+   * these, so a window outside it (or a negative one, e.g. 2^31 wrapped by ctypes) is refused. */
+  if (!buf || !out || height <= 0 || width <= 0 || x0 < 0 || y0 < 0 || x0 > x1 || y0 > y1 || x1 > width ||
+      y1 > height) {
+    if (err && err_len > 0)
+      snprintf(err, (size_t)err_len, "window (%d, %d, %d, %d) is not inside the %dx%d image", x0, y0, x1, y1,
+               width, height);
+    return VPS_BAD_ARGS;
+  }
+  if (too_large((unsigned)height, (unsigned)width, max_pixels, err, err_len)) return VPS_TOO_LARGE;
   if (x0 < x1 && y0 < y1) {
     int status = decode_region_rst(buf, len, out, height, width, x0, y0, x1, y1, err, err_len);
     if (status >= 0) return status;
@@ -314,44 +378,105 @@ int vps_decode_region(const unsigned char *buf, unsigned long len, unsigned char
 /* 1 when vps_decode_region takes the restart path for this file (for tests and reports). */
 int vps_has_mcu_restarts(const unsigned char *buf, unsigned long len, int height, int width) {
   struct rst_layout lay;
-  return rst_parse(buf, len, height, width, &lay);
+  if (!buf || height <= 0 || width <= 0) return 0;
+  return rst_parse(buf, len, height, width, &lay) && rst_index(buf, len, &lay, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------- lossless rewrite */
 
+/* The rewrite's output: a malloc'ed buffer that grows by doubling. Our own (not jpeg_mem_dest):
+ * jpeg_mem_dest frees its first buffer when it grows but only tells the caller the new one at
+ * jpeg_finish_compress, so after an error the caller cannot know which pointer to free. */
+struct vps_dest {
+  struct jpeg_destination_mgr pub;
+  unsigned char *buf;
+  size_t cap, len;
+};
+
+static void vps_dest_init(j_compress_ptr cinfo) {
+  struct vps_dest *d = (struct vps_dest *)cinfo->dest;
+  d->pub.next_output_byte = d->buf;
+  d->pub.free_in_buffer = d->cap;
+}
+
+static boolean vps_dest_grow(j_compress_ptr cinfo) { /* called when the buffer is full */
+  struct vps_dest *d = (struct vps_dest *)cinfo->dest;
+  unsigned char *bigger = realloc(d->buf, d->cap * 2);
+  if (!bigger) ERREXIT1(cinfo, JERR_OUT_OF_MEMORY, 10); /* d->buf is still ours to free */
+  d->buf = bigger;
+  d->pub.next_output_byte = bigger + d->cap;
+  d->pub.free_in_buffer = d->cap;
+  d->cap *= 2;
+  return TRUE;
+}
+
+static void vps_dest_term(j_compress_ptr cinfo) {
+  struct vps_dest *d = (struct vps_dest *)cinfo->dest;
+  d->len = d->cap - d->pub.free_in_buffer;
+}
+
 /* buf rewritten with a restart marker after every MCU: the DCT coefficients, quantisation
  * tables and markers (EXIF, ICC, comments) are copied as they are, so every decoder
  * produces the same pixels; the Huffman tables are re-optimised and the output is
- * sequential (a progressive source becomes baseline). *out is malloc'ed (vps_free). */
+ * sequential (a progressive source becomes baseline). Refused (VPS_ERROR, *out NULL): anything
+ * libjpeg cannot read and any file it reads with a corrupt-data warning (truncated, damaged: a
+ * rewrite would hide the damage); VPS_TOO_LARGE: more than max_pixels pixels. *out is malloc'ed
+ * (vps_free). */
 int vps_add_restarts(const unsigned char *buf, unsigned long len, unsigned char **out, unsigned long *out_len,
-                     char *err, int err_len) {
+                     unsigned long long max_pixels, char *err, int err_len) {
   struct jpeg_decompress_struct src;
   struct jpeg_compress_struct dst;
   struct vps_error jerr; /* one error manager for both: either may fail */
   volatile int have_dst = 0;
+  if (err && err_len > 0) err[0] = 0;
+  if (!out || !out_len) return VPS_BAD_ARGS;
   *out = NULL;
   *out_len = 0;
+  if (!buf) return VPS_BAD_ARGS;
+  /* Set before setjmp and not changed after it (only what it points to is), so it is valid after
+   * a longjmp without being volatile. */
+  struct vps_dest *const dest = calloc(1, sizeof(struct vps_dest));
+  if (!dest) return VPS_ERROR;
   src.err = dst.err = vps_errors(&jerr);
+  jerr.pub.emit_message = vps_strict_emit;
   jpeg_create_decompress(&src);
   if (setjmp(jerr.jump)) {
     vps_message((j_common_ptr)&src, err, err_len);
     if (have_dst) jpeg_destroy_compress(&dst);
     jpeg_destroy_decompress(&src);
-    free(*out);
-    *out = NULL;
+    free(dest->buf);
+    free(dest);
     return VPS_ERROR;
   }
   jpeg_mem_src(&src, buf, len);
   jpeg_save_markers(&src, JPEG_COM, 0xFFFF);
   for (int m = 0; m < 16; m++) jpeg_save_markers(&src, JPEG_APP0 + m, 0xFFFF);
   jpeg_read_header(&src, TRUE);
+  if (too_large(src.image_height, src.image_width, max_pixels, err, err_len)) {
+    jpeg_destroy_decompress(&src);
+    free(dest);
+    return VPS_TOO_LARGE;
+  }
   jvirt_barray_ptr *coefficients = jpeg_read_coefficients(&src);
+  if (block_smoothing(&src)) {
+    if (err && err_len > 0)
+      snprintf(err, (size_t)err_len, "progressive scans incomplete: decoders smooth its blocks, a rewrite would not");
+    jpeg_destroy_decompress(&src);
+    free(dest);
+    return VPS_ERROR;
+  }
   jpeg_create_compress(&dst);
   have_dst = 1;
   jpeg_copy_critical_parameters(&src, &dst);
   dst.restart_interval = 1;
   dst.optimize_coding = TRUE;
-  jpeg_mem_dest(&dst, out, out_len);
+  dest->cap = 4096; /* as jpeg_mem_dest: ordinary files (and the fuzz) run the grow path */
+  dest->buf = malloc(dest->cap);
+  if (!dest->buf) ERREXIT1(&dst, JERR_OUT_OF_MEMORY, 11);
+  dest->pub.init_destination = vps_dest_init;
+  dest->pub.empty_output_buffer = vps_dest_grow;
+  dest->pub.term_destination = vps_dest_term;
+  dst.dest = &dest->pub;
   jpeg_write_coefficients(&dst, coefficients);
   for (jpeg_saved_marker_ptr m = src.marker_list; m; m = m->next) {
     /* The writer emits its own JFIF (APP0) and Adobe (APP14) headers: don't repeat them. */
@@ -367,6 +492,9 @@ int vps_add_restarts(const unsigned char *buf, unsigned long len, unsigned char 
   jpeg_destroy_compress(&dst);
   jpeg_finish_decompress(&src);
   jpeg_destroy_decompress(&src);
+  *out = dest->buf;
+  *out_len = (unsigned long)dest->len;
+  free(dest);
   return VPS_OK;
 }
 
