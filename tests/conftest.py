@@ -3,7 +3,9 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Set before anything imports triton or deepspeed.
+# Set before anything imports triton or deepspeed. In-process tests build CPU ranks (DistInfo on
+# the CPU), so DeepSpeed's accelerator is the CPU's; GPUs stay visible for the GPU tests. The
+# multi-process tests get CPU ranks from launch_env.launcher_env (GPUs hidden).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))

@@ -19,15 +19,21 @@ memory per rank, split the way the trainer accounts it (metrics.jsonl):
   activations     bytes autograd saves for backward in one micro-batch (what
                   SavedActivationMeter counts), op by op: see `saved_activation_bytes`.
   working set     gradients during backward, one block's activations again (its
-                  recomputation under checkpointing, and its gradients), comm buckets.
+                  recomputation under checkpointing, and its gradients), comm buckets
+                  (ZeRO-0: the flattened copy of every gradient DeepSpeed all-reduces, the
+                  bytes torch DDP's buckets hold; ZeRO-1/2: the reduce bucket; ZeRO-3: the
+                  gathered layer and the prefetch bucket).
+  allocated       model states + activations + working set: what torch.cuda.max_memory_allocated
+                  reports (checked against the official ViTPose-B log: docs/full_scale.md).
   allowance       CONTEXT_GB for the CUDA context, cuBLAS/NCCL workspaces, plus
                   FRAGMENTATION of everything else for the caching allocator.
 
 step time = compute + communication + offload traffic, not overlapped (an upper bound):
   compute         forward FLOPs (models/pose.py) x images x (3, or 4 with checkpointing:
-                  the recomputed forward) / (peak x MFU), where the MFU reaches the
-                  assumed value for large micro-batches: mfu x T / (T + MFU_HALF_TOKENS)
-                  with T tokens per micro-batch
+                  the recomputed forward) / (peak x MFU), where the peak is the GPU's dense
+                  peak for the precision (GPUS; fp32 at the TF32 peak only with --tf32) and the
+                  MFU reaches the calibrated value (MFU) for large micro-batches:
+                  mfu x T / (T + MFU_HALF_TOKENS) with T tokens per micro-batch
   communication   ring collectives at the per-GPU bus bandwidth (NVLink inside a node,
                   the network across nodes): ZeRO-0/1 all-reduce gradients once per step,
                   ZeRO-2 reduce-scatters every micro-batch and all-gathers weights after
@@ -55,6 +61,43 @@ GB = 1e9
 CONTEXT_GB = 1.5  # CUDA context + cuBLAS workspace + NCCL buffers per process
 FRAGMENTATION = 0.10  # caching-allocator slack on top of what tensors hold
 MFU_HALF_TOKENS = 1024  # tokens per micro-batch at which the GPU reaches half the assumed MFU
+# Model FLOPs utilisation at large micro-batches, calibrated on the official ViTPose-B log
+# (github.com/ViTAE-Transformer/ViTPose logs/vitpose-b.log.json: 8 x A100-40GB, fp32 with TF32,
+# 64 images per GPU, 0.192 s per step): 3 x 34.2 GFLOP x 64 images in 0.188 s of compute (the
+# step less the modelled all-reduce) is 22 % of the 156 TFLOP/s TF32 peak, 24 % before the
+# T / (T + MFU_HALF_TOKENS) factor (0.92 at 12288 tokens). One point: tests/test_plan.py checks it.
+MFU = 0.24
+DS_ALLREDUCE_ELEMENTS = 500_000_000  # DeepSpeed's ZeRO-0 all-reduce flattens up to this many gradients at once
+
+
+@dataclass(frozen=True)
+class GPU:
+    """Memory (GB, as sold) and dense peaks (TFLOP/s, no sparsity) from the vendors' datasheets."""
+    name: str
+    mem_gb: float
+    fp32: float
+    tf32: float
+    bf16: float
+    fp16: float
+
+    def peak(self, precision: str, tf32: bool = False) -> float:
+        if precision == "fp32":
+            return self.tf32 if tf32 else self.fp32
+        return getattr(self, precision)
+
+
+# NVIDIA datasheets: A100 Tensor Core GPU (SXM), H100 Tensor Core GPU (SXM5), H200 Tensor Core GPU
+# (SXM), A10 Tensor Core GPU, L40S GPU. The bf16/fp16 and TF32 figures are the dense ones (half of
+# the "with sparsity" numbers the datasheets print first). docs/full_scale.md lists them.
+GPUS = {
+    "a100-40gb": GPU("A100-40GB", 40, fp32=19.5, tf32=156, bf16=312, fp16=312),
+    "a100-80gb": GPU("A100-80GB", 80, fp32=19.5, tf32=156, bf16=312, fp16=312),
+    "h100": GPU("H100 SXM", 80, fp32=67, tf32=494.7, bf16=989.4, fp16=989.4),
+    "h200": GPU("H200 SXM", 141, fp32=67, tf32=494.7, bf16=989.4, fp16=989.4),
+    "a10": GPU("A10", 24, fp32=31.2, tf32=62.5, bf16=125, fp16=125),
+    "l40s": GPU("L40S", 48, fp32=91.6, tf32=183, bf16=362, fp16=362),
+}
+DEFAULT_GPU = "h100"
 LAYER_NORM_STATS = 4  # mean and rstd per token, fp32 on GPUs
 # People with keypoints per epoch of the training sets the presets use (annotation file name -> count).
 KNOWN_TRAIN_SETS = {
@@ -140,10 +183,15 @@ class Setting:
 @dataclass(frozen=True)
 class Hardware:
     gpus: int
-    gpu_mem_gb: float
+    gpu_mem_gb: float | None = None  # default: the GPU's
     gpus_per_node: int = 8
-    peak_tflops: float = 989.0  # bf16 dense (H100 SXM)
-    mfu: float = 0.40
+    gpu: str = DEFAULT_GPU  # a key of GPUS
+    peak_tflops: float | None = None  # default: the GPU's dense peak for the run's precision
+    tf32: bool = False  # fp32 matmuls on TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32)
+    # torch 1.9's autograd (the official ViTPose logs): softmax kept its input as well as its
+    # output for backward (pytorch/pytorch#49600, fixed since): heads x N more per token and block
+    softmax_saves_input: bool = False
+    mfu: float = MFU
     nvlink_gbps: float = 150.0  # per-GPU bus bandwidth of collectives inside a node (GB/s)
     network_gbps: float = 25.0  # per-GPU bus bandwidth across nodes (GB/s, 200 Gb/s per GPU)
     pcie_gbps: float = 20.0  # host <-> GPU per GPU (GB/s)
@@ -151,6 +199,20 @@ class Hardware:
     nvme_gbps: float = 3.0  # NVMe read/write per GPU (GB/s)
     host_mem_gb: float = 1024.0  # per node, for offloaded states
     nvme: bool = False  # offer nvme offload targets
+
+    def __post_init__(self):
+        if self.gpu not in GPUS:
+            raise ValueError(f"unknown GPU {self.gpu!r}: expected one of {', '.join(GPUS)} "
+                             f"(or --gpu-mem and --peak-tflops)")
+        if self.gpu_mem_gb is None:
+            object.__setattr__(self, "gpu_mem_gb", GPUS[self.gpu].mem_gb)
+
+    def peak(self, precision: str) -> float:
+        """Dense TFLOP/s the compute time is costed at."""
+        return self.peak_tflops or GPUS[self.gpu].peak(precision, self.tf32)
+
+    def peak_kind(self, precision: str) -> str:
+        return "tf32" if precision == "fp32" and self.tf32 else precision
 
     @property
     def bus_gbps(self) -> float:
@@ -197,19 +259,20 @@ def model_state_bytes(shape: ModelShape, setting: Setting, world: int, precision
     return {"gpu": gpu, "host": host, "total": gpu + host}
 
 
-def block_saved_bytes(shape: ModelShape, micro: int, precision: str) -> float:
+def block_saved_bytes(shape: ModelShape, micro: int, precision: str, softmax_saves_input: bool = False) -> float:
     """Tensors one block saves for backward without checkpointing (per micro-batch).
 
     Per token: the block input and norm1 output (2C), the qkv output shared by q, k, v (3C),
     the attention output (C; the fused kernels lay it out so the head merge is a view, ours
     is a copy: one more C), the residual sum and norm2 output (2C), fc1 output and GELU
     output (2 x hidden), LayerNorm statistics; the fused kernels keep a row logsumexp per
-    head, plain attention instead keeps q, k, v copies and the softmax matrix (heads x N).
+    head, plain attention instead keeps q, k, v copies and the softmax matrix (heads x N),
+    and under torch 1.9 (`softmax_saves_input`) the scores going into the softmax too.
     """
     b, C, H, N = BYTES[precision], shape.dim, shape.hidden, shape.tokens
     per_token = b * (8 * C + 2 * H) + 2 * 2 * LAYER_NORM_STATS
     if shape.attention == "plain":
-        per_token += b * shape.heads * N
+        per_token += b * shape.heads * N * (2 if softmax_saves_input else 1)
     else:
         per_token += FP32 * shape.heads  # logsumexp
         if shape.attention == "triton":
@@ -236,7 +299,8 @@ def head_saved_bytes(shape: ModelShape, micro: int, precision: str) -> float:
 
 
 def saved_activation_bytes(shape: ModelShape, micro: int, precision: str, checkpointing: bool,
-                           zero_stage: int = 0, persistence_threshold: int = 0) -> float:
+                           zero_stage: int = 0, persistence_threshold: int = 0,
+                           softmax_saves_input: bool = False) -> float:
     """Bytes autograd keeps for backward in one micro-batch (the trainer's activation_mb_per_rank).
 
     Outside the blocks: the input images (saved by the patch convolution), the last norm's
@@ -253,7 +317,7 @@ def saved_activation_bytes(shape: ModelShape, micro: int, precision: str, checkp
     if checkpointing:
         total += shape.depth * micro * N * C * b
     else:
-        total += shape.depth * block_saved_bytes(shape, micro, precision)
+        total += shape.depth * block_saved_bytes(shape, micro, precision, softmax_saves_input)
         total += 2 * shape.drop_path_layers * micro * FP32  # each block's DropPath mask (B, 1, 1), both branches
         if zero_stage == 3:
             total += b * sum(n for n in shape.block_linear_weights if n > persistence_threshold)
@@ -262,16 +326,22 @@ def saved_activation_bytes(shape: ModelShape, micro: int, precision: str, checkp
     return total + head_saved_bytes(shape, micro, precision)
 
 
-def working_bytes(shape: ModelShape, setting: Setting, world: int, precision: str, bucket: int) -> float:
+def working_bytes(shape: ModelShape, setting: Setting, world: int, precision: str, bucket: int,
+                  softmax_saves_input: bool = False) -> float:
     """Transient memory at the backward peak: gradients not held between steps, one block's
-    activations (recomputed under checkpointing) and their gradients, communication buckets."""
+    activations (recomputed under checkpointing) and their gradients, communication buckets.
+
+    ZeRO-0: DeepSpeed all-reduces the gradients (fp32, or the fp32 accumulators of bf16; fp16 as
+    they are) through one flattened copy of up to DS_ALLREDUCE_ELEMENTS, the bytes torch DDP keeps
+    in its buckets for the whole run; ZeRO-1: through the reduce bucket."""
     b, P = BYTES[precision], shape.params
-    block = block_saved_bytes(shape, setting.micro_batch, precision)
+    block = block_saved_bytes(shape, setting.micro_batch, precision, softmax_saves_input)
     work = block * (2 if setting.checkpointing else 1)
     if setting.zero_stage == 0:
         grads = b * P + (FP32 * P if precision != "fp32" else 0)  # + fp32 master gradients at the step
+        grads += (b if precision == "fp16" else FP32) * min(P, DS_ALLREDUCE_ELEMENTS)  # the all-reduce buffer
     elif setting.zero_stage == 1:
-        grads = b * P + FP32 * P / world
+        grads = b * P + FP32 * P / world + b * bucket
     elif setting.zero_stage == 2:
         grads = b * bucket + (b + FP32) * P / world
     else:
@@ -290,7 +360,7 @@ def step_seconds(shape: ModelShape, setting: Setting, hw: Hardware, precision: s
     tokens = setting.micro_batch * shape.tokens
     mfu = hw.mfu * tokens / (tokens + MFU_HALF_TOKENS)
     passes = 4 if setting.checkpointing else 3
-    compute = passes * shape.forward_flops * images / (hw.peak_tflops * 1e12 * mfu)
+    compute = passes * shape.forward_flops * images / (hw.peak(precision) * 1e12 * mfu)
     ring = (w - 1) / w * P * b / (hw.bus_gbps * GB) if w > 1 else 0.0  # one all-gather / reduce-scatter
     accum, stage = setting.grad_accum, setting.zero_stage
     comm = {0: 2 * ring, 1: 2 * ring, 2: accum * ring + ring, 3: accum * 3 * ring}[stage]
@@ -314,7 +384,8 @@ class Candidate:
     states_gpu_gb: float
     host_gb: float
     activations_gb: float
-    peak_gb: float
+    allocated_gb: float  # tensors at the peak: torch.cuda.max_memory_allocated's view
+    peak_gb: float  # + the allowance (context, workspaces, fragmentation): what the GPU must have
     step_s: float
     breakdown: dict
     images_per_s: float
@@ -347,21 +418,27 @@ def evaluate(cfg: Config, shape: ModelShape, setting: Setting, hw: Hardware, sam
     bucket = bucket_elements(cfg, shape.params, hw.gpus)
     states = model_state_bytes(shape, setting, hw.gpus, precision, bucket, threshold)
     acts = saved_activation_bytes(shape, setting.micro_batch, precision, setting.checkpointing,
-                                  setting.zero_stage, threshold)
-    work = working_bytes(shape, setting, hw.gpus, precision, bucket)
+                                  setting.zero_stage, threshold, hw.softmax_saves_input)
+    work = working_bytes(shape, setting, hw.gpus, precision, bucket, hw.softmax_saves_input)
+    allocated = states["gpu"] + acts + work
     peak = peak_gpu_bytes(states["gpu"], acts, work)
     t = step_seconds(shape, setting, hw, precision)
     global_batch = cfg.train.batch_size
     steps = cfg.train.epochs * math.ceil(samples_per_epoch / global_batch)
-    return Candidate(setting, states["gpu"] / GB, states["host"] / GB, acts / GB, peak / GB, t["total"], t,
-                     global_batch / t["total"], steps * t["total"] / 3600)
+    return Candidate(setting, states["gpu"] / GB, states["host"] / GB, acts / GB, allocated / GB, peak / GB,
+                     t["total"], t, global_batch / t["total"], steps * t["total"] / 3600)
 
 
-def plan_settings(cfg: Config, hw: Hardware, samples_per_epoch: int) -> tuple[list[Candidate], ModelShape]:
-    """Every setting that fits, fastest first (ties: less GPU memory)."""
+def plan_settings(cfg: Config, hw: Hardware, samples_per_epoch: int, zero_stage: int | None = None,
+                  micro_batch: int | None = None) -> tuple[list[Candidate], ModelShape]:
+    """Every setting that fits, fastest first (ties: less GPU memory); optionally only one ZeRO
+    stage or micro-batch."""
     shape = model_shape(cfg)
     fits = []
     for setting in settings_for(cfg.train.batch_size, hw.gpus, hw.nvme):
+        if (zero_stage is not None and setting.zero_stage != zero_stage
+                or micro_batch is not None and setting.micro_batch != micro_batch):
+            continue
         c = evaluate(cfg, shape, setting, hw, samples_per_epoch)
         host_per_node = c.host_gb * min(hw.gpus, hw.gpus_per_node)
         if c.peak_gb <= hw.gpu_mem_gb and (setting.offload_optimizer != "cpu" and setting.offload_params != "cpu"
@@ -408,35 +485,37 @@ def written_config(cfg: Config, setting: Setting, nvme_path: str | None = None) 
 
 # -------------------------------------------------------------------- CLI --
 ASSUMPTIONS = (
-    "assumptions: MFU {mfu:.0%} of {peak:g} TFLOP/s reached from large micro-batches (x T/(T+{half}) for T tokens"
-    " per micro-batch), checkpointing adds one forward; collectives at {nv:g} GB/s per GPU in a node, {net:g} GB/s"
-    " across nodes; PCIe {pcie:g} GB/s; CPU Adam {adam:.1e} params/s per rank; no overlap of compute, communication"
-    " and offload (upper bound); memory allowance {ctx:g} GB CUDA context/workspaces + {frag:.0%} fragmentation")
+    "assumptions: MFU {mfu:.0%} of {peak:g} TFLOP/s ({gpu} {kind} dense peak) reached from large micro-batches"
+    " (x T/(T+{half}) for T tokens per micro-batch), checkpointing adds one forward; collectives at {nv:g} GB/s per"
+    " GPU in a node, {net:g} GB/s across nodes; PCIe {pcie:g} GB/s; CPU Adam {adam:.1e} params/s per rank; no overlap"
+    " of compute, communication and offload (upper bound); memory: alloc = states + activations + working set"
+    " (gradients, buckets, one block), GPU GB = alloc + {frag:.0%} fragmentation + {ctx:g} GB CUDA"
+    " context/workspaces")
 
 
 def format_table(cands: list[Candidate], limit: int | None) -> list[str]:
-    lines = [f"  {'setting':<60} {'GPU GB':>7} {'states':>7} {'acts':>6} {'host GB':>8} {'step s':>8} "
-             f"{'img/s':>8} {'hours':>7}"]
+    lines = [f"  {'setting':<60} {'GPU GB':>7} {'alloc':>6} {'states':>7} {'acts':>6} {'host GB':>8} "
+             f"{'step s':>8} {'img/s':>8} {'hours':>7}"]
     for i, c in enumerate(cands[:limit]):
         mark = "*" if i == 0 else " "
-        lines.append(f"{mark} {c.setting.label():<60} {c.peak_gb:7.1f} {c.states_gpu_gb:7.2f} "
+        lines.append(f"{mark} {c.setting.label():<60} {c.peak_gb:7.1f} {c.allocated_gb:6.1f} {c.states_gpu_gb:7.2f} "
                      f"{c.activations_gb:6.2f} {c.host_gb:8.1f} {c.step_s:8.3f} {c.images_per_s:8.0f} {c.hours:7.1f}")
     return lines
 
 
-def hardware_from_args(args, cfg: Config | None) -> Hardware:
-    return Hardware(gpus=args.gpus, gpu_mem_gb=args.gpu_mem, gpus_per_node=args.gpus_per_node,
-                    peak_tflops=args.peak_tflops or (cfg.train.peak_tflops if cfg else 989.0), mfu=args.mfu,
-                    nvlink_gbps=args.nvlink_gbps, network_gbps=args.network_gbps, pcie_gbps=args.pcie_gbps,
-                    cpu_adam_params_per_s=args.cpu_adam, host_mem_gb=args.host_mem, nvme=args.nvme_path is not None)
+def hardware_from_args(args) -> Hardware:
+    return Hardware(gpus=args.gpus, gpu_mem_gb=args.gpu_mem, gpus_per_node=args.gpus_per_node, gpu=args.gpu,
+                    peak_tflops=args.peak_tflops, tf32=args.tf32, softmax_saves_input=args.softmax_saves_input,
+                    mfu=args.mfu, nvlink_gbps=args.nvlink_gbps, network_gbps=args.network_gbps,
+                    pcie_gbps=args.pcie_gbps, cpu_adam_params_per_s=args.cpu_adam, host_mem_gb=args.host_mem,
+                    nvme=args.nvme_path is not None)
 
 
 # The README's "what fits where" table: presets x GPU budgets (`vitpose-scale plan --readme-table`).
 README_CONFIGS = [("B", "configs/vitpose_b_256x192.yaml"), ("L", "configs/vitpose_l_256x192.yaml"),
                   ("H", "configs/vitpose_h_256x192.yaml"), ("G", "configs/vitpose_g_576x432.yaml")]
-# (GPUs, GB each, bf16 dense peak TFLOP/s of the GPU class that has that memory)
-README_BUDGETS = [(1, 24.0, 125.0, "A10-class"), (8, 40.0, 312.0, "A100-40GB"), (8, 80.0, 989.0, "H100"),
-                  (64, 80.0, 989.0, "H100")]
+# (GPUs, a key of GPUS)
+README_BUDGETS = [(1, "a10"), (8, "a100-40gb"), (8, "h100"), (64, "h100")]
 
 
 def readme_table(args) -> list[str]:
@@ -445,13 +524,14 @@ def readme_table(args) -> list[str]:
     root = Path(__file__).resolve().parents[1]
     lines = ["| model | GPUs | fastest setting that fits | GPU GB (est.) | step s | images/s | hours, 210 epochs |",
              "|---|---|---|---|---|---|---|"]
-    peak_arg = args.peak_tflops
     for name, path in README_CONFIGS:
         cfg = load_config(root / path)
         samples = samples_per_epoch(cfg)
-        for gpus, mem, peak, kind in README_BUDGETS:
-            args.gpus, args.gpu_mem, args.peak_tflops = gpus, mem, peak_arg or peak
-            fits, _ = plan_settings(cfg, hardware_from_args(args, cfg), samples)
+        for gpus, gpu in README_BUDGETS:
+            args.gpus, args.gpu = gpus, gpu
+            hw = hardware_from_args(args)
+            mem, kind = hw.gpu_mem_gb, GPUS[gpu].name
+            fits, _ = plan_settings(cfg, hw, samples)
             size = f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}"
             if not fits:
                 lines.append(f"| {name} {size} | {gpus} x {mem:g} GB {kind} | does not fit | - | - | - | - |")
@@ -477,12 +557,27 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest == "config":
             action.required = False
     parser.add_argument("--gpus", type=int, default=None, help="total ranks (nodes x GPUs per node)")
-    parser.add_argument("--gpu-mem", type=float, default=80.0, help="GB of memory per GPU (default 80)")
+    parser.add_argument("--gpu", default=DEFAULT_GPU, choices=sorted(GPUS),
+                        help=f"GPU model: its memory and dense peak per precision (default {DEFAULT_GPU}; "
+                             f"docs/full_scale.md lists them)")
+    parser.add_argument("--gpu-mem", type=float, default=None, help="GB of memory per GPU (default: the --gpu's)")
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--samples-per-epoch", type=int, default=None,
                         help="people per epoch (default: counted from the config's training sets)")
-    parser.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation at large micro-batches")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="per GPU (default: train.peak_tflops)")
+    parser.add_argument("--mfu", type=float, default=MFU,
+                        help=f"model FLOPs utilisation at large micro-batches (default {MFU:g}, calibrated on the "
+                             f"official ViTPose-B log)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="dense TFLOP/s per GPU (default: the --gpu's peak for parallel.precision)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="fp32 matmuls on TF32 tensor cores, costed at the TF32 peak (the trainer leaves "
+                             "torch's default: off)")
+    parser.add_argument("--softmax-saves-input", action="store_true",
+                        help="torch 1.9 autograd, as in the official logs: softmax keeps its input too "
+                             "(plain attention)")
+    parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None,
+                        help="list only this ZeRO stage")
+    parser.add_argument("--micro-batch", type=int, default=None, help="list only this micro-batch")
     parser.add_argument("--nvlink-gbps", type=float, default=150.0, help="collective bandwidth per GPU in a node")
     parser.add_argument("--network-gbps", type=float, default=25.0, help="collective bandwidth per GPU across nodes")
     parser.add_argument("--pcie-gbps", type=float, default=20.0, help="host <-> GPU bandwidth per GPU")
@@ -512,8 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         samples = args.samples_per_epoch or samples_per_epoch(cfg)
-        hw = hardware_from_args(args, cfg)
-        fits, shape = plan_settings(cfg, hw, samples)
+        hw = hardware_from_args(args)
+        fits, shape = plan_settings(cfg, hw, samples, args.zero_stage, args.micro_batch)
     except ValueError as exc:
         print(f"plan: {exc}", file=sys.stderr)
         return 2
@@ -521,16 +616,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{m.preset} preset ({m.embed_dim} wide, {m.depth} deep, stride {m.patch_stride}) at "
           f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}: {shape.params / 1e9:.3f} B parameters, "
           f"{shape.tokens} tokens, {shape.forward_flops / 1e12:.3f} TFLOP forward per image")
-    print(f"{hw.gpus} x {hw.gpu_mem_gb:g} GB GPUs, {cfg.parallel.precision}, attention {m.attention}, global batch "
+    print(f"{hw.gpus} x {hw.gpu_mem_gb:g} GB {GPUS[hw.gpu].name} GPUs, {cfg.parallel.precision}"
+          f"{' (TF32 matmuls)' if hw.tf32 and cfg.parallel.precision == 'fp32' else ''}, attention {m.attention}"
+          f"{' (torch 1.9 softmax)' if hw.softmax_saves_input else ''}, global batch "
           f"{cfg.train.batch_size}, {samples} samples per epoch, {cfg.train.epochs} epochs")
-    print(ASSUMPTIONS.format(mfu=hw.mfu, peak=hw.peak_tflops, half=MFU_HALF_TOKENS, nv=hw.nvlink_gbps,
+    precision = cfg.parallel.precision
+    print(ASSUMPTIONS.format(mfu=hw.mfu, peak=hw.peak(precision), gpu="given" if hw.peak_tflops else GPUS[hw.gpu].name,
+                             kind=hw.peak_kind(precision), half=MFU_HALF_TOKENS, nv=hw.nvlink_gbps,
                              net=hw.network_gbps, pcie=hw.pcie_gbps, adam=hw.cpu_adam_params_per_s, ctx=CONTEXT_GB,
                              frag=FRAGMENTATION))
     if not fits:  # the config cannot run on this hardware: an input error, not a failure of the planner
-        print(f"plan: nothing fits in {hw.gpu_mem_gb:g} GB per GPU", file=sys.stderr)
+        only = [f"{flag} {v}" for flag, v in (("--zero-stage", args.zero_stage), ("--micro-batch", args.micro_batch))
+                if v is not None]
+        print(f"plan: nothing fits in {hw.gpu_mem_gb:g} GB per GPU{' with ' + ', '.join(only) if only else ''}",
+              file=sys.stderr)
         return 2
-    print(f"{len(fits)} settings fit, fastest first (* recommended; GB per rank: GPU peak estimate, model states "
-          f"and saved activations on the GPU, offloaded states on the host):")
+    print(f"{len(fits)} settings fit, fastest first (* recommended; GB per rank: GPU peak estimate, tensors allocated "
+          f"at the peak, model states and saved activations on the GPU, offloaded states on the host):")
     print("\n".join(format_table(fits, args.top)))
     if args.json:
         Path(args.json).write_text(json.dumps([c.to_dict() for c in fits], indent=1))

@@ -112,7 +112,8 @@ def slurm_rendezvous(env: dict) -> dict[str, str]:
 
 
 def prepare_environment() -> None:
-    """Environment that must exist before deepspeed is imported (CPU accelerator, extension cache)."""
+    """Environment that must exist before deepspeed is imported (extension cache, rendezvous);
+    DS_ACCELERATOR cpu where torch sees no GPU (init_distributed settles it for DeepSpeed runs)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -126,15 +127,88 @@ def prepare_environment() -> None:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    backend: str  # nccl | gloo
+    note: str | None = None  # one line, where a visible GPU is left unused or DS_ACCELERATOR overruled
+
+
+def choose_device(cuda_available: bool, device_count: int, local_rank: int, local_world_size: int | None,
+                  ds_accelerator: str | None, use_deepspeed: bool, node_gpus: int | None = None) -> DeviceChoice:
+    """The device and process-group backend of a rank: all CUDA + NCCL, or all CPU + gloo.
+
+    CPU + gloo when torch sees no GPU; for DeepSpeed when DS_ACCELERATOR=cpu (DeepSpeed then
+    keeps the module on the CPU: a CUDA rank would feed it CUDA images); and when the node has
+    more local ranks than GPUs (NCCL cannot run two ranks on one GPU). Otherwise the rank's GPU
+    (`pick_device`) and NCCL. `node_gpus`: the GPUs the node's ranks share, where the device
+    count is only this task's (Slurm binding GPUs per task: SLURM_GPUS_ON_NODE); `local_world_size`
+    None (unknown) trusts the launcher's binding. DS_ACCELERATOR is DeepSpeed's setting: torch
+    backends (FSDP, DDP, evaluation) ignore it."""
+    cpu = torch.device("cpu")
+    gpus = device_count if cuda_available else 0
+    if gpus < 1:
+        note = (f"DS_ACCELERATOR={ds_accelerator} but torch sees no GPU: running on the CPU with gloo"
+                if ds_accelerator == "cuda" else None)
+        return DeviceChoice(cpu, "gloo", note)
+    if use_deepspeed and ds_accelerator == "cpu":
+        return DeviceChoice(cpu, "gloo", f"DS_ACCELERATOR=cpu: DeepSpeed keeps the model on the CPU, so this run "
+                                         f"uses the CPU with gloo ({gpus} visible GPU(s) unused; unset "
+                                         f"DS_ACCELERATOR to train on the GPU)")
+    shared = gpus if node_gpus is None else node_gpus
+    if local_world_size is not None and local_world_size > shared:
+        return DeviceChoice(cpu, "gloo", f"{local_world_size} ranks on this node share {shared} GPU(s) "
+                                         f"(NCCL needs one GPU per rank): running every rank on the CPU with gloo; "
+                                         f"start at most {shared} rank(s) per node to use the GPU(s)")
+    index = pick_device(local_rank, gpus)  # one GPU per task: cuda:0
+    return DeviceChoice(torch.device("cuda", index), "nccl")
+
+
+def local_layout(env) -> tuple[int | None, int | None]:
+    """(ranks on this node, GPUs they share) from a launcher's variables; None where unknown.
+
+    torchrun and the Slurm mapping set LOCAL_WORLD_SIZE, the deepspeed runner LOCAL_SIZE, a
+    plain process is a world of one. Under srun without a launcher, Slurm may bind a GPU to each
+    task (the task sees its GPU as cuda:0): the node's GPUs are SLURM_GPUS_ON_NODE, unknown
+    without it."""
+    local = env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or ("1" if env.get("WORLD_SIZE") == "1" else None)
+    local = int(local) if local else None
+    if "SLURM_PROCID" in env and "TORCHELASTIC_RUN_ID" not in env and "LOCAL_SIZE" not in env:  # an srun task
+        node = env.get("SLURM_GPUS_ON_NODE", "")
+        return (local, int(node)) if node.isdigit() else (None, None)
+    return local, None
+
+
+def _agree_with_deepspeed(device: torch.device) -> None:
+    """DeepSpeed's accelerator on the same device as the rank: DS_ACCELERATOR before deepspeed
+    is imported, and the accelerator itself where it was already resolved in this process."""
+    name = "cuda" if device.type == "cuda" else "cpu"
+    if device.type == "cpu" or os.environ.get("DS_ACCELERATOR") is None:
+        os.environ["DS_ACCELERATOR"] = name
+    real = sys.modules.get("deepspeed.accelerator.real_accelerator")
+    current = getattr(real, "ds_accelerator", None)
+    if current is not None and current.device_name() != name:
+        if name == "cpu":
+            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+        else:
+            from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+        real.set_accelerator(Accelerator())
+
+
 def init_distributed(use_deepspeed: bool, timeout_s: float = 1800) -> DistInfo:
     prepare_environment()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        index = pick_device(local_rank, torch.cuda.device_count())  # one GPU per task: cuda:0
-        torch.cuda.set_device(index)
-        device, backend = torch.device("cuda", index), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
+    available = torch.cuda.is_available()
+    local_world, node_gpus = local_layout(os.environ)
+    choice = choose_device(available, torch.cuda.device_count() if available else 0, local_rank, local_world,
+                           os.environ.get("DS_ACCELERATOR"), use_deepspeed, node_gpus)
+    if choice.note and local_rank == 0:  # once per node
+        print(f"note: {choice.note}", file=sys.stderr, flush=True)
+    if use_deepspeed:
+        _agree_with_deepspeed(choice.device)
+    device, backend = choice.device, choice.backend
+    if device.type == "cuda":
+        torch.cuda.set_device(device.index)
     if not dist.is_initialized():
         if use_deepspeed:
             import deepspeed
