@@ -503,3 +503,38 @@ def test_a_rank_that_sees_another_output_dir_stops_the_run_naming_it(tmp_path, d
     assert "must be on a filesystem that every node shares" in text
     assert text.count("config error:") == 1, text[-3000:]
     assert not (out / "metrics.jsonl").exists() and not (out / ".lock").exists()
+
+
+# ----------------------------------------- cluster item 3: one listing for all ranks --
+def _records_with_lagging_listing(rank: int, directory: str, store: str, out: str) -> None:
+    import pathlib
+
+    import torch.distributed as dist
+
+    if rank == 0:  # rank 0's directory listing lags: late.pt exists but is not listed yet
+        original = pathlib.Path.rglob
+        pathlib.Path.rglob = lambda self, pattern: [p for p in original(self, pattern) if p.name != "late.pt"]
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        records = ckpt.file_records(Path(directory), rank, 2)
+        if rank == 0:
+            ckpt.write_meta(Path(directory), {"step": 3, "files": records})
+        dist.barrier()
+        problems = ckpt.verify_checkpoint(Path(directory), rank, 2)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"records": records, "problems": problems}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_manifest_lists_every_file_though_one_ranks_listing_lags(tmp_path):
+    import torch.multiprocessing as mp
+
+    directory = tmp_path / "step_00000003"
+    directory.mkdir()
+    for name in ("a.pt", "late.pt", "z.pt"):
+        (directory / name).write_bytes(name.encode() * 100)
+    want = ckpt.file_records(directory)
+    mp.spawn(_records_with_lagging_listing, args=(str(directory), str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["records"] == got[1]["records"] == want and set(want) == {"a.pt", "late.pt", "z.pt"}
+    assert got[0]["problems"] == got[1]["problems"] == []  # verification agrees on every rank
