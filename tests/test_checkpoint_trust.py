@@ -182,8 +182,24 @@ def test_an_update_that_breaks_the_weights_is_never_checkpointed(tmp_path, data)
     assert "weights are NaN/inf after step 2: no checkpoint written" in proc.stderr, proc.stderr[-3000:]
     assert f"last good checkpoint ({ckpt.step_dir(tmp_path / CKPT, 1)})" in proc.stderr
     assert [d.name for d in ckpt.complete_checkpoints(tmp_path / CKPT)] == ["step_00000001"]
-    state = torch.load(ckpt.step_dir(tmp_path / CKPT, 1) / "model_and_optimizer.pt", weights_only=True)["model"]
+    state = ckpt.consolidate(ckpt.step_dir(tmp_path / CKPT, 1))
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.distributed
+def test_nan_in_one_zero3_partition_stops_every_rank_before_the_checkpoint(tmp_path, data):
+    """ZeRO-3: only rank 1's partition goes bad (the fault hook writes a NaN there after step 4's
+    update); every rank stops before step 4's checkpoint, and the check skips the partitions'
+    uninitialised padding (no false alarm at steps 1-3)."""
+    proc = subprocess.run(
+        train_cmd(tmp_path, data, "parallel.backend=deepspeed", "parallel.zero3_persistence_threshold=0",
+                  "train.save_every=1", "train.max_steps=6",
+                  launcher=[str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29761"]),
+        cwd=ROOT, env={**launcher_env(), "VITPOSE_SCALE_FAULT": "rank=1,step=4,kind=nan_weights"},
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "weights are NaN/inf after step 4: no checkpoint written" in proc.stderr, proc.stderr[-3000:]
+    assert [d.name for d in ckpt.complete_checkpoints(tmp_path / CKPT)] == [f"step_0000000{i}" for i in (3, 2, 1)]
 
 
 def test_the_last_good_checkpoint_named_is_one_that_verifies(tmp_path, data):

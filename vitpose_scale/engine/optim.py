@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 from torch import nn
@@ -49,6 +50,52 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     # A plain torch AdamW: DeepSpeed wraps it for ZeRO, nothing needs compiling (REFERENCE §6).
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                              weight_decay=cfg.optim.weight_decay)
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def host_adam_arguments(step: int, lr: float, beta1: float, beta2: float, eps: float,
+                        weight_decay: float) -> tuple[float, float, float]:
+    """(lr, eps, weight_decay) that make DeepSpeedCPUAdam's kernel, its own bias correction off,
+    take torch AdamW's step t: lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) after p *= 1 - lr*wd
+    = lr' * m / (sqrt(v) + eps') after p *= 1 - lr'*wd' with lr' = lr*sqrt(bc2)/bc1,
+    eps' = eps*sqrt(bc2), wd' = wd*bc1/sqrt(bc2).
+
+    The kernel's own correction is float32: beta2**t kept in a float (rounded by ~3e-8, which
+    is ~1e-5 of 1 - 0.999**2), so every element's update is scaled alike by up to ~7e-6
+    (-3.4e-6 at t=2, -6.9e-6 at t=3, -1.2e-6 at t=7) against torch's float64 correction.
+    Here bc1 and bc2 are float64 and match the moments each side really accumulates: the
+    kernel's m adds (1 - beta1_f32) g and decays by beta1_f32, so bc1 = 1 - beta1_f32**t; its
+    v adds (1 - beta2_f32) g^2 = 0.99998713e-3 g^2 where torch's adds float32(1 - beta2) g^2 =
+    1.0000000475e-3 g^2 (both decay by beta2_f32) and divides by 1 - beta2**t, so
+    bc2 = (1 - beta2**t) (1 - beta2_f32) / float32(1 - beta2) makes v/bc2 torch's (plain
+    1 - beta2**t would leave 6e-6 at every step, 1 - beta2_f32**t that much after ~10^4 steps)."""
+    b1, b2 = _f32(beta1), _f32(beta2)
+    bc1 = 1.0 - b1 ** step
+    bc2_sqrt = math.sqrt((1.0 - beta2 ** step) * (1.0 - b2) / _f32(1.0 - beta2))
+    return lr * bc2_sqrt / bc1, eps * bc2_sqrt, weight_decay * bc1 / bc2_sqrt
+
+
+class ExactBiasCorrection:
+    """Stands in for DeepSpeedCPUAdam's compiled op (`optimizer.ds_opt_adam`): each
+    `adam_update` with bias correction is handed to the kernel as host_adam_arguments' lr, eps
+    and weight decay with the kernel's float32 correction off (decoupled weight decay only).
+    Everything else (create/destroy, rollback) goes to the op unchanged."""
+
+    def __init__(self, op):
+        self.op = op
+
+    def __getattr__(self, name):
+        if name == "op":
+            raise AttributeError(name)
+        return getattr(self.op, name)
+
+    def adam_update(self, opt_id, step, lr, beta1, beta2, eps, weight_decay, bias_correction, *tensors):
+        if bias_correction:
+            lr, eps, weight_decay = host_adam_arguments(step, lr, beta1, beta2, eps, weight_decay)
+        return self.op.adam_update(opt_id, step, lr, beta1, beta2, eps, weight_decay, False, *tensors)
 
 
 def lr_factor(step: int, cfg: Config, steps_per_epoch: int, total_steps: int) -> float:

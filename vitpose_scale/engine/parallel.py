@@ -31,7 +31,9 @@ def check_engine_config(cfg: Config, info: DistInfo, bf16_supported: bool | None
             f"= {info.world_size} x {p.grad_accum}: expected a multiple of {per_step}")
     if p.precision == "bf16":
         if bf16_supported is None:
-            bf16_supported = torch.cuda.is_bf16_supported() if info.device.type == "cuda" else True
+            # Native bf16 only (sm_80+): a T4 emulates it, slowly, and would pass the default check.
+            bf16_supported = (torch.cuda.is_bf16_supported(including_emulation=False)
+                              if info.device.type == "cuda" else True)
         if not bf16_supported:
             raise ConfigError(f"parallel.precision: bf16 is not supported on this device "
                               f"({torch.cuda.get_device_name() if info.device.type == 'cuda' else info.device}): "
@@ -151,16 +153,23 @@ def merge_user_deepspeed_config(generated: dict, path: str, cfg: Config, world_s
 
 
 def _offload_optimizer(model: nn.Module, cfg: Config):
-    """DeepSpeedCPUAdam over the same layer-decay groups: ZeRO-Offload steps on the host's CPUs."""
+    """DeepSpeedCPUAdam over the same layer-decay groups: ZeRO-Offload steps on the host's CPUs.
+
+    Its kernel's bias correction is float32 and scales every update by up to ~7e-6 against
+    torch AdamW's (steps 2-10); the kernel is handed the exact correction instead
+    (optim.host_adam_arguments), so one step equals torch AdamW's to float32 rounding. The type
+    stays DeepSpeedCPUAdam (ZeRO checks it by `type(...) ==`): only its op is wrapped."""
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-    from vitpose_scale.engine.optim import param_groups
+    from vitpose_scale.engine.optim import ExactBiasCorrection, param_groups
 
     groups = param_groups(model, cfg)
     for g in groups:
         g.pop("names")
-    return DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay, adamw_mode=True)
+    optimizer = DeepSpeedCPUAdam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                 weight_decay=cfg.optim.weight_decay, adamw_mode=True)
+    optimizer.ds_opt_adam = ExactBiasCorrection(optimizer.ds_opt_adam)
+    return optimizer
 
 
 class DeepSpeedWrapper:

@@ -70,14 +70,26 @@ class _Preemption:
         self.requested = True
 
 
-def _injected_fault(rank: int) -> int | None:
-    """Test hook: VITPOSE_SCALE_FAULT="rank=R,step=S" makes rank R raise at the start of step S
-    (how the tests prove that one rank's failure ends every rank promptly)."""
+def _injected_fault(rank: int) -> tuple[int, str] | None:
+    """Test hook: VITPOSE_SCALE_FAULT="rank=R,step=S[,kind=K]" makes rank R fail at step S:
+    kind `raise` (default) raises at its start (one rank's failure must end every rank promptly),
+    `nan_weights` writes a NaN into this rank's share of the weights after its update (the
+    checkpoint guard must find it whichever rank holds it)."""
     spec = os.environ.get("VITPOSE_SCALE_FAULT")
     if not spec:
         return None
     fields = dict(item.split("=", 1) for item in spec.split(","))
-    return int(fields["step"]) if int(fields["rank"]) == rank else None
+    return (int(fields["step"]), fields.get("kind", "raise")) if int(fields["rank"]) == rank else None
+
+
+def _poison_first_weight(module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            t = getattr(p, "ds_tensor", p.data)
+            t = t.to_local() if hasattr(t, "to_local") else t
+            if t.numel():
+                t.view(-1)[0] = float("nan")
+                return
 
 
 def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
@@ -268,8 +280,13 @@ class Trainer:
         break every weight in the update (a resume would load them and stop again, for ever)."""
         bad = 0.0
         for p in self.wrapper.module.parameters():
-            t = getattr(p, "ds_tensor", None)  # ZeRO-3: this rank's partition
-            t = p.data if t is None else t
+            t = getattr(p, "ds_tensor", None)
+            if t is not None:  # ZeRO-3: this rank's partition, without its padding (never initialised)
+                group = getattr(p, "ds_process_group", None)
+                start = t.numel() * (dist.get_rank(group) if dist.is_initialized() else 0)
+                t = t.narrow(0, 0, max(0, min(t.numel(), p.ds_numel - start)))
+            else:
+                t = p.data
             t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor shard
             if t.numel() and not bool(torch.isfinite(t).all()):
                 bad = 1.0
@@ -390,11 +407,13 @@ class Trainer:
                 batches = iter(self._loader(epoch, (self.step % spe) * cfg.parallel.grad_accum))
             set_lr(self.wrapper.optimizer, cfg.optim.lr, lr_factor(self.step, cfg, spe, self.total_steps),
                    self.lr_scales)
-            if self._fault == self.step + 1:
+            if self._fault == (self.step + 1, "raise"):
                 raise RuntimeError(f"injected fault (VITPOSE_SCALE_FAULT) at step {self.step + 1}")
             logged = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == self.total_steps
             loss, grad_norm = self._optimizer_step(batches, measure_activations=logged)
             self.step += 1
+            if self._fault == (self.step, "nan_weights"):
+                _poison_first_weight(self.wrapper.module)
             self.watchdog.beat(self.step)
             window_images += cfg.train.batch_size
             loss_sum, loss_n = loss_sum + loss, loss_n + 1
