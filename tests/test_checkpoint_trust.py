@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from launch_env import launcher_env
+from test_hardening import _Payload as _Touch  # unpickling it creates a marker file
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.engine import run_dir
 from vitpose_scale.engine.metrics import read_jsonl
@@ -60,14 +61,6 @@ def _stderr_lines(proc) -> list[str]:
             if line.strip() and "Warning" not in line and "warnings.warn" not in line and "it/s]" not in line
             and "No CUDA runtime is found" not in line  # torch's cpp_extension logs this on CPU hosts
             and not line.startswith("  ") and "%|" not in line]
-
-
-class _Touch:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 # ------------------------------------------------------- 1: DCP .metadata --
