@@ -416,5 +416,5 @@ def test_dcp_loading_unpickles_metadata_and_extra_entries_without_running_code(t
     blob = io.BytesIO()
     torch.save({"lr": Payload()}, blob)
     blob.seek(0)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ckpt.UnsafeCheckpointError, match="posix.system"):
         planner.load_bytes(None, blob)

@@ -287,7 +287,8 @@ def safe_dcp_reader_and_planner(directory, whole: bool = False):
                 obj = torch.load(value, weights_only=True)  # refuses anything but plain data
             except pickle.UnpicklingError as exc:
                 what = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain data")
-                raise UnsafeCheckpointError(f"{directory}: entry {read_item.dest_index.fqn} of a .distcp shard "
+                entry = getattr(getattr(read_item, "dest_index", None), "fqn", "?")
+                raise UnsafeCheckpointError(f"{directory}: entry {entry} of a .distcp shard "
                                             f"holds pickled code ({what}); refusing to load it") from None
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
