@@ -14,7 +14,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 IMPLEMENTATIONS = ("plain", "sdpa", "triton")
-_warned_fallback = False
+_warned_fallback: set[str] = set()  # reasons already logged: one note each, not one per layer and step
 
 
 def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -22,17 +22,22 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return attn.softmax(dim=-1) @ v
 
 
-def _triton_or_fallback():
-    """The Triton kernel if it can run here, else None (after saying so once)."""
-    global _warned_fallback
+def _triton_or_fallback(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """The Triton kernel if it can run on these tensors, else None (after saying why, once).
+
+    Asked per call, not per process: the same model may run on the GPU and, for inference or
+    export, on the CPU of that GPU machine, where only SDPA can run it; and a GPU whose shared
+    memory holds none of the kernel's tile configurations (see flash_attn.unsupported_reason)
+    falls back the same way."""
     from vitpose_scale.kernels import flash_attn
 
-    ok, reason = flash_attn.triton_available()
-    if ok:
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    reason = flash_attn.unsupported_reason(q, k, v, needs_grad=needs_grad)
+    if reason is None:
         return flash_attn.flash_attention
-    if not _warned_fallback:
+    if reason not in _warned_fallback:
         log.warning("model.attention=triton is unavailable (%s); using sdpa instead", reason)
-        _warned_fallback = True
+        _warned_fallback.add(reason)
     return None
 
 
@@ -40,9 +45,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "sd
     if impl == "plain":
         return plain_attention(q, k, v)
     if impl == "triton":
-        kernel = _triton_or_fallback()
-        if kernel is not None and q.device.type != "meta":
-            return kernel(q, k, v)  # strided views of qkv are fine: only the head dim must be unit-stride
+        if q.device.type != "meta":
+            kernel = _triton_or_fallback(q, k, v)
+            if kernel is not None:
+                return kernel(q, k, v)  # strided views of qkv are fine: only the head dim must be unit-stride
     elif impl != "sdpa":
         raise ValueError(f"attention implementation {impl!r}: expected one of {IMPLEMENTATIONS}")
     return F.scaled_dot_product_attention(q, k, v)
