@@ -155,6 +155,7 @@ def test_a_flipped_manifest_is_damage(tmp_path):
     assert "no manifest checksum" in ckpt.verify_checkpoint(directory)[0]
 
 
+@pytest.mark.slow
 def test_resume_never_trusts_an_altered_manifest(tmp_path, data):
     first = run(tmp_path, data, "train.stop_at=6")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -195,6 +196,7 @@ def test_nan_in_one_zero3_partition_stops_every_rank_before_the_checkpoint(tmp_p
     assert [d.name for d in ckpt.complete_checkpoints(tmp_path / CKPT)] == [f"step_0000000{i}" for i in (3, 2, 1)]
 
 
+@pytest.mark.slow
 def test_the_last_good_checkpoint_named_is_one_that_verifies(tmp_path, data):
     first = run(tmp_path, data, "train.stop_at=6", "optim.lr=1e5", "optim.warmup_iters=0", "optim.lr=1e-4")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -319,6 +321,7 @@ def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, data)
         assert (tmp_path / "config.yaml").read_text() == config  # the refused run rewrote nothing
 
 
+@pytest.mark.slow
 def test_resume_may_change_what_does_not_touch_the_state(tmp_path, data):
     first = run(tmp_path, data, "train.stop_at=3")
     assert first.returncode == 0, first.stderr[-3000:]

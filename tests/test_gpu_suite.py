@@ -5,11 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from launch_env import launcher_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about a minute on 2 cores; the first GPU check's --dry-run (tests/test_gpu_check.py) is the default
 def test_gpu_suite_smoke_runs_every_part(tmp_path):
     out = tmp_path / "suite.json"
     env = launcher_env()

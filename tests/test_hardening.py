@@ -52,7 +52,7 @@ def weights(path):
 
 # ------------------------------------------------------------ item 1 ---
 @pytest.mark.distributed
-@pytest.mark.parametrize("failing_rank", [1, 0])
+@pytest.mark.parametrize("failing_rank", [pytest.param(1, marks=pytest.mark.slow), 0])
 def test_one_failing_rank_ends_every_rank_fast_with_one_message(tmp_path, data, failing_rank):
     """Timed from the fault (its message on the shared pipe) to the last rank's exit: DeepSpeed's
     start-up, however slow on a loaded machine, is not part of the bound."""
@@ -116,6 +116,7 @@ def test_damaged_checkpoint_names_file_expected_and_found(tmp_path, damage, expe
     assert len(problems) == 1 and expected in problems[0], problems
 
 
+@pytest.mark.slow  # the default suite: test_checkpoint_trust.py (damaged newest set aside, previous one used)
 @pytest.mark.parametrize("damage", ["flip"])  # every kind of damage: the unit tests above
 def test_resume_skips_a_damaged_checkpoint_for_the_previous_one(tmp_path, data, damage):
     first = run(tmp_path, data, "train.stop_at=6")
@@ -210,7 +211,8 @@ def test_rng_states_round_trip_as_plain_tensors(tmp_path):
 
 
 # ------------------------------------------------------------ item 4 ---
-@pytest.mark.parametrize("accum, grouped", [(1, False), (2, False), (1, True)])
+@pytest.mark.parametrize("accum, grouped", [(1, False), pytest.param(2, False, marks=pytest.mark.slow),
+                                            pytest.param(1, True, marks=pytest.mark.slow)])
 def test_stop_at_then_resume_equals_the_uninterrupted_run(tmp_path, data, accum, grouped):
     """Cosine schedule with warm-up, 4 steps per epoch: the pause at step 5 is mid-epoch 1.
     ``grouped``: data.group_by_image's sampler resumes mid-epoch too."""
@@ -331,8 +333,8 @@ def _first_train_record(out: Path, timeout: float, proc) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("launcher, sig", [("deepspeed", "SIGTERM"), ("deepspeed", "SIGUSR1"),
-                                           ("torchrun", "SIGTERM"), ("torchrun", "SIGUSR1")])
+@pytest.mark.parametrize("launcher, sig", [("deepspeed", "SIGTERM"), pytest.param("deepspeed", "SIGUSR1", marks=pytest.mark.slow),
+                                           pytest.param("torchrun", "SIGTERM", marks=pytest.mark.slow), ("torchrun", "SIGUSR1")])
 def test_signal_to_the_launcher_alone_checkpoints_and_stops_the_ranks(tmp_path, data, launcher, sig):
     import signal as signals
 

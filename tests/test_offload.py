@@ -256,6 +256,7 @@ def test_the_step_comparison_catches_a_wrong_bias_correction_eps_or_decay(monkey
         assert next(_mismatches(_head_only, 10), None)
 
 
+@pytest.mark.slow  # bitwise resume is in the default suite without offload (test_distributed_training.py)
 @pytest.mark.distributed
 def test_optimizer_offload_resumes_bitwise_and_converts(offloaded, data, tmp_path):
     out = tmp_path / "paused"
