@@ -170,7 +170,8 @@ def deepspeed_run(tmp_path_factory, data):
     return out
 
 
-@pytest.mark.parametrize("victim", ["rng_rank0.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"])
+@pytest.mark.parametrize("victim", [pytest.param("rng_rank0.pt", marks=pytest.mark.slow),
+                                    "zero_pp_rank_0_mp_rank_00_model_states.pt"])
 def test_pickled_code_is_refused_on_resume_and_convert(tmp_path, data, deepspeed_run, victim):
     import shutil
 

@@ -275,6 +275,7 @@ def test_optimizer_offload_resumes_bitwise_and_converts(offloaded, data, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # the JSON merge is unit-tested below; optimizer offload's curve is the default check
 @pytest.mark.distributed
 def test_parameter_offload_and_a_user_deepspeed_json(reference, data, tmp_path):
     user = tmp_path / "ds.json"
