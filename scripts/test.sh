@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# README command 2: set up, then the test suite (about 10 minutes on 2 CPU cores after the install).
+# README command 2: set up, then the test suite (README "Two commands" has the measured time).
 #   bash scripts/test.sh            the default suite (everything not marked slow)
-#   bash scripts/test.sh --slow     only the slow checks (the full demo run and its AP rise)
+#   bash scripts/test.sh --slow     only the slow checks (listed in the README)
 #   bash scripts/test.sh --all      both
 set -euo pipefail
 cd "$(dirname "$0")/.."
