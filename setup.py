@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Train ViTPose-style pose models from ViT-B to 1B-parameter backbones across many GPUs",
     packages=find_packages(include=["vitpose_scale", "vitpose_scale.*"]),
+    package_data={"vitpose_scale.keypoints": ["sets/*.json"], "vitpose_scale.data": ["*.c"]},
     python_requires=">=3.10",
     # Ranges here; the exact tested set is requirements.txt (see README "Dependencies").
     install_requires=[

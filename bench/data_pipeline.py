@@ -211,14 +211,16 @@ def official_records(dataset) -> list[dict]:
 def build(coco_root: Path, ann: str = "test_coco.json", images: str = "."):
     from vitpose_scale.config import DataConfig
     from vitpose_scale.data.coco import TopDownCocoDataset
-    from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, COCO_UPPER_BODY_IDS
+    from vitpose_scale.keypoints import get_spec
+
+    coco = get_spec("coco")
 
     cfg = DataConfig()
     kw = dict(root=coco_root, ann_file=ann, img_dir=images, data_cfg=cfg, image_size=(256, 192),
               train=True, seed=0)
     ours_uint8 = TopDownCocoDataset(**kw, uint8_images=True)
     ours_host = TopDownCocoDataset(**kw, uint8_images=False)
-    official = OfficialTopDownTrain(flip_pairs=COCO_FLIP_PAIRS, upper_body_ids=COCO_UPPER_BODY_IDS,
+    official = OfficialTopDownTrain(flip_pairs=coco.flip_pairs, upper_body_ids=coco.upper_body_ids,
                                     flip_prob=cfg.flip_prob, num_joints_half_body=cfg.half_body_min_joints,
                                     prob_half_body=cfg.half_body_prob, rot_factor=cfg.rot_factor,
                                     scale_factor=cfg.scale_factor, rot_prob=cfg.rot_prob, sigma=cfg.sigma)

@@ -193,18 +193,28 @@ def test_keypoint_maps_are_checked_against_the_target_joint_count(tmp_path):
         TopDownCocoDataset(tmp_path, "ann.json", ".", cfg, SIZE, keypoint_map="mpii")
     with pytest.raises(ValueError, match=r"lists 3 keypoints; expected 2 \(the length of keypoint_map\)"):
         TopDownCocoDataset(tmp_path, "ann.json", ".", cfg, SIZE, keypoint_map=[0, 1])
-    with pytest.raises(ValueError, match=r"lists 3 keypoints; expected 17 \(num_keypoints; pass keypoint_map"):
+    with pytest.raises(ValueError, match=r"lists 3 keypoints; expected 17 \(keypoint set 'coco'; choose"):
         TopDownCocoDataset(tmp_path, "ann.json", ".", cfg, SIZE)
 
 
-def test_other_joint_counts_have_no_flip_pairs_and_every_joint_in_the_upper_body(tmp_path):
+def test_a_set_of_another_joint_count_trains_with_its_own_flip_pairs_and_upper_body(tmp_path):
+    """A 5-joint set registered at run time: the transform flips and crops half bodies by its spec
+    (before keypoint sets, any set without 17 joints silently trained without flips)."""
+    from vitpose_scale.keypoints import KeypointSpec, register
+
     _write(tmp_path, [_person(1, joints=5)], keypoint_names=5)
-    ds = TopDownCocoDataset(tmp_path, "ann.json", ".", DataConfig(), SIZE, num_keypoints=5)
-    assert ds.flip_pairs == [] and ds.transform.flip_pairs == []
-    assert list(ds.transform.upper_body_ids) == [0, 1, 2, 3, 4]
-    own = TopDownCocoDataset(tmp_path, "ann.json", ".", DataConfig(), SIZE, num_keypoints=5,
-                             flip_pairs=[(1, 2)], upper_body_ids=[0])
-    assert [tuple(p) for p in own.transform.flip_pairs] == [(1, 2)] and list(own.transform.upper_body_ids) == [0]
+    five = register(KeypointSpec(
+        name="five_test", names=("a", "l", "r", "lf", "rf"), flip_pairs=((1, 2), (3, 4)), upper_body_ids=(0, 1, 2),
+        lower_body_ids=(3, 4), joint_weights=(1.0,) * 5, sigmas=(0.05,) * 5, skeleton=((0, 1), (0, 2)),
+        keypoint_colors=((0, 0, 0),) * 5, link_colors=((0, 0, 0),) * 2))
+    ds = TopDownCocoDataset(tmp_path, "ann.json", ".", DataConfig(flip_prob=1.0), SIZE, "five_test")
+    assert ds.transform.flip_pairs == ((1, 2), (3, 4)) and ds.transform.upper_body_ids == (0, 1, 2)
+    assert ds.keypoints is five
+    rec = ds.records[0]
+    plan = ds.transform.plan(rec["size"], rec["joints"], rec["center"], rec["scale"], ds.augmentation_rng(0))
+    width = rec["size"][1]
+    assert plan["flipped"] and plan["joints"][1, 0] == width - 1 - rec["joints"][2, 0]  # l <- mirrored r
+    assert plan["joints"][0, 0] == width - 1 - rec["joints"][0, 0]
 
 
 def test_a_detection_file_is_found_from_the_root_or_the_working_directory(tmp_path, monkeypatch):
@@ -236,11 +246,11 @@ def test_a_detection_file_is_found_from_the_root_or_the_working_directory(tmp_pa
 @pytest.mark.parametrize("content,message", [
     (None, r"annotation file .*missing\.json does not exist"),
     ("{not json", r"not a COCO annotation file \(JSONDecodeError.*; expected a COCO person-keypoint json"),
-    ({"images": [{"id": 1}], "annotations": []}, r"not a person-keypoint annotation file \(categories \[\]\)"),
+    ({"images": [{"id": 1}], "annotations": []}, r"not a keypoint annotation file \(categories \[\]\)"),
     ({"images": [{"id": 1}], "annotations": [], "categories": [{"id": 2, "name": "dog"}]},
-     r"\(categories \['dog'\]\); expected a COCO keypoint json whose category id 1 is 'person'"),
+     r"\(categories \['dog'\]\); expected a COCO keypoint json with a category holding a 'keypoints'"),
     ({"images": [{"id": 1}], "annotations": [], "categories": [{"id": 1, "name": "person"}]},
-     r"not a person-keypoint annotation file \(categories \['person'\]\)"),
+     r"not a keypoint annotation file \(categories \['person'\]\)"),
     ({"images": [], "annotations": [], "categories": [{"id": 1, "name": "person", "keypoints": ["a"]}]},
      r"the 'images' list is empty; expected at least one image entry"),
     ({"images": [{"id": 1}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}],
@@ -290,7 +300,7 @@ def test_a_missing_image_names_its_annotation_file_also_without_window_decoding(
 
 # ------------------------------------------------------------ build_datasets --
 def _cfg_14(tmp_path, coco_sample, **data):
-    """A 14-joint set (the sample's first 14 COCO joints) as main, extra and validation set."""
+    """A 14-joint set (the sample's first 14 COCO joints, read as AIC's 14) as main, extra and validation set."""
     raw = json.loads((coco_sample / "test_coco.json").read_text())
     raw["categories"][0]["keypoints"] = raw["categories"][0]["keypoints"][:14]
     for ann in raw["annotations"]:
@@ -304,7 +314,7 @@ def _cfg_14(tmp_path, coco_sample, **data):
     cfg.train.seed = 7
     entry = {"root": str(tmp_path), "ann": "k14.json", "images": str(coco_sample)}
     cfg.data = DataConfig(root=str(tmp_path), train_ann="k14.json", train_images=str(coco_sample),
-                          val_ann="k14.json", val_images=str(coco_sample), **data)
+                          val_ann="k14.json", val_images=str(coco_sample), keypoint_set="aic", **data)
     cfg.data.extra_train = [dict(entry), dict(entry, ann="k14_small.json")]
     return cfg
 

@@ -10,10 +10,13 @@ import torch
 from vitpose_scale.config import DataConfig, EvalConfig
 from vitpose_scale.data.coco import TopDownCocoDataset
 from vitpose_scale.data.loader import build_eval_loader
-from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, get_warp_matrix, transform_points
+from vitpose_scale.data.transforms import get_warp_matrix, transform_points
 from vitpose_scale.eval.decode import (average_flip, dark_refine, decode_heatmaps, flip_heatmaps, get_max_preds,
                                        heatmap_to_image)
 from vitpose_scale.eval.postprocess import postprocess_people, predict_dataset, rescore, to_coco_results
+from vitpose_scale.keypoints import get_spec
+
+COCO_FLIP_PAIRS = get_spec("coco").flip_pairs
 
 
 def _gaussian(h, w, mu, sigma=2.0):

@@ -68,7 +68,9 @@ def test_two_identical_members_equal_one(coco_sample, checkpoints):
     # Unequal weights on identical models: the same heatmaps up to float rounding (compared as
     # heatmaps: the official decode's unbounded Newton step amplifies 1e-7 on a random model's maps).
     from vitpose_scale.data.loader import collate
-    from vitpose_scale.data.transforms import COCO_FLIP_PAIRS
+    from vitpose_scale.keypoints import get_spec
+
+    COCO_FLIP_PAIRS = get_spec("coco").flip_pairs
     from vitpose_scale.evaluate import build_ensemble
 
     batch = collate([one.dataset[i] for i in range(4)])

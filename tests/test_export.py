@@ -14,7 +14,8 @@ import torch
 from vitpose_scale.cli import main as cli
 from vitpose_scale.config import load_config
 from vitpose_scale.engine.distributed import DistInfo
-from vitpose_scale.export import ONNX_OPSET, keypoint_names, load_weights
+from vitpose_scale.export import ONNX_OPSET, load_weights
+from vitpose_scale.keypoints import get_spec
 from vitpose_scale.models.interop import export_official
 from vitpose_scale.models.pose import build_pose_model
 
@@ -60,7 +61,7 @@ def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(r
     assert cli(["export", "--checkpoint", str(run / "best.pth"), "--format", "hf", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
-    assert [config["id2label"][str(i)] for i in range(17)] == keypoint_names(17)
+    assert [config["id2label"][str(i)] for i in range(17)] == list(get_spec("coco").names)
     assert config["id2label"]["0"] == "nose" and [15, 13] in config["edges"] and len(config["edges"]) == 19
     assert config["backbone_config"]["image_size"] == list(cfg.model.image_size)
 

@@ -9,7 +9,8 @@ import torch
 
 from vitpose_scale.config import load_config
 from vitpose_scale.infer import image_id_from_name, load_boxes, main, run_inference
-from vitpose_scale.visualize import (COCO_SKELETON, draw_skeletons, plot_training_curves,
+from vitpose_scale.keypoints import get_spec
+from vitpose_scale.visualize import (draw_skeletons, plot_training_curves,
                                      save_predictions_figure)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +171,8 @@ def _person(points: dict, k=17):
 
 def test_draw_skeletons_draws_the_limb():
     img = np.zeros((100, 100, 3), np.uint8)
-    assert (5, 7) in COCO_SKELETON and (5, 6) in COCO_SKELETON  # left shoulder-elbow, shoulders
+    skeleton = get_spec("coco").skeleton
+    assert (5, 7) in skeleton and (5, 6) in skeleton  # left shoulder-elbow, shoulders
     # Shoulder -> elbow along y = 50; the right shoulder (6) is below the score threshold.
     person = _person({5: (20, 50, 0.9), 7: (80, 50, 0.9), 6: (20, 10, 0.1)})
     out = draw_skeletons(img, [person], score_thr=0.3)

@@ -256,7 +256,10 @@ def _half_body(visible_upper, visible_lower, draw, visibility=1):
     ``visible_lower`` lower-body ones (11-16) labelled with ``visibility``."""
     import numpy as np
 
-    from vitpose_scale.data.transforms import COCO_UPPER_BODY_IDS, half_body_center_scale
+    from vitpose_scale.data.transforms import half_body_center_scale
+    from vitpose_scale.keypoints import get_spec
+
+    COCO_UPPER_BODY_IDS = get_spec("coco").upper_body_ids
 
     joints = np.array([[3.0 * j, 5.0 * j + (j % 3)] for j in range(17)])
     visible = np.zeros(17)
@@ -343,7 +346,10 @@ def test_transforms_a_flipped_sample_is_the_sample_of_the_mirrored_image():
     right joints swapped, centre mirrored): an independent statement of the flip."""
     import numpy as np
 
-    from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, sample_rng
+    from vitpose_scale.data.transforms import sample_rng
+    from vitpose_scale.keypoints import get_spec
+
+    COCO_FLIP_PAIRS = get_spec("coco").flip_pairs
 
     img, joints, center, scale = _person()
     width = img.shape[1]

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from vitpose_scale.eval.coco_eval import KeypointEvaluator
-from vitpose_scale.eval.synthetic_eval import KEYPOINT_NAMES, SKELETON, make_eval_set, results_from_detections
+from vitpose_scale.eval.synthetic_eval import make_eval_set, results_from_detections
+from vitpose_scale.keypoints import get_spec
+
+KEYPOINT_NAMES = list(get_spec("coco").names)
 
 N = 600
 
@@ -44,7 +47,8 @@ def test_images_ids_and_sizes():
     assert [a["id"] for a in gt["annotations"]] == list(range(1, len(gt["annotations"]) + 1))
     cat = gt["categories"]
     assert len(cat) == 1 and cat[0]["id"] == 1 and cat[0]["name"] == "person"
-    assert cat[0]["keypoints"] == KEYPOINT_NAMES and cat[0]["skeleton"] == SKELETON
+    assert cat[0]["keypoints"] == KEYPOINT_NAMES and cat[0]["skeleton"][:2] == [[16, 14], [14, 12]]
+    assert len(cat[0]["skeleton"]) == 19  # COCO's 1-based links, as the annotation files write them
     assert gt["info"]["seed"] == 0
     other, _ = make_eval_set(3, seed=1, image_id_start=50, ann_id_start=900)
     assert [im["id"] for im in other["images"]] == [50, 51, 52] and other["annotations"][0]["id"] == 900

@@ -7,9 +7,12 @@ import pytest
 
 from vitpose_scale.config import DataConfig
 from vitpose_scale.data.transforms import (
-    COCO_FLIP_PAIRS, TopDownTransform, box_to_center_scale, flip_joints, get_warp_matrix, half_body_center_scale,
+    TopDownTransform, box_to_center_scale, flip_joints, get_warp_matrix, half_body_center_scale,
     invert_affine, random_scale_rotation, sample_rng, transform_points, udp_crop_matrix, udp_heatmap_targets,
     warp_image)
+from vitpose_scale.keypoints import get_spec
+
+COCO_FLIP_PAIRS = get_spec("coco").flip_pairs
 
 
 def _transform(train=True, image_size=(256, 192), **cfg):

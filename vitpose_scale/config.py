@@ -63,7 +63,7 @@ class ModelConfig:
     activation_checkpointing: bool = False
     head: str = "classic"  # classic | simple
     head_channels: int = 256
-    num_keypoints: int = 17
+    num_keypoints: int | None = None  # null: the joint count of data.keypoint_set
 
     def resolved(self) -> "ModelConfig":
         """A copy with preset values filled in."""
@@ -71,6 +71,8 @@ class ModelConfig:
         for key, value in PRESETS[self.preset].items():
             if key != "layer_decay" and getattr(out, key) is None:
                 setattr(out, key, value)
+        if out.num_keypoints is None:  # a ModelConfig built alone: the default keypoint set's joints
+            out.num_keypoints = _keypoint_spec(DataConfig.keypoint_set).num_keypoints
         if out.patch_padding is None:
             out.patch_padding = {16: 2, 8: 4}.get(out.patch_stride, (out.patch_size - out.patch_stride) // 2)
         return out
@@ -92,6 +94,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     kind: str = "coco"  # coco | synthetic (synthetic: generated into root on first use)
+    # The keypoint set (vitpose_scale/keypoints): names, flip pairs, sigmas, skeleton, metric.
+    # coco | aic | mpii | crowdpose | ochuman | coco_wholebody | ap10k | apt36k (docs/datasets.md)
+    keypoint_set: str = "coco"
     root: str = "data/coco"
     train_ann: str = "annotations/person_keypoints_train2017.json"
     train_images: str = "train2017"
@@ -419,6 +424,15 @@ def check_training_sets(d: DataConfig, num_keypoints: int) -> list[float] | None
     return [float(r) for r in given]
 
 
+def _keypoint_spec(name: Any):
+    from vitpose_scale.keypoints import KeypointSetError, get_spec
+
+    try:
+        return get_spec(name)
+    except KeypointSetError as exc:
+        raise ConfigError(f"data.keypoint_set: {exc}") from None
+
+
 def validate(cfg: Config) -> Config:
     _check_ranges(cfg)
     m = cfg.model
@@ -445,8 +459,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.pretrain_grid: got {m.pretrain_grid!r}, expected [rows, cols]")
     if not 0.0 <= r.drop_path < 1.0:
         raise ConfigError(f"model.drop_path: got {r.drop_path}, expected 0 <= drop_path < 1")
-    if m.num_keypoints <= 0:
-        raise ConfigError(f"model.num_keypoints: got {m.num_keypoints}, expected a positive int")
+    spec = _keypoint_spec(cfg.data.keypoint_set)
+    if m.num_keypoints is None:
+        m.num_keypoints = spec.num_keypoints
+    elif m.num_keypoints != spec.num_keypoints:
+        raise ConfigError(f"model.num_keypoints: got {m.num_keypoints}, but data.keypoint_set {spec.name!r} has "
+                          f"{spec.num_keypoints} joints: expected {spec.num_keypoints} (or null)")
 
     p = cfg.parallel
     _choice("parallel.backend", p.backend, ("deepspeed", "fsdp", "none"))

@@ -51,7 +51,7 @@ def _eval_files(cfg: Config) -> tuple[Path, Path, str | None]:
     d = cfg.data
     ann, images = d.val_ann, d.val_images
     if d.kind == "synthetic":
-        ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val)
+        ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val, keypoints=d.keypoint_set)
         ann, images = SYNTHETIC_LAYOUT["val_ann"], SYNTHETIC_LAYOUT["val_images"]
     ann_file = _resolve(d.root, ann)
     if not ann_file.is_file():
@@ -75,14 +75,14 @@ def build_eval_set(cfg: Config, image_sizes: list[tuple[int, int]] | None = None
 
     ann_file, img_dir, det_file = _eval_files(cfg)
     with_gt = has_ground_truth(ann_file)
-    k = cfg.model.num_keypoints
+    spec = cfg.data.keypoint_set
 
     def at(size):
         if with_gt:
-            return TopDownCocoDataset(cfg.data.root, ann_file, img_dir, cfg.data, size, k, train=False,
+            return TopDownCocoDataset(cfg.data.root, ann_file, img_dir, cfg.data, size, spec, train=False,
                                       det_file=det_file, seed=cfg.train.seed)
         return DetectionBoxes(ann_file, img_dir, _resolve(cfg.data.root, det_file) if det_file else None,
-                              cfg.data, size, k)
+                              cfg.data, size, spec)
 
     main_size = tuple(cfg.model.image_size)
     main = at(main_size)
@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         from vitpose_scale.visualize import save_predictions_figure
 
         png = save_predictions_figure(outcome.dataset.img_dir, outcome.results, list(outcome.dataset.images.values()),
-                                      out / "predictions.png", max_images=4)
+                                      out / "predictions.png", max_images=4,
+                                      keypoints=outcome.dataset.keypoints)
         written = f"{results_path}" + (f", {out / 'stats.json'}" if outcome.has_ground_truth else "")
         print(f"wrote {written} and {png}")
     shutdown()

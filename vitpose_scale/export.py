@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vitpose_scale.config import Config, ConfigError, ModelConfig, from_dict, load_config
+from vitpose_scale.keypoints import get_spec
 from vitpose_scale.models import interop
 
 # Opset 18: every current runtime runs it (onnxruntime >= 1.14, TensorRT >= 8.6); the torch.export
@@ -107,27 +108,14 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------- writing --
-def keypoint_names(num_keypoints: int) -> list[str]:
-    from vitpose_scale.data.transforms import COCO_KEYPOINT_NAMES
-
-    return list(COCO_KEYPOINT_NAMES) if num_keypoints == len(COCO_KEYPOINT_NAMES) else \
-        [f"keypoint_{i}" for i in range(num_keypoints)]
-
-
-def keypoint_edges(num_keypoints: int) -> list[list[int]]:
-    """0-based skeleton pairs (COCO's for 17 keypoints, none otherwise)."""
-    from vitpose_scale.visualize import COCO_SKELETON
-
-    return [list(e) for e in COCO_SKELETON] if num_keypoints == 17 else []
-
-
 def _fp32_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
             for k, v in model.state_dict().items()}
 
 
-def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path) -> Path:
-    """A directory that `VitPoseForPoseEstimation.from_pretrained` loads with every weight used."""
+def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints="coco") -> Path:
+    """A directory that `VitPoseForPoseEstimation.from_pretrained` loads with every weight used;
+    ``keypoints`` (the keypoint set) names the labels and the skeleton edges."""
     from safetensors.torch import save_file
 
     m = cfg.resolved()
@@ -144,10 +132,13 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path) -> Path:
                                       f"pads by 2: expected 2")
     hf = interop.hf_config(cfg)
     hf.backbone_config.mlp_ratio = hidden // m.embed_dim
-    names = keypoint_names(m.num_keypoints)
-    hf.id2label = dict(enumerate(names))
-    hf.label2id = {n: i for i, n in enumerate(names)}
-    hf.edges = keypoint_edges(m.num_keypoints)
+    spec = get_spec(keypoints)
+    if spec.num_keypoints != m.num_keypoints:
+        raise ConfigError(f"model.num_keypoints {m.num_keypoints}: the keypoint set {spec.name!r} has "
+                          f"{spec.num_keypoints} joints: expected the set the model was trained on")
+    hf.id2label = dict(enumerate(spec.names))
+    hf.label2id = {n: i for i, n in enumerate(spec.names)}
+    hf.edges = [list(e) for e in spec.skeleton]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
@@ -239,7 +230,7 @@ def _main(args: argparse.Namespace) -> int:
     model = build_pose_model(cfg.model).eval()
     source = load_weights(model, args.checkpoint)
     if args.format == "hf":
-        out = export_hf(model, cfg.model, args.out)
+        out = export_hf(model, cfg.model, args.out, cfg.data.keypoint_set)
     elif args.format == "onnx":
         out = export_onnx(model, cfg.model, args.out)
     else:

@@ -21,9 +21,10 @@ import torch
 
 from vitpose_scale.cli import InputError
 from vitpose_scale.config import Config
-from vitpose_scale.data.transforms import COCO_FLIP_PAIRS, box_to_center_scale, crop_box, normalize_image
+from vitpose_scale.data.transforms import box_to_center_scale, crop_box, normalize_image
 from vitpose_scale.eval.decode import decode_heatmaps
 from vitpose_scale.eval.postprocess import predict_batch, rescore, to_coco_results
+from vitpose_scale.keypoints import get_spec
 from vitpose_scale.models.pose import build_pose_model
 from vitpose_scale.visualize import draw_skeletons
 
@@ -120,7 +121,7 @@ def run_inference(model: torch.nn.Module, image_bgr: np.ndarray, boxes, cfg: Con
     batch = max(1, cfg.eval.batch_size)
     for i in range(0, len(crops), batch):
         imgs = torch.from_numpy(np.stack(crops[i:i + batch]))
-        heatmaps.append(predict_batch(forward, imgs, flip, COCO_FLIP_PAIRS))
+        heatmaps.append(predict_batch(forward, imgs, flip, get_spec(cfg.data.keypoint_set).flip_pairs))
     heatmaps = np.concatenate(heatmaps)
     # The evaluator's decode (eval/postprocess.predict_dataset): eval.decode with eval.blur_kernel.
     coords, maxvals = decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales), None, image_size=(in_h, in_w),
@@ -197,7 +198,7 @@ def predict_image(model, cfg: Config, image_path: Path, image_id: int, boxes_fil
         print(f"  person {n}: box [{box[0]:.0f}, {box[1]:.0f}, {box[2]:.0f}, {box[3]:.0f}] det {box[4]:.3f} "
               f"score {score:.3f}, {int(good.sum())}/{len(kp)} keypoints >= {score_thr} "
               f"(mean keypoint score {kp[:, 2].mean():.3f})")
-    return results, draw_skeletons(image, people, score_thr=score_thr, boxes=boxes)
+    return results, draw_skeletons(image, people, cfg.data.keypoint_set, score_thr=score_thr, boxes=boxes)
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

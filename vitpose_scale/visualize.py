@@ -11,46 +11,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vitpose_scale.data.transforms import COCO_SKELETON as _COCO_SKELETON_1BASED
-
-# 0-based joint pairs (the annotation files' pairs are 1-based).
-COCO_SKELETON: list[tuple[int, int]] = [(a - 1, b - 1) for a, b in _COCO_SKELETON_1BASED]
-
-# BGR. In the COCO order odd indices are left joints, even indices > 0 right ones, 0 (nose) centre.
-COLOR_LEFT = (0, 200, 0)
-COLOR_RIGHT = (0, 128, 255)
-COLOR_CENTER = (255, 153, 51)
+from vitpose_scale.keypoints import KeypointSpec, get_spec
 
 
-def _side(joint: int) -> int:
-    """-1 left, +1 right, 0 centre (COCO joint order)."""
-    if joint == 0:
-        return 0
-    return -1 if joint % 2 == 1 else 1
-
-
-def _limb_color(a: int, b: int) -> tuple[int, int, int]:
-    sa, sb = _side(a), _side(b)
-    if sa == sb == -1:
-        return COLOR_LEFT
-    if sa == sb == 1:
-        return COLOR_RIGHT
-    return COLOR_CENTER  # crosses the body (hips, shoulders) or touches the nose
-
-
-def _joint_color(j: int) -> tuple[int, int, int]:
-    return {-1: COLOR_LEFT, 1: COLOR_RIGHT, 0: COLOR_CENTER}[_side(j)]
-
-
-def draw_skeletons(image_bgr: np.ndarray, people, skeleton=COCO_SKELETON, score_thr: float = 0.3,
+def draw_skeletons(image_bgr: np.ndarray, people, keypoints: KeypointSpec | str = "coco", score_thr: float = 0.3,
                    boxes=None, thickness: int | None = None) -> np.ndarray:
     """Draw each person's limbs and joints on a copy of ``image_bgr``.
+
+    ``keypoints``: the keypoint set, whose skeleton and colours are drawn.
 
     ``people``: (K, 3) arrays [x, y, score] in image pixels; a joint (and every
     limb touching it) is drawn only when its score is >= ``score_thr`` and the
     coordinates are finite. ``boxes``: optional (x, y, w, h[, score]) per person.
     Drawing uses sub-pixel precision (shift 4) and antialiasing.
     """
+    spec = get_spec(keypoints)
+    bgr = [tuple(int(v) for v in c[::-1]) for c in spec.link_colors]  # the sets' colours are RGB
+    joint_bgr = [tuple(int(v) for v in c[::-1]) for c in spec.keypoint_colors]
     img = np.ascontiguousarray(image_bgr).copy()
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
@@ -72,11 +49,14 @@ def draw_skeletons(image_bgr: np.ndarray, people, skeleton=COCO_SKELETON, score_
     for person in people:
         kp = np.asarray(person, dtype=np.float64).reshape(-1, 3)
         ok = np.isfinite(kp).all(axis=1) & (kp[:, 2] >= score_thr)
-        for a, b in skeleton:
-            if a < len(kp) and b < len(kp) and ok[a] and ok[b]:
-                cv2.line(img, pt(*kp[a, :2]), pt(*kp[b, :2]), _limb_color(a, b), thickness, cv2.LINE_AA, shift)
+        if len(kp) != spec.num_keypoints:
+            raise ValueError(f"a person with {len(kp)} keypoints; the keypoint set {spec.name!r} has "
+                             f"{spec.num_keypoints}")
+        for (a, b), color in zip(spec.skeleton, bgr):
+            if ok[a] and ok[b]:
+                cv2.line(img, pt(*kp[a, :2]), pt(*kp[b, :2]), color, thickness, cv2.LINE_AA, shift)
         for j in np.nonzero(ok)[0]:
-            cv2.circle(img, pt(*kp[j, :2]), radius * mult, _joint_color(int(j)), -1, cv2.LINE_AA, shift)
+            cv2.circle(img, pt(*kp[j, :2]), radius * mult, joint_bgr[j], -1, cv2.LINE_AA, shift)
     return img
 
 
@@ -100,7 +80,8 @@ def _resolve_image(image_paths, file_name: str) -> Path | None:
 
 
 def save_predictions_figure(image_paths, results, coco_gt_images, out_png, max_images: int = 4,
-                            score_thr: float = 0.3, person_score_thr: float = 0.0) -> Path:
+                            score_thr: float = 0.3, person_score_thr: float = 0.0,
+                            keypoints: KeypointSpec | str = "coco") -> Path:
     """One PNG grid with the predicted skeletons of up to ``max_images`` images.
 
     ``results``: COCO keypoint results (image_id, keypoints, score).
@@ -136,7 +117,7 @@ def save_predictions_figure(image_paths, results, coco_gt_images, out_png, max_i
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"could not read image {path}")
-        drawn = draw_skeletons(img, by_image[image_id], score_thr=score_thr)
+        drawn = draw_skeletons(img, by_image[image_id], keypoints, score_thr=score_thr)
         ax.imshow(cv2.cvtColor(drawn, cv2.COLOR_BGR2RGB))
         n = len(by_image[image_id])
         ax.set_title(f"{path.name}: {n} {'person' if n == 1 else 'people'}", fontsize=10)

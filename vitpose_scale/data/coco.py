@@ -46,8 +46,9 @@ from vitpose_scale.config import AIC_TO_COCO, KEYPOINT_MAPS, check_training_sets
 
 from .images import read_rgb, read_rgb_window
 from .loader import RatioConcatDataset
-from .transforms import (COCO_FLIP_PAIRS, COCO_UPPER_BODY_IDS, TopDownTransform, box_to_center_scale,
-                         normalize_batch, sample_rng)
+from vitpose_scale.keypoints import KeypointSpec, get_spec
+
+from .transforms import TopDownTransform, box_to_center_scale, normalize_batch, sample_rng
 
 # AIC_TO_COCO and KEYPOINT_MAPS (the named keypoint maps) live in vitpose_scale.config, which
 # validates data.extra_train[].keypoint_map against them.
@@ -77,13 +78,11 @@ def load_coco(ann_file: str | Path):
             raise ValueError(f"{ann_file}: not a COCO annotation file ({exc!r}); expected a COCO "
                              f"person-keypoint json with images, annotations and categories") from exc
     cats = coco.dataset.get("categories", [])
-    person = [c for c in cats if c.get("id") == 1]
-    if not person or not person[0].get("keypoints"):
-        names = [c.get("name") for c in cats]
+    if not isinstance(cats, list) or not any(isinstance(c, dict) and c.get("keypoints") for c in cats):
+        names = [c.get("name") for c in cats] if isinstance(cats, list) else cats
         raise ValueError(
-            f"{ann_file}: not a person-keypoint annotation file (categories {names}); expected a COCO "
-            f"keypoint json whose category id 1 is 'person' with a 'keypoints' name list, "
-            f"e.g. person_keypoints_train2017.json")
+            f"{ann_file}: not a keypoint annotation file (categories {names}); expected a COCO keypoint "
+            f"json with a category holding a 'keypoints' name list, e.g. person_keypoints_train2017.json")
     for key in ("images", "annotations"):
         if not isinstance(coco.dataset.get(key), list):
             raise ValueError(f"{ann_file}: no '{key}' list (top-level keys: {sorted(coco.dataset)}); expected "
@@ -107,29 +106,30 @@ class TopDownCocoDataset(Dataset):
         root: data root; ``ann_file``, ``img_dir`` and ``det_file`` are relative to it unless absolute.
         data_cfg: :class:`vitpose_scale.config.DataConfig` (augmentation, padding, sigma, det threshold).
         image_size: network input (H, W); heatmaps are (H/4, W/4).
-        num_keypoints: joints per sample (17 for COCO).
+        keypoints: the keypoint set (a :class:`KeypointSpec` or its name): joints per sample, flip
+            pairs and upper-body joints. Every category with a ``keypoints`` list is loaded (AP-10K:
+            one per species) and its id travels with the sample into the results.
         train: augment and build targets from ground truth boxes.
         det_file: person detections (COCO results json) for validation; None: ground-truth boxes.
         seed: augmentation seed; with ``set_epoch``, the index and ``stream`` it fixes every random choice.
         stream: this set's augmentation stream (0: main training set, i: ``data.extra_train[i - 1]``).
-        keypoint_map: source joint -> COCO index (None drops it), e.g. :data:`AIC_TO_COCO`.
-        flip_pairs / upper_body_ids: joint layout (COCO defaults when ``num_keypoints == 17``).
+        keypoint_map: source joint -> index in ``keypoints`` (None drops it), e.g. :data:`AIC_TO_COCO`.
         uint8_images: ship the crop as uint8 and leave normalisation to the consumer
             (``transforms.normalize_batch`` on the device: the trainer does); False: float32, normalised here.
 
     Items are dicts: img (3,H,W) float32 normalised (or uint8, see ``uint8_images``), target (K,h,w), target_weight (K,1), center (2,), scale (2,) padded box size in pixels,
-    rotation, image_id, bbox_score, index. ``drop_counts`` and ``load_report`` say who was left out.
+    rotation, image_id, category_id, bbox_score, index. ``drop_counts`` and ``load_report`` say who was left out.
     """
 
-    def __init__(self, root, ann_file, img_dir, data_cfg, image_size, num_keypoints: int = 17,
+    def __init__(self, root, ann_file, img_dir, data_cfg, image_size, keypoints: KeypointSpec | str = "coco",
                  train: bool = True, det_file: str | None = None, seed: int = 0, stream: int = 0,
-                 keypoint_map: list | str | None = None, flip_pairs=None, upper_body_ids=None,
-                 uint8_images: bool = False):
+                 keypoint_map: list | str | None = None, uint8_images: bool = False):
         self.ann_file = _resolve(root, ann_file)
         self.img_dir = _resolve(root, img_dir)
         self.cfg = data_cfg
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.num_keypoints = int(num_keypoints)
+        self.keypoints = get_spec(keypoints)
+        self.num_keypoints = self.keypoints.num_keypoints
         self.train = bool(train)
         self.seed, self.stream = int(seed), int(stream)
         self.uint8_images = bool(uint8_images)
@@ -150,22 +150,22 @@ class TopDownCocoDataset(Dataset):
             bad = [t for t in self.keypoint_map if t is not None and not 0 <= int(t) < self.num_keypoints]
             if bad:
                 raise ValueError(f"keypoint_map targets {bad} are outside [0, {self.num_keypoints})")
-        if flip_pairs is None:
-            flip_pairs = COCO_FLIP_PAIRS if self.num_keypoints == 17 else []
-        if upper_body_ids is None:
-            upper_body_ids = COCO_UPPER_BODY_IDS if self.num_keypoints == 17 else list(range(self.num_keypoints))
-        self.flip_pairs = [tuple(p) for p in flip_pairs]
+        self.flip_pairs = self.keypoints.flip_pairs
         self.transform = TopDownTransform(image_size=self.image_size, cfg=data_cfg, train=self.train,
-                                          flip_pairs=list(self.flip_pairs), upper_body_ids=list(upper_body_ids))
+                                          keypoints=self.keypoints)
 
         coco = load_coco(self.ann_file)
         src_k = len(self.keypoint_map) if self.keypoint_map is not None else self.num_keypoints
-        cat_k = len(next(c for c in coco.dataset["categories"] if c["id"] == 1)["keypoints"])
-        if cat_k != src_k:
-            raise ValueError(
-                f"{self.ann_file}: the person category lists {cat_k} keypoints; expected {src_k} "
-                + ("(the length of keypoint_map)" if self.keypoint_map is not None
-                   else f"(num_keypoints; pass keypoint_map to map a {cat_k}-joint set onto it)"))
+        self.categories = {c["id"]: c for c in coco.dataset["categories"]
+                           if isinstance(c, dict) and c.get("keypoints")}
+        for cat in self.categories.values():
+            cat_k = len(cat["keypoints"])
+            if cat_k != src_k:
+                raise ValueError(
+                    f"{self.ann_file}: the {cat.get('name')!r} category lists {cat_k} keypoints; expected {src_k} "
+                    + ("(the length of keypoint_map)" if self.keypoint_map is not None
+                       else f"(keypoint set {self.keypoints.name!r}; choose the set of this file with "
+                            f"data.keypoint_set, or map a {cat_k}-joint set onto it with keypoint_map)"))
         self.images = {img_id: coco.imgs[img_id] for img_id in sorted(coco.imgs)}
         self.det_file = None
         self.drop_counts: Counter = Counter()
@@ -218,7 +218,7 @@ class TopDownCocoDataset(Dataset):
         for img_id, info in self.images.items():
             width, height = info.get("width"), info.get("height")
             for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
-                if ann.get("iscrowd", 0) or ann.get("category_id", 1) != 1:
+                if ann.get("iscrowd", 0) or ann.get("category_id", 1) not in self.categories:
                     continue
                 people += 1
                 if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
@@ -241,6 +241,7 @@ class TopDownCocoDataset(Dataset):
                                * np.array(box[2:4])).astype(np.float32)
                 records.append(dict(image_id=img_id, file_name=info["file_name"], center=center,
                                     scale=scale, joints=joints, bbox_score=1.0, ann_id=ann["id"],
+                                    category_id=int(ann.get("category_id", 1)),
                                     size=(int(height), int(width))))
         self.drop_counts = drops
         dropped = sum(drops.values())
@@ -256,7 +257,7 @@ class TopDownCocoDataset(Dataset):
         aspect = self.image_size[1] / self.image_size[0]
         zero = np.zeros((self.num_keypoints, 3), dtype=np.float32)
         records, low = [], 0
-        persons = [det for det in dets if det.get("category_id", 1) == 1]
+        persons = [det for det in dets if det.get("category_id", 1) in self.categories]
         for det in persons:
             if det["score"] < self.cfg.det_score_thr:  # the reference keeps score >= det_bbox_thr
                 low += 1
@@ -268,6 +269,7 @@ class TopDownCocoDataset(Dataset):
             center, scale = box_to_center_scale(det["bbox"], aspect, self.cfg.bbox_padding)
             records.append(dict(image_id=det["image_id"], file_name=info["file_name"], center=center,
                                 scale=scale, joints=zero, bbox_score=float(det["score"]), ann_id=-1,
+                                category_id=int(det.get("category_id", 1)),
                                 size=(int(info["height"]), int(info["width"]))))
         self.load_report = (f"{len(persons)} person detections, {len(records)} kept, {low} with score < "
                             f"{self.cfg.det_score_thr} dropped")
@@ -353,18 +355,20 @@ class TopDownCocoDataset(Dataset):
             "scale": out["scale"],
             "rotation": out["rotation"],
             "image_id": int(rec["image_id"]),
+            "category_id": rec["category_id"],
             "bbox_score": float(rec["bbox_score"]),
             "index": index,
         }
 
 
 # ------------------------------------------------------------ builders --
-def ensure_synthetic(root: str | Path, num_train: int, num_val: int, seed: int = 0) -> None:
+def ensure_synthetic(root: str | Path, num_train: int, num_val: int, seed: int = 0,
+                     keypoints: str = "coco") -> None:
     """Generate the synthetic set into ``root`` unless an identical one is already there."""
     from .synthetic import generate_synthetic_coco, synthetic_is_complete
 
-    if not synthetic_is_complete(root, num_train, num_val, seed):
-        generate_synthetic_coco(root, num_train, num_val, seed=seed)
+    if not synthetic_is_complete(root, num_train, num_val, seed, keypoints=keypoints):
+        generate_synthetic_coco(root, num_train, num_val, seed=seed, keypoints=keypoints)
 
 
 def _report(name: str, ds: TopDownCocoDataset) -> None:
@@ -390,22 +394,23 @@ def build_datasets(cfg):
     """
     d = cfg.data
     image_size = tuple(cfg.model.image_size)
-    k = cfg.model.num_keypoints
+    spec = get_spec(d.keypoint_set)
+    k = spec.num_keypoints
     seed = cfg.train.seed
     paths = dict(train_ann=d.train_ann, train_images=d.train_images, val_ann=d.val_ann,
                  val_images=d.val_images)
     if d.kind == "synthetic":
-        ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val)
+        ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val, keypoints=spec.name)
         paths = dict(SYNTHETIC_LAYOUT)
     # Config validation refuses bad entries and ratios at load time (ConfigError, exit 2); checked
     # again for configs built or changed in Python after loading.
     ratios = check_training_sets(d, k)
     # Training crops stay uint8 until the trainer normalises them on the device.
-    sets = [TopDownCocoDataset(d.root, paths["train_ann"], paths["train_images"], d, image_size, k,
+    sets = [TopDownCocoDataset(d.root, paths["train_ann"], paths["train_images"], d, image_size, spec,
                                train=True, seed=seed, stream=0, uint8_images=True)]
     _report("train", sets[0])
     for i, entry in enumerate(d.extra_train):
-        sets.append(TopDownCocoDataset(entry["root"], entry["ann"], entry["images"], d, image_size, k,
+        sets.append(TopDownCocoDataset(entry["root"], entry["ann"], entry["images"], d, image_size, spec,
                                        train=True, seed=seed, stream=i + 1, uint8_images=True,
                                        keypoint_map=entry.get("keypoint_map")))
         _report(f"extra_train[{i}]", sets[-1])
@@ -413,7 +418,7 @@ def build_datasets(cfg):
         train = RatioConcatDataset(sets, ratios)
     else:
         train = ConcatDataset(sets) if len(sets) > 1 else sets[0]
-    val = TopDownCocoDataset(d.root, paths["val_ann"], paths["val_images"], d, image_size, k, train=False,
+    val = TopDownCocoDataset(d.root, paths["val_ann"], paths["val_images"], d, image_size, spec, train=False,
                              det_file=d.det_file, seed=seed)
     _report("val", val)
     return train, val, str(_resolve(d.root, paths["val_ann"]))

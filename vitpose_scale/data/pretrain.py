@@ -127,7 +127,7 @@ class PersonCropDataset(Dataset):
         self.padding, self.scale_factor, self.flip_prob = d.bbox_padding, d.scale_factor, d.flip_prob
         sources = [(d.root, d.train_ann, d.train_images)]
         if d.kind == "synthetic":
-            ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val)
+            ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val, keypoints=d.keypoint_set)
             sources = [(d.root, SYNTHETIC_LAYOUT["train_ann"], SYNTHETIC_LAYOUT["train_images"])]
         for i, entry in enumerate(d.extra_train):
             if not {"root", "ann", "images"} <= set(entry):

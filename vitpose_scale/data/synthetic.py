@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .transforms import COCO_KEYPOINT_NAMES, COCO_SKELETON
+from vitpose_scale.keypoints import KeypointSpec, get_spec
 
 FORMAT_VERSION = 1
 META_FILE = "synthetic_meta.json"
@@ -138,8 +138,13 @@ def _sample_person(rng: np.random.Generator) -> dict:
         kp[j_hip], kp[j_kn], kp[j_an] = hip, knee, ankle
         feet[j_an] = ankle + np.array([s * 0.06, 0.02])  # feet point outwards and slightly down
 
+    # Points of other keypoint sets (AIC, CrowdPose, MPII), computed without random draws so the
+    # figures, and with them every set generated before, stay the same.
+    extra = {"head_top": head + _rot(np.array([0.0, -r_head]), head_ang), "neck": neck,
+             "upper_neck": head + _rot(np.array([0.0, r_head]), head_ang), "pelvis": np.zeros(2)}
+    extra["top_head"], extra["thorax"] = extra["head_top"], neck
     return dict(kp=kp, front=front, head=head, head_ang=head_ang, r_head=r_head, neck=neck,
-                neck_top=neck + up * 0.03, feet=feet)
+                neck_top=neck + up * 0.03, feet=feet, extra=extra)
 
 
 def _draw_person(cv: _Canvas, person: dict, to_img, scale: float, aspect: float, rot_rad: float,
@@ -238,8 +243,21 @@ def _num_people(rng) -> int:
     return int(rng.choice(5, p=[0.08, 0.44, 0.26, 0.13, 0.09]))
 
 
-def render_image(rng: np.random.Generator, size_range=(256, 320)):
-    """One image and its people: (img BGR uint8, list of (keypoints (17, 3), bbox xywh, area))."""
+def synthetic_points(spec: KeypointSpec) -> list[str | int]:
+    """Where each joint of ``spec`` is on the drawn figure: a COCO body index or an extra point's name."""
+    body = get_spec("coco").names
+    extra = ("head_top", "top_head", "neck", "upper_neck", "thorax", "pelvis")
+    missing = [n for n in spec.names if n not in body and n not in extra]
+    if missing:
+        raise ValueError(f"keypoint set {spec.name!r}: the synthetic figure has no {missing}; it draws people "
+                         f"with the joints {list(body) + list(extra)}")
+    return [body.index(n) if n in body else n for n in spec.names]
+
+
+def render_image(rng: np.random.Generator, size_range=(256, 320), keypoints: KeypointSpec | str = "coco"):
+    """One image and its people: (img BGR uint8, list of (keypoints (K, 3), bbox xywh, area)) with the
+    joints of the keypoint set ``keypoints`` (its joints must be points of the drawn figure)."""
+    points = synthetic_points(get_spec(keypoints))
     sizes = np.arange(size_range[0], size_range[1] + 1, 32)
     h, w = int(rng.choice(sizes)), int(rng.choice(sizes))
     img = _background(rng, h, w)
@@ -277,7 +295,8 @@ def render_image(rng: np.random.Generator, size_range=(256, 320)):
         _draw_person(cv, person, to_img, scale, aspect, g, rng)
         full = cv.mask.astype(bool)
         owner[full] = i
-        people.append(dict(kp=to_img(person["kp"]), full=full, front=person["front"]))
+        extra = {name: to_img(pt[None])[0] for name, pt in person["extra"].items()}
+        people.append(dict(kp=to_img(person["kp"]), full=full, front=person["front"], extra=extra))
     # Occluders over some people (their joints underneath become v = 1).
     for p in people:
         if rng.random() < 0.3 and p["full"].any():
@@ -303,9 +322,11 @@ def render_image(rng: np.random.Generator, size_range=(256, 320)):
     for i, p in enumerate(people):
         if not p["full"].any():
             continue  # entirely outside the image
-        kps = np.zeros((17, 3))
-        for j, (x, y) in enumerate(p["kp"]):
-            if not (0 <= x < w and 0 <= y < h) or (not p["front"] and j <= 2):
+        kps = np.zeros((len(points), 3))
+        for j, point in enumerate(points):
+            x, y = p["kp"][point] if isinstance(point, int) else p["extra"][point]
+            # Nose and eyes are not seen from the back.
+            if not (0 <= x < w and 0 <= y < h) or (not p["front"] and isinstance(point, int) and point <= 2):
                 continue
             kps[j] = (x, y, 2 if owner[int(y), int(x)] == i else 1)
         ys, xs = np.nonzero(p["full"])
@@ -322,26 +343,24 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)  # readers never see a half-written file, even with concurrent writers
 
 
-def _categories() -> list[dict]:
-    return [{"supercategory": "person", "id": 1, "name": "person",
-             "keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": [list(s) for s in COCO_SKELETON]}]
-
-
-def _meta(num_train, num_val, seed, image_size) -> dict:
-    return {"version": FORMAT_VERSION, "num_train": int(num_train), "num_val": int(num_val),
+def _meta(num_train, num_val, seed, image_size, keypoints: str = "coco") -> dict:
+    meta = {"version": FORMAT_VERSION, "num_train": int(num_train), "num_val": int(num_val),
             "seed": int(seed), "image_size": [int(image_size[0]), int(image_size[1])]}
+    return meta if keypoints == "coco" else {**meta, "keypoint_set": keypoints}  # COCO sets: as before
 
 
-def synthetic_is_complete(root, num_train: int, num_val: int, seed: int = 0, image_size=(256, 320)) -> bool:
+def synthetic_is_complete(root, num_train: int, num_val: int, seed: int = 0, image_size=(256, 320),
+                          keypoints: str = "coco") -> bool:
     """True when ``root`` holds a finished set generated with exactly these settings."""
     meta = Path(root) / META_FILE
     try:
-        return json.loads(meta.read_text()) == _meta(num_train, num_val, seed, image_size)
+        return json.loads(meta.read_text()) == _meta(num_train, num_val, seed, image_size, keypoints)
     except (OSError, ValueError):
         return False
 
 
-def generate_split(root: Path, split: str, count: int, seed: int, image_size, progress: bool = True) -> dict:
+def generate_split(root: Path, split: str, count: int, seed: int, image_size, progress: bool = True,
+                   keypoints: str = "coco") -> dict:
     from tqdm import tqdm
 
     split_id = {"train": 0, "val": 1}[split]
@@ -349,7 +368,7 @@ def generate_split(root: Path, split: str, count: int, seed: int, image_size, pr
     images, annotations = [], []
     for i in tqdm(range(count), desc=f"synthetic {split}", disable=not progress, dynamic_ncols=True):
         rng = np.random.default_rng([int(seed), split_id, i])
-        img, people = render_image(rng, image_size)
+        img, people = render_image(rng, image_size, keypoints)
         image_id = i + 1
         name = f"{image_id:08d}.jpg"
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -364,12 +383,16 @@ def generate_split(root: Path, split: str, count: int, seed: int, image_size, pr
                 "area": area, "iscrowd": 0,
             })
     return {"info": {"description": f"vitpose_scale synthetic people ({split}), seed {seed}"},
-            "licenses": [], "images": images, "annotations": annotations, "categories": _categories()}
+            "licenses": [], "images": images, "annotations": annotations,
+            "categories": [get_spec(keypoints).coco_category()]}
 
 
 def generate_synthetic_coco(root, num_train: int, num_val: int, seed: int = 0, image_size=(256, 320),
-                            progress: bool = True) -> Path:
+                            progress: bool = True, keypoints: str = "coco") -> Path:
     """Write ``root/annotations/person_keypoints_{train,val}.json`` and ``root/{train,val}/*.jpg``.
+
+    ``keypoints``: the keypoint set annotated (coco, aic, crowdpose or mpii: the joints the drawn
+    figure has); the pictures are the same for every set.
 
     ``image_size`` is the (min, max) side length; sides are drawn from multiples
     of 32 in that range. Returns the root path.
@@ -377,9 +400,9 @@ def generate_synthetic_coco(root, num_train: int, num_val: int, seed: int = 0, i
     root = Path(root)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split, count in (("train", num_train), ("val", num_val)):
-        data = generate_split(root, split, count, seed, image_size, progress)
+        data = generate_split(root, split, count, seed, image_size, progress, keypoints)
         _write_atomic(root / "annotations" / f"person_keypoints_{split}.json", json.dumps(data).encode())
-    _write_atomic(root / META_FILE, json.dumps(_meta(num_train, num_val, seed, image_size)).encode())
+    _write_atomic(root / META_FILE, json.dumps(_meta(num_train, num_val, seed, image_size, keypoints)).encode())
     return root
 
 
@@ -393,12 +416,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-size", type=int, default=256, help="smallest image side")
     ap.add_argument("--max-size", type=int, default=320, help="largest image side")
+    ap.add_argument("--keypoint-set", default="coco", help="joints to annotate: coco, aic, crowdpose or mpii")
     args = ap.parse_args(argv)
     if args.train < 0 or args.val < 0:
         ap.error("--train and --val must be >= 0")
     if not 32 <= args.min_size <= args.max_size:
         ap.error("expected 32 <= --min-size <= --max-size")
-    root = generate_synthetic_coco(args.out, args.train, args.val, args.seed, (args.min_size, args.max_size))
+    root = generate_synthetic_coco(args.out, args.train, args.val, args.seed, (args.min_size, args.max_size),
+                                   keypoints=get_spec(args.keypoint_set).name)
     print(f"wrote {args.train} train and {args.val} val images to {root}")
     return 0
 

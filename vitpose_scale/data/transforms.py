@@ -25,24 +25,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from vitpose_scale.keypoints import KeypointSpec, get_spec
+
 if TYPE_CHECKING:  # annotation only: the config module stays free of data imports
     from vitpose_scale.config import DataConfig
 
-# ------------------------------------------------------------ COCO layout --
-COCO_KEYPOINT_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-]
-# 1-based joint pairs, exactly as in the COCO annotation files.
-COCO_SKELETON = [
-    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7],
-    [6, 8], [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5],
-    [4, 6], [5, 7],
-]
-COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
-COCO_UPPER_BODY_IDS = list(range(11))  # nose .. right_wrist
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -280,8 +267,15 @@ class TopDownTransform:
     image_size: tuple  # (H, W) of the network input
     cfg: DataConfig  # augmentation and target settings
     train: bool = True
-    flip_pairs: list = field(default_factory=lambda: list(COCO_FLIP_PAIRS))
-    upper_body_ids: list = field(default_factory=lambda: list(COCO_UPPER_BODY_IDS))
+    keypoints: KeypointSpec = field(default_factory=lambda: get_spec("coco"))  # flip pairs, upper body
+
+    @property
+    def flip_pairs(self) -> tuple:
+        return self.keypoints.flip_pairs
+
+    @property
+    def upper_body_ids(self) -> tuple:
+        return self.keypoints.upper_body_ids
 
     @property
     def heatmap_size(self) -> tuple:

@@ -329,7 +329,8 @@ class Trainer:
             (self.out / "eval").mkdir(parents=True, exist_ok=True)
             (self.out / "eval" / f"results_step{self.step:08d}.json").write_text(json.dumps(results))
             self.log.predictions_figure(results, self.val_set.img_dir, self.val_ann, self.step,
-                                        self.out / "eval" / f"predictions_step{self.step:08d}.png")
+                                        self.out / "eval" / f"predictions_step{self.step:08d}.png",
+                                        self.val_set.keypoints)
         return broadcast_object(stats)
 
     def _should_eval(self, at_end: bool) -> bool:
@@ -343,12 +344,15 @@ class Trainer:
         t0 = time.time()
         metrics = self.evaluate()
         self.log.write(step=self.step, kind="eval", seconds=time.time() - t0, **metrics)
+        from vitpose_scale.eval.scoring import primary
+
+        key = primary(self.val_set.keypoints)  # AP, or PCKh for MPII
         if self.info.is_main:
-            print(f"step {self.step}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AR {metrics['AR']:.4f}",
-                  flush=True)
-        if metrics["AP"] > self.best_ap:
-            self.best_ap = metrics["AP"]
-            self.export_weights(self.out / "best.pth", {"step": self.step, "AP": self.best_ap})
+            shown = [key] + [k for k in ("AP50", "AR", "PCKh@0.1") if k in metrics]
+            print(f"step {self.step}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown), flush=True)
+        if metrics[key] > self.best_ap:
+            self.best_ap = metrics[key]
+            self.export_weights(self.out / "best.pth", {"step": self.step, key: self.best_ap})
 
     # --------------------------------------------------------------- loop --
     def _loader(self, epoch: int, start_batch: int):

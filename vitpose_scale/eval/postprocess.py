@@ -31,21 +31,27 @@ def rescore(keypoint_scores: np.ndarray, box_score: float, thr: float = 0.2) -> 
     return kpt * float(box_score)
 
 
-def to_coco_results(image_ids, keypoints, scores, category_id: int = 1) -> list[dict]:
-    """COCO keypoint result dicts; ``keypoints`` (N, K, 3) with the per-joint score as third value."""
+def to_coco_results(image_ids, keypoints, scores, category_id=1) -> list[dict]:
+    """COCO keypoint result dicts; ``keypoints`` (N, K, 3) with the per-joint score as third value.
+
+    ``category_id``: one id for all, or one per result (AP-10K: the species of each box).
+    """
     kp = np.asarray(keypoints, dtype=np.float64)
-    return [{"image_id": int(i), "category_id": int(category_id),
+    cats = [category_id] * len(kp) if np.isscalar(category_id) else list(category_id)
+    return [{"image_id": int(i), "category_id": int(cats[n]),
              "keypoints": [float(v) for v in kp[n].reshape(-1)], "score": float(scores[n])}
             for n, i in enumerate(image_ids)]
 
 
 def postprocess_people(people: list[dict], rescore_thr: float = 0.2, nms_thr: float = 0.9,
-                       sigmas=COCO_SIGMAS) -> list[dict]:
+                       sigmas=None) -> list[dict]:
     """Group raw people by image, rescore, OKS-NMS; returns COCO result dicts.
 
-    ``people``: dicts with image_id, keypoints (K, 3), area, bbox_score (as
-    returned by ``predict_dataset(..., postprocess=False)``).
+    ``people``: dicts with image_id, keypoints (K, 3), area, bbox_score and optionally category_id
+    (as returned by ``predict_dataset(..., postprocess=False)``). ``sigmas``: the keypoint set's OKS
+    sigmas (None: COCO's).
     """
+    sigmas = COCO_SIGMAS if sigmas is None else sigmas
     by_image: dict[int, list[dict]] = defaultdict(list)
     for p in people:
         by_image[int(p["image_id"])].append(p)
@@ -57,7 +63,8 @@ def postprocess_people(people: list[dict], rescore_thr: float = 0.2, nms_thr: fl
         areas = np.array([p["area"] for p in group], dtype=np.float64)
         keep = oks_nms(kps, scores, areas, nms_thr, sigmas) if nms_thr is not None and nms_thr < 1 \
             else np.arange(len(group))
-        results += to_coco_results([image_id] * len(keep), kps[keep], scores[keep])
+        cats = [int(group[i].get("category_id", 1)) for i in keep]
+        results += to_coco_results([image_id] * len(keep), kps[keep], scores[keep], cats)
     return results
 
 
@@ -73,7 +80,7 @@ def predict_batch(model_forward, imgs: torch.Tensor, flip_test: bool, flip_pairs
 
 @torch.no_grad()
 def predict_dataset(model_forward, loader, eval_cfg, flip_pairs, progress: bool = False,
-                    postprocess: bool = True) -> list[dict]:
+                    postprocess: bool = True, sigmas=None) -> list[dict]:
     """Run ``model_forward(imgs) -> heatmaps`` over ``loader`` and build results.
 
     ``imgs`` are handed over as the loader yields them (CPU); ``model_forward``
@@ -102,6 +109,7 @@ def predict_dataset(model_forward, loader, eval_cfg, flip_pairs, progress: bool 
         for n in range(len(kps)):
             people.append({
                 "image_id": int(batch["image_id"][n]),
+                "category_id": int(batch["category_id"][n]) if "category_id" in batch else 1,
                 "keypoints": kps[n],
                 "area": float(scales[n, 0] * scales[n, 1]),  # padded box, as the reference
                 "bbox_score": float(batch["bbox_score"][n]),
@@ -111,4 +119,4 @@ def predict_dataset(model_forward, loader, eval_cfg, flip_pairs, progress: bool 
             })
     if not postprocess:
         return people
-    return postprocess_people(people, eval_cfg.rescore_thr, eval_cfg.oks_nms_thr)
+    return postprocess_people(people, eval_cfg.rescore_thr, eval_cfg.oks_nms_thr, sigmas)

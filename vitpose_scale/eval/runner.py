@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from vitpose_scale.config import Config
@@ -19,14 +18,14 @@ def predict_people(forward, val_set, cfg: Config, rank: int, world_size: int,
     (members are whole models on every rank: no collectives in their forwards).
     """
     from vitpose_scale.data.loader import build_eval_loader
-    from vitpose_scale.data.transforms import COCO_FLIP_PAIRS
     from vitpose_scale.eval.coco_eval import gather_results
     from vitpose_scale.eval.ensemble import HeatmapEnsemble
     from vitpose_scale.eval.postprocess import predict_dataset
 
+    flip_pairs = val_set.keypoints.flip_pairs
     loader = build_eval_loader(val_set, cfg.eval.batch_size, rank, world_size, cfg.data.num_workers)
     if isinstance(forward, HeatmapEnsemble):
-        people = predict_dataset(forward, loader, cfg.eval, COCO_FLIP_PAIRS, progress=progress, postprocess=False)
+        people = predict_dataset(forward, loader, cfg.eval, flip_pairs, progress=progress, postprocess=False)
     else:
         calls = [0]
 
@@ -34,7 +33,7 @@ def predict_people(forward, val_set, cfg: Config, rank: int, world_size: int,
             calls[0] += 1
             return forward(images)
 
-        people = predict_dataset(counted, loader, cfg.eval, COCO_FLIP_PAIRS, progress=progress, postprocess=False)
+        people = predict_dataset(counted, loader, cfg.eval, flip_pairs, progress=progress, postprocess=False)
         # Sharded models (ZeRO-3, FSDP) make every forward a collective: ranks with a
         # shorter shard run dummy forwards so all ranks make the same number of calls.
         max_batches = math.ceil(math.ceil(len(val_set) / world_size) / cfg.eval.batch_size)
@@ -48,16 +47,17 @@ def predict_people(forward, val_set, cfg: Config, rank: int, world_size: int,
 
 def evaluate_model(forward, val_set, val_ann: str | None, cfg: Config, rank: int, world_size: int,
                    progress: bool = True) -> tuple[dict | None, list[dict]]:
-    """Returns (stats by name on rank 0, else None; COCO results after rescoring and OKS-NMS).
+    """Returns (stats by name on rank 0, else None; results after rescoring and OKS-NMS).
 
-    ``val_ann=None``: no ground truth to score against (test-dev); stats are None on every rank.
+    The keypoint set of ``val_set`` decides the flip pairs, the OKS-NMS sigmas and the metric
+    (:mod:`vitpose_scale.eval.scoring`). ``val_ann=None``: no ground truth to score against
+    (test-dev); stats are None on every rank.
     """
-    from vitpose_scale.eval.coco_eval import STAT_NAMES, KeypointEvaluator
-    from vitpose_scale.eval.postprocess import postprocess_people
+    from vitpose_scale.eval.scoring import postprocess, score
 
+    spec = val_set.keypoints
     people = predict_people(forward, val_set, cfg, rank, world_size, progress)
-    results = postprocess_people(people, cfg.eval.rescore_thr, cfg.eval.oks_nms_thr)
+    results = postprocess(spec, people, cfg.eval)
     if rank != 0 or val_ann is None:
         return None, results
-    stats = KeypointEvaluator(val_ann).evaluate(results)
-    return dict(zip(STAT_NAMES, (float(s) for s in np.asarray(stats)))), results
+    return score(spec, val_ann, results, dataset=val_set), results

@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitpose_scale.keypoints import get_spec
+
 from .oks import COCO_SIGMAS
 
-KEYPOINT_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-]
-SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7],
-            [6, 8], [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5],
-            [4, 6], [5, 7]]
+_COCO = get_spec("coco")
 
 # A standing person facing the camera, in box-normalised (x, y) coordinates.
 _TEMPLATE = np.array([
     [.50, .07], [.54, .05], [.46, .05], [.58, .07], [.42, .07], [.68, .21], [.32, .21],
     [.76, .38], [.24, .38], [.80, .52], [.20, .52], [.62, .55], [.38, .55], [.63, .75],
     [.37, .75], [.64, .95], [.36, .95]])
-_FLIP = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+_FLIP = _COCO.flip_index
 
 
 def _person(rng, img_w, img_h):
@@ -149,7 +144,7 @@ def make_eval_set(num_images, seed=0, crowd_frac=0.05, empty_frac=0.1, zero_vis_
         "images": images,
         "annotations": anns,
         "categories": [{"id": 1, "name": "person", "supercategory": "person",
-                        "keypoints": list(KEYPOINT_NAMES), "skeleton": SKELETON}],
+                        "keypoints": list(_COCO.names), "skeleton": _COCO.coco_skeleton()}],
     }
     return gt, results
 
@@ -194,4 +189,4 @@ def results_from_detections(gt, detections, seed=0, noise=0.06):
     return out
 
 
-__all__ = ["make_eval_set", "results_from_detections", "KEYPOINT_NAMES", "COCO_SIGMAS"]
+__all__ = ["make_eval_set", "results_from_detections", "COCO_SIGMAS"]

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from vitpose_scale.data.images import read_rgb
 from vitpose_scale.data.transforms import TopDownTransform, box_to_center_scale, normalize_batch
+from vitpose_scale.keypoints import get_spec
 
 RESULT_KEYS = ("image_id", "category_id", "keypoints", "score")
 
@@ -55,11 +56,12 @@ class DetectionBoxes(Dataset):
     (target all zero), so the eval loader and predictor take either.
     """
 
-    def __init__(self, image_info_file, img_dir, det_file, data_cfg, image_size, num_keypoints: int = 17):
+    def __init__(self, image_info_file, img_dir, det_file, data_cfg, image_size, keypoints="coco"):
         self.ann_file = Path(image_info_file)
         self.img_dir = Path(img_dir)
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.num_keypoints = int(num_keypoints)
+        self.keypoints = get_spec(keypoints)
+        self.num_keypoints = self.keypoints.num_keypoints
         info = json.loads(self.ann_file.read_text())
         if not isinstance(info, dict) or not isinstance(info.get("images"), list):
             raise ValueError(f"{self.ann_file}: expected a COCO image-info json with an 'images' list")
@@ -86,7 +88,8 @@ class DetectionBoxes(Dataset):
             center, scale = box_to_center_scale(det["bbox"], aspect, data_cfg.bbox_padding)
             self.records.append(dict(image_id=int(det["image_id"]), file_name=image["file_name"], center=center,
                                      scale=scale, bbox_score=float(det["score"])))
-        self.transform = TopDownTransform(image_size=self.image_size, cfg=data_cfg, train=False)
+        self.transform = TopDownTransform(image_size=self.image_size, cfg=data_cfg, train=False,
+                                          keypoints=self.keypoints)
         self._no_joints = np.zeros((self.num_keypoints, 3), dtype=np.float32)
         self._last_image = None  # (file name, decoded image)
 
