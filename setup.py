@@ -10,7 +10,7 @@ setup(
     # Ranges here; the exact tested set is requirements.txt (see README "Dependencies").
     install_requires=[
         "torch>=2.6", "numpy>=1.26", "pyyaml>=6", "pycocotools>=2.0.8", "msgspec>=0.18", "opencv-python-headless>=4.9",
-        "tqdm>=4.66", "matplotlib>=3.8", "timm>=1.0", "deepspeed>=0.16", "submitit>=1.5", "safetensors>=0.4",
+        "tqdm>=4.66", "matplotlib>=3.8", "scipy>=1.11", "timm>=1.0", "deepspeed>=0.16", "submitit>=1.5", "safetensors>=0.4",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "mutmut>=3.8", "transformers>=4.48", "faster-coco-eval>=1.6"],

@@ -153,7 +153,14 @@ class TopDownCocoDataset(Dataset):
         self.flip_pairs = self.keypoints.flip_pairs
         self.transform = TopDownTransform(image_size=self.image_size, cfg=data_cfg, train=self.train,
                                           keypoints=self.keypoints)
+        self.det_file = None
+        self.drop_counts: Counter = Counter()
+        self.records = self._load_records(root, det_file)
 
+    def _load_records(self, root, det_file) -> list[dict]:
+        """The samples: dicts of image_id, file_name, center, scale (pixels), joints (K, 3), bbox_score,
+        ann_id, category_id and size (h, w); sets ``images`` (id -> image entry), ``categories`` and
+        ``load_report``. Another annotation layout (MPII) is another dataset class overriding this."""
         coco = load_coco(self.ann_file)
         src_k = len(self.keypoint_map) if self.keypoint_map is not None else self.num_keypoints
         self.categories = {c["id"]: c for c in coco.dataset["categories"]
@@ -167,8 +174,6 @@ class TopDownCocoDataset(Dataset):
                        else f"(keypoint set {self.keypoints.name!r}; choose the set of this file with "
                             f"data.keypoint_set, or map a {cat_k}-joint set onto it with keypoint_map)"))
         self.images = {img_id: coco.imgs[img_id] for img_id in sorted(coco.imgs)}
-        self.det_file = None
-        self.drop_counts: Counter = Counter()
         if det_file is not None:
             # Relative to the data root like the annotations; fall back to the working directory.
             self.det_file = _resolve(root, det_file)
@@ -177,12 +182,12 @@ class TopDownCocoDataset(Dataset):
             if not self.det_file.is_file():
                 raise FileNotFoundError(f"detection file {det_file} not found (looked in {self.det_file} and "
                                         f"{Path(det_file).resolve()}); expected a COCO results json of person boxes")
-            self.records = self._load_detections(self.det_file)
-        else:
-            self.records = self._load_gt(coco)
-            if not self.records:
-                raise ValueError(f"{self.ann_file}: no usable person ({self.load_report}); expected at least one "
-                                 f"non-crowd person with a box inside its image and a labelled joint")
+            return self._load_detections(self.det_file)
+        records = self._load_gt(coco)
+        if not records:
+            raise ValueError(f"{self.ann_file}: no usable person ({self.load_report}); expected at least one "
+                             f"non-crowd person with a box inside its image and a labelled joint")
+        return records
 
     # ------------------------------------------------------------ loading --
     def _map_keypoints(self, kpts: np.ndarray) -> np.ndarray:
