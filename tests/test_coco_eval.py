@@ -347,7 +347,7 @@ def test_cli_bad_input_exit_code(coco_sample, tmp_path, capsys):
     rc = coco_eval.main(["--gt", str(coco_sample / "test_coco.json"), "--results", str(res_path)])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "vitpose-scale coco-eval: error: results[0] (image_id=-1)" in err
+    assert f"vitpose-scale coco-eval: error: {res_path}: results[0] (image_id=-1)" in err
     assert coco_eval.main(["--gt", str(tmp_path / "missing.json"), "--results", str(res_path)]) == 2
 
 

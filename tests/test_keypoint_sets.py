@@ -64,8 +64,9 @@ def test_parts_and_how_each_set_is_scored_follow_the_official_dataset_classes():
     assert wb.names[17] == "left_big_toe" and wb.names[91] == "left_hand_root" and wb.names[112] == "right_hand_root"
     assert [get_spec(n).evaluation.get("use_area") for n in ("aic", "crowdpose")] == [False, False]
     assert get_spec("crowdpose").evaluation["mode"] == "keypoints_crowd"
-    assert all(get_spec(n).evaluation == {"metric": "oks", "use_area": True, "mode": "keypoints"}
-               for n in ("coco", "ochuman", "ap10k", "apt36k"))
+    assert all(get_spec(n).evaluation == {"metric": "oks", "use_area": True, "mode": "keypoints",
+                                          "reference": "xtcocotools"} for n in ("ochuman", "ap10k", "apt36k"))
+    assert get_spec("coco").evaluation["reference"] == "pycocotools"
     assert get_spec("mpii").evaluation == {"metric": "pckh"}
 
 

@@ -748,9 +748,10 @@ def test_coco_eval_cli_help_and_required_options(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("usage: vitpose-scale coco-eval", "COCO keypoint evaluation (same numbers as pycocotools COCOeval, "
-                 "faster).", "--gt GT COCO keypoint annotation JSON", "--results RESULTS keypoint results JSON "
-                 "(list of objects)", "--out OUT write the 10 stats as a JSON object here"):
+    for text in ("usage: vitpose-scale coco-eval", "COCO as pycocotools COCOeval, the other sets of the ViTPose "
+                 "family as the official mmpose 0.x code calls xtcocotools (same numbers, faster).",
+                 "--gt GT COCO-layout keypoint annotation JSON", "--results RESULTS keypoint results JSON "
+                 "(list of objects)", "--out OUT write the stats as a JSON object here", "--dataset {aic,ap10k,"):
         assert text in out, text
     for argv, missing in ((["--results", "r.json"], "--gt"), (["--gt", "g.json"], "--results")):
         with pytest.raises(SystemExit) as exit_:

@@ -21,6 +21,34 @@ detection / GT it works on flat numpy arrays:
 Files are parsed by msgspec with the cyclic GC paused, first with typed
 decoders that check types while parsing; whatever they refuse goes through
 the general path, whose checks name the entry and the problem in one line.
+
+The same machinery reproduces xtcocotools ``COCOeval`` (the evaluator of
+mmpose 0.x / the official ViTPose for AIC, CrowdPose, COCO-WholeBody, AP-10K,
+OCHuman ...) with ``compat="xtcocotools"``, which these options imply:
+
+* ``use_area=False`` (AIC, CrowdPose): a GT's ``bbox`` w * h * 0.53 replaces its
+  ``area``, both in the OKS denominator (computeOks) and in the area-range
+  test (evaluateImg); 'area' is then not read at all.
+* ``crowd=True`` (``iouType='keypoints_crowd'``): same Params as keypoints; GT
+  ignore from ``num_keypoints``; 9 stats ``CROWD_STAT_NAMES``, the last three the
+  AP over the images of each ``crowdIndex`` split (< .2, < .8, else), which
+  xtcocotools computes as the mean of the *whole* precision array of that
+  split, -1 entries included, rounded to 4 decimals.
+* ``part="body"|"foot"|"face"|"lefthand"|"righthand"|"wholebody"``
+  (``iouType='keypoints_<part>'``): GT and result keypoints come from that
+  part's field(s) (``PART_FIELDS``; wholebody concatenates all five), the
+  score from ``<part>_score`` where a result has it, else ``score``;
+  :func:`evaluate_wholebody` runs all six as mmpose does.
+
+In every xtcocotools mode (also ``compat="xtcocotools"`` alone, as mmpose
+scores AP-10K or OCHuman) three rules differ from pycocotools: a GT is ignored
+when its keypoints (of the part) have no v > 0, not by ``num_keypoints``
+(except CrowdPose mode); results whose keypoints (of the part) have no v > 0
+are dropped before anything else; and a match to a GT whose id is negative
+(not 0, as in pycocotools) does not count.  A result's area (for unmatched
+results outside an area range) is, as in both loadRes, the 'bbox' area if the
+first result has one, else the extent of its 'keypoints' field (the body's in
+COCO-WholeBody, whatever part is scored).
 """
 
 from __future__ import annotations
@@ -50,9 +78,27 @@ AREA_RNG = [[0 ** 2, 1e5 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]]
 AREA_LBL = ["all", "medium", "large"]
 MAX_DETS = 20
 
+# xtcocotools COCOeval(iouType='keypoints_crowd') summary, named as mmpose's TopDownCrowdPoseDataset names it
+CROWD_STAT_NAMES = ["AP", "AP .5", "AP .75", "AR", "AR .5", "AR .75", "AP(E)", "AP(M)", "AP(H)"]
+# crowdIndex thresholds of xtcocotools summarize (get_type_result(first=0.2, second=0.8))
+CROWD_SPLIT = (0.2, 0.8)
+# xtcocotools iouType 'keypoints_<part>': the GT / result fields whose keypoints are scored (in this
+# order, concatenated) and the result field of the score (results without it use 'score')
+PART_FIELDS = {
+    "body": (("keypoints",), "score"),
+    "foot": (("foot_kpts",), "foot_score"),
+    "face": (("face_kpts",), "face_score"),
+    "lefthand": (("lefthand_kpts",), "lefthand_score"),
+    "righthand": (("righthand_kpts",), "righthand_score"),
+    "wholebody": (("keypoints", "foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts"), "wholebody_score"),
+}
+# COCO-WholeBody joint ranges of the parts in the 133 sigmas (mmpose TopDownCocoWholeBodyDataset)
+WHOLEBODY_PARTS = {"body": (0, 17), "foot": (17, 23), "face": (23, 91), "lefthand": (91, 112),
+                   "righthand": (112, 133)}
+COMPATS = ("pycocotools", "xtcocotools")
+
 _EPS = np.spacing(1)
 _RESULT_FIELDS = ("image_id", "category_id", "keypoints", "score")
-_GT_FIELDS = ("id", "image_id", "category_id", "keypoints", "area", "bbox")
 _MISSING = object()
 
 
@@ -99,9 +145,10 @@ def _typed(kind):
                              ("score", float), ("bbox", Optional[list[float]], None)], gc=False)
         ann = msgspec.defstruct(
             "GtAnnotation", [("id", Any), ("image_id", Any), ("category_id", Any), ("keypoints", list[num]),
-                             ("area", num), ("bbox", list[num]), ("iscrowd", Any, 0),
+                             ("bbox", list[num]), ("area", num, _MISSING), ("iscrowd", Any, 0),
                              ("num_keypoints", Any, _MISSING)], gc=False)
-        image = msgspec.defstruct("GtImage", [("id", Any)], gc=False)
+        # area may be absent (AIC, CrowdPose: scored with use_area=False, which never reads it)
+        image = msgspec.defstruct("GtImage", [("id", Any), ("crowdIndex", Any, _MISSING)], gc=False)
         gt = msgspec.defstruct("GtFile", [("images", list[image]), ("annotations", list[ann]),
                                           ("categories", list[Any])], gc=False)
         _TYPED.update(results=msgspec.json.Decoder(list[result]), gt=msgspec.json.Decoder(gt),
@@ -223,12 +270,41 @@ class KeypointEvaluator:
     """COCO keypoint evaluator built once from a GT dict or JSON path.
 
     sigmas: per-joint OKS sigmas (default the 17 COCO sigmas); every category
-    must list that many keypoints.  max_dets: detections kept per image.
+    must list that many keypoints (checked for the 'keypoints' field only: a
+    COCO-WholeBody category names the 17 body joints).  max_dets: detections
+    kept per image.
+
+    The xtcocotools options (see the module docstring; keyword only):
+    use_area: False scores with bbox w * h * 0.53 instead of 'area' (AIC, CrowdPose);
+    crowd: CrowdPose mode (iouType 'keypoints_crowd'), 9 stats, GT images need 'crowdIndex';
+    part: a key of PART_FIELDS (iouType 'keypoints_<part>'), sigmas then those of the part;
+    compat: "pycocotools" (default when no other option is set) or "xtcocotools"
+    (implied by the options above; alone, xtcocotools' 'keypoints' evaluation).
     """
 
-    def __init__(self, gt, sigmas=None, max_dets=MAX_DETS):
+    def __init__(self, gt, sigmas=None, max_dets=MAX_DETS, *, use_area=True, crowd=False, part=None,
+                 compat=None):
+        if part is not None and part not in PART_FIELDS:
+            raise ValueError(f"part must be one of {sorted(PART_FIELDS)}, got {part!r}")
+        if crowd and part is not None:
+            raise ValueError("crowd (iouType 'keypoints_crowd') scores the 'keypoints' field: no part")
+        xt_only = not use_area or crowd or part is not None
+        if compat is None:
+            compat = "xtcocotools" if xt_only else "pycocotools"
+        if compat not in COMPATS:
+            raise ValueError(f"compat must be one of {COMPATS}, got {compat!r}")
+        if compat == "pycocotools" and xt_only:
+            raise ValueError("use_area=False, crowd and part exist only in xtcocotools: compat='xtcocotools'")
+        self.compat, self.use_area, self.crowd, self.part = compat, bool(use_area), bool(crowd), part
+        self._xt = compat == "xtcocotools"
+        self._fields, self._score_key = PART_FIELDS[part] if part is not None else (("keypoints",), "score")
+        # the pycocotools file layout: typed decoders and the array fast paths apply
+        self._plain = self._fields == ("keypoints",) and self._score_key == "score"
+        self._kp_label = "+".join(f"'{f}'" for f in self._fields)
+        self._gt_cols = (("id", "image_id", "category_id") + self._fields + (("area",) if use_area else ())
+                         + ("bbox",))
         where = f"GT {os.fspath(gt)}" if isinstance(gt, (str, os.PathLike)) else "GT"
-        gt = _load_json(gt, "GT annotation", _typed("gt"))
+        gt = _load_json(gt, "GT annotation", _typed("gt") if self._plain else None)
         if type(gt) is _TYPED.get("gt_type"):  # a file the typed decoder took
             images, anns, cats = gt.images, gt.annotations, gt.categories
             image_ids = [im.id for im in images]
@@ -259,7 +335,7 @@ class KeypointEvaluator:
                 raise EvaluationInputError(
                     f"{where} is not a keypoint annotation file: category {c['id']!r} "
                     f"({c.get('name', '?')}) has no 'keypoints' list")
-            if len(c["keypoints"]) != k:
+            if len(c["keypoints"]) != k and self._fields == ("keypoints",):
                 raise EvaluationInputError(
                     f"{where}: category {c['id']!r} has {len(c['keypoints'])} keypoints but "
                     f"{k} OKS sigmas are given")
@@ -273,8 +349,42 @@ class KeypointEvaluator:
         self._img_index = {v: i for i, v in enumerate(img_list)}
         self._cat_index = {v: i for i, v in enumerate(self.cat_ids)}
         self._n_img = len(img_list)
-        self.num_results = self.num_ignored = 0
+        self.num_results = self.num_ignored = self.num_invisible = 0
+        if self.crowd:
+            self._split_masks = self._crowd_splits(images, image_ids is not None, where)
         self._init_gt_arrays(anns, where)
+
+    @classmethod
+    def xtcocotools(cls, gt, iou_type="keypoints", sigmas=None, use_area=True, max_dets=MAX_DETS):
+        """The evaluation of xtcocotools ``COCOeval(cocoGt, cocoDt, iou_type, sigmas, use_area)``
+        (iou_type 'keypoints', 'keypoints_crowd' or 'keypoints_<part>')."""
+        if iou_type == "keypoints":
+            opts = {}
+        elif iou_type == "keypoints_crowd":
+            opts = {"crowd": True}
+        elif iou_type.startswith("keypoints_") and iou_type[10:] in PART_FIELDS:
+            opts = {"part": iou_type[10:]}
+        else:
+            raise ValueError(f"not an xtcocotools keypoint iouType: {iou_type!r}")
+        return cls(gt, sigmas, max_dets, use_area=use_area, compat="xtcocotools", **opts)
+
+    def _crowd_splits(self, images, typed, where):
+        """(3, images) masks of the easy / medium / hard images (xtcocotools COCOeval.split:
+        crowdIndex < 0.2, < 0.8, else; an id listed twice joins each entry's split)."""
+        masks = np.zeros((3, self._n_img), dtype=bool)
+        first, second = CROWD_SPLIT
+        for j, im in enumerate(images):
+            ci = im.crowdIndex if typed else im.get("crowdIndex", _MISSING)
+            iid = im.id if typed else im["id"]
+            if ci is _MISSING:
+                raise EvaluationInputError(
+                    f"{where}: images[{j}] (id={iid!r}) has no 'crowdIndex' (CrowdPose mode splits the "
+                    f"images into easy / medium / hard by it)")
+            if not _is_score(ci):
+                raise EvaluationInputError(f"{where}: images[{j}] (id={iid!r}): 'crowdIndex' is not a number "
+                                           f"({ci!r})")
+            masks[0 if ci < first else 1 if ci < second else 2, self._img_index[iid]] = True
+        return masks
 
     def _explain_bad_gt(self, anns, where):
         """Slow path: find the first malformed annotation and raise a precise error."""
@@ -284,7 +394,7 @@ class KeypointEvaluator:
         for j, a in enumerate(anns):
             if not isinstance(a, dict):
                 raise EvaluationInputError(f"{where}: annotations[{j}] is not an object")
-            for f in _GT_FIELDS:
+            for f in self._gt_cols:
                 if f not in a:
                     raise EvaluationInputError(
                         f"{where} is not a keypoint annotation file: annotations[{j}] "
@@ -297,16 +407,22 @@ class KeypointEvaluator:
                 raise EvaluationInputError(f"{at}: id / image_id / category_id is not a valid id") from None
             if not scored:
                 continue
-            kp = a["keypoints"]
+            parts = [a[f] for f in self._fields]
+            for f, v in zip(self._fields, parts):
+                if not isinstance(v, (list, tuple)) and self._fields != ("keypoints",):
+                    raise EvaluationInputError(f"{at}: '{f}' is not a list")
+            kp = parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
             if not hasattr(kp, "__len__") or len(kp) != 3 * k:
+                n = len(kp) if hasattr(kp, '__len__') else 'no'
                 raise EvaluationInputError(
-                    f"{at} has {len(kp) if hasattr(kp, '__len__') else 'no'} keypoint values, expected {3 * k}")
+                    f"{at} has {n} keypoint values, expected {3 * k}" if self._fields == ("keypoints",) else
+                    f"{at} has {n} keypoint values in {self._kp_label}, expected {3 * k}")
             if not _is_numeric(kp, (3 * k,)):
-                raise EvaluationInputError(f"{at}: 'keypoints' must be {3 * k} numbers")
+                raise EvaluationInputError(f"{at}: {self._kp_label} must be {3 * k} numbers")
             bb = a["bbox"]
             if not _is_numeric(bb, (4,)):
                 raise EvaluationInputError(f"{at} bbox is not 4 numbers")
-            if not _is_numeric(a["area"], ()):
+            if self.use_area and not _is_numeric(a["area"], ()):
                 raise EvaluationInputError(f"{at}: 'area' is not a number ({a['area']!r})")
         raise EvaluationInputError(f"{where}: malformed annotations")
 
@@ -318,9 +434,11 @@ class KeypointEvaluator:
         typed = _is_typed(anns, "annotation_type")
         try:
             if typed:
-                cols = {f: [getattr(a, f) for a in anns] for f in _GT_FIELDS}
+                cols = {f: [getattr(a, f) for a in anns] for f in self._gt_cols}
+                if self.use_area and _MISSING in cols["area"]:  # as a dict without 'area' (KeyError)
+                    raise KeyError("area")
             else:
-                cols = {f: [a[f] for a in anns] for f in _GT_FIELDS}
+                cols = {f: [a[f] for a in anns] for f in self._gt_cols}
             n_unique = len(set(cols["id"]))
             # pycocotools evaluates the GT of listed images and categories only
             img = np.fromiter(map(self._img_index.get, cols["image_id"], repeat(-1)), np.int64, len(anns))
@@ -343,27 +461,42 @@ class KeypointEvaluator:
             cols = {f: list(compress(v, keep)) for f, v in cols.items()}
             img, cat = img[scored], cat[scored]
         g = len(anns)
-        ids, kp_raw, bbox_raw, area_raw = cols["id"], cols["keypoints"], cols["bbox"], cols["area"]
+        ids, bbox_raw = cols["id"], cols["bbox"]
         try:
+            if len(self._fields) == 1:
+                kp_raw = cols[self._fields[0]]
+            else:  # xtcocotools concatenates the parts' lists
+                kp_raw = [list(chain.from_iterable(p)) for p in zip(*(cols[f] for f in self._fields))]
             kps = _numeric_array(kp_raw, (g, 3 * k)).reshape(g, k, 3)
-            area = _numeric_array(area_raw, (g,))
             bbox = _numeric_array(bbox_raw, (g, 4))
+            if self.use_area:
+                area = _numeric_array(cols["area"], (g,))
         except (TypeError, ValueError, OverflowError):
             self._explain_bad_gt(all_anns, where)
-        for name, arr in (("keypoints", kps), ("area", area), ("bbox", bbox)):
+        checked = (("keypoints", kps), ("area", area), ("bbox", bbox)) if self.use_area else (
+            ("keypoints", kps), ("bbox", bbox))
+        for name, arr in checked:
             bad = ~np.isfinite(arr.reshape(g, int(np.prod(arr.shape[1:])))).all(axis=1)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 j = int(ann_index[i])
                 raise EvaluationInputError(f"{where}: annotations[{j}] (id={ids[i]!r}) has NaN/inf {name}")
+        if not self.use_area:
+            # xtcocotools use_area=False: gt['bbox'][2] * gt['bbox'][3] * 0.53 (evaluateImg) and
+            # gt['bbox'][3] * gt['bbox'][2] * 0.53 (computeOks) are the same float
+            area = bbox[:, 2] * bbox[:, 3] * 0.53
         crowd_raw = [a.iscrowd for a in anns] if typed else [a.get("iscrowd", 0) for a in anns]
         crowd = _numbers_or_none(crowd_raw)
         crowd = crowd != 0 if crowd is not None else np.fromiter(map(bool, crowd_raw), bool, g)
-        # num_keypoints decides ignore (not the visibility flags), as in pycocotools;
-        # a file without the field falls back to the number of labelled joints
-        numk_raw = ([a.num_keypoints for a in anns] if typed
-                    else [a.get("num_keypoints", _MISSING) for a in anns])
-        numk = _numbers_or_none(numk_raw)
+        # num_keypoints decides ignore (not the visibility flags), as in pycocotools and
+        # xtcocotools' CrowdPose mode; a file without the field falls back to the number of
+        # labelled joints.  xtcocotools' other modes count the joints with v > 0 (of the part).
+        if self._xt and not self.crowd:
+            numk_raw, numk = None, (kps[:, :, 2] > 0).sum(axis=1)
+        else:
+            numk_raw = ([a.num_keypoints for a in anns] if typed
+                        else [a.get("num_keypoints", _MISSING) for a in anns])
+            numk = _numbers_or_none(numk_raw)
         if numk is None:
             nvis = (kps[:, :, 2] > 0).sum(axis=1)
             numk = np.empty(g)
@@ -374,10 +507,15 @@ class KeypointEvaluator:
                         f"'num_keypoints' is not a number ({v!r})")
                 numk[i] = nvis[i] if v is _MISSING else v
         # pycocotools stores the matched GT id in dtMatches and tests it for != 0,
-        # so a GT with id 0 never counts as matched; mirror that quirk
+        # so a GT with id 0 never counts as matched; mirror that quirk.  xtcocotools
+        # stores it in an int64 array tested for >= 0: a negative id (after int()) never counts
         id_num = _numbers_or_none(ids)
-        id_nonzero = id_num != 0 if id_num is not None else np.fromiter(
-            (not (isinstance(v, (int, float, np.number)) and v == 0) for v in ids), bool, g)
+        if self._xt:
+            id_counts = id_num > -1 if id_num is not None else np.fromiter(
+                (not (isinstance(v, (int, float, np.number)) and v <= -1) for v in ids), bool, g)
+        else:
+            id_counts = id_num != 0 if id_num is not None else np.fromiter(
+                (not (isinstance(v, (int, float, np.number)) and v == 0) for v in ids), bool, g)
         key = cat * self._n_img + img
         order = np.argsort(key, kind="stable")  # file order within an image, as pycocotools
         key = key[order]
@@ -385,7 +523,8 @@ class KeypointEvaluator:
         self._g_cat = cat[order]
         self.gt = GtKeypoints(kps[order], area[order], bbox[order])
         self._g_crowd = crowd[order]
-        self._g_id_nonzero = id_nonzero[order]
+        self._g_id_counts = id_counts[order]
+        self._g_img = key % self._n_img if self._n_img else key
         area = area[order]
         base_ig = crowd[order] | (numk[order] == 0)
         # per area range: ignored GT (crowd, no keypoints, or area outside the range)
@@ -404,40 +543,49 @@ class KeypointEvaluator:
     def _scan_results(self, results, res_bbox):
         """Slow path: find the first malformed entry and raise a precise error."""
         k3 = 3 * self.num_joints
+        plain, sk, label = self._plain, self._score_key, self._kp_label
         for i, r in enumerate(results):
             if not isinstance(r, dict):
                 raise EvaluationInputError(f"results[{i}] is not an object but {type(r).__name__}")
             img = r.get("image_id")
             at = f"results[{i}] (image_id={img!r})"
-            for f in _RESULT_FIELDS:
+            for f in (_RESULT_FIELDS if plain else ("image_id", "category_id") + self._fields):
                 if f not in r:
                     raise EvaluationInputError(f"{at} is missing the '{f}' field")
+            if not plain and sk not in r and "score" not in r:
+                raise EvaluationInputError(f"{at} is missing the '{sk}' field (and 'score', which "
+                                           f"xtcocotools reads in its place)")
+            if not plain and not res_bbox and "keypoints" not in r:
+                raise EvaluationInputError(f"{at} is missing the 'keypoints' field (its extent is the result "
+                                           f"area, as in xtcocotools loadRes)")
             try:
                 if img not in self._img_index:
                     raise EvaluationInputError(f"{at}: image_id is not an image of the GT")
                 hash(r["category_id"])  # other categories are ignored, but the id must be one
             except TypeError:
                 raise EvaluationInputError(f"{at}: image_id / category_id is not a valid id") from None
-            kp = r["keypoints"]
-            if not hasattr(kp, "__len__"):
-                raise EvaluationInputError(f"{at}: 'keypoints' is not a list")
+            for f in self._fields:
+                if not hasattr(r[f], "__len__") or (not plain and isinstance(r[f], (str, bytes, dict))):
+                    raise EvaluationInputError(f"{at}: '{f}' is not a list")
+            kp = r["keypoints"] if plain else list(chain.from_iterable(r[f] for f in self._fields))
             if r["category_id"] not in self._cat_index:
                 self._check_ignored_keypoints(at, kp)
             elif len(kp) != k3:
                 raise EvaluationInputError(
-                    f"{at}: 'keypoints' has {len(kp)} values, expected 3*K = {k3}")
+                    f"{at}: {label} has {len(kp)} values, expected 3*K = {k3}")
             else:
                 try:
                     vals = _numeric_array(kp, (k3,))
                 except (TypeError, ValueError, OverflowError):
-                    raise EvaluationInputError(f"{at}: 'keypoints' must be {k3} numbers") from None
+                    raise EvaluationInputError(f"{at}: {label} must be {k3} numbers") from None
                 if not np.isfinite(vals).all():
-                    raise EvaluationInputError(f"{at}: 'keypoints' contains NaN/inf")
-            s = r["score"]
+                    raise EvaluationInputError(f"{at}: {label} contains NaN/inf")
+            s_name = sk if sk in r else "score"
+            s = r[s_name]
             if not _is_score(s):
-                raise EvaluationInputError(f"{at}: 'score' is not a number ({s!r})")
+                raise EvaluationInputError(f"{at}: '{s_name}' is not a number ({s!r})")
             if not math.isfinite(float(s)):
-                raise EvaluationInputError(f"{at}: 'score' is NaN/inf ({s!r})")
+                raise EvaluationInputError(f"{at}: '{s_name}' is NaN/inf ({s!r})")
             if res_bbox:
                 bb = r.get("bbox")
                 try:
@@ -448,6 +596,17 @@ class KeypointEvaluator:
                     raise EvaluationInputError(
                         f"{at}: 'bbox' must be 4 finite numbers (results[0] has a bbox, so "
                         f"result areas come from boxes as in pycocotools loadRes)")
+            elif not plain:
+                body = r["keypoints"]
+                try:
+                    vals = np.array(body) if isinstance(body, (list, tuple)) else None
+                except (TypeError, ValueError, OverflowError):
+                    vals = None
+                if vals is None or vals.ndim != 1 or vals.dtype.kind not in "iuf" or len(vals) < 2:
+                    raise EvaluationInputError(f"{at}: 'keypoints' must be at least 2 numbers (their extent is "
+                                               f"the result area, as in xtcocotools loadRes)")
+                if not np.isfinite(vals).all():
+                    raise EvaluationInputError(f"{at}: 'keypoints' contains NaN/inf")
 
     @staticmethod
     def _check_ignored_keypoints(at, kp):
@@ -495,7 +654,7 @@ class KeypointEvaluator:
             raise EvaluationInputError(
                 f"results must be a list of objects, got {type(results).__name__}")
         typed = _is_typed(results, "result_type")
-        arrays = self._typed_result_arrays(results) if typed else None
+        arrays = self._typed_result_arrays(results) if typed and self._plain else None
         if arrays is None:
             if typed:  # parsed fine but not valid here: let the general checks say why
                 results = _as_dicts(results)
@@ -503,16 +662,41 @@ class KeypointEvaluator:
         img, cat, kp, score, bb = arrays
         if bb is not None:
             area = bb[:, 2] * bb[:, 3]
-        else:
+        elif self._fields == ("keypoints",):
             # loadRes: extent of all joints, labelled or not
             x, y = kp[:, :, 0], kp[:, :, 1]
             area = (x.max(axis=1) - x.min(axis=1)) * (y.max(axis=1) - y.min(axis=1))
+        else:  # xtcocotools loadRes takes the extent of 'keypoints' whatever part is scored
+            area = self._extent_areas(results)
         xy = kp[:, :, :2]
         scored = cat >= 0
         self.num_results, self.num_ignored = len(results), len(results) - int(scored.sum())
-        if self.num_ignored:
+        if self._xt:
+            # xtcocotools _prepare drops results without a joint of v > 0 (of the part)
+            visible = (kp[:, :, 2] > 0).any(axis=1)
+            self.num_invisible = int((scored & ~visible).sum())
+            scored &= visible
+        if self.num_ignored or self.num_invisible:
             img, cat, xy, score, area = img[scored], cat[scored], xy[scored], score[scored], area[scored]
         return img, cat, xy, score, area  # xy is a strided view: evaluate gathers it anyway
+
+    def _extent_areas(self, results):
+        """Areas of results without 'bbox' in a part mode: the extent of x = s[0::3] and
+        y = s[1::3] of each result's 'keypoints' field s (xtcocotools loadRes)."""
+        n = len(results)
+        if n == 0:
+            return np.zeros(0)
+        try:
+            body = [r["keypoints"] for r in results]
+            arr = _numeric_array(body, (n, len(body[0])))
+            if arr.shape[1] < 2 or not np.isfinite(arr).all():
+                raise ValueError
+        except (KeyError, TypeError, ValueError, OverflowError):
+            self._scan_results(results, False)  # names the entry if one is malformed
+            rows = [np.asarray(r["keypoints"], dtype=np.float64) for r in results]  # ragged but valid
+            return np.array([(v[0::3].max() - v[0::3].min()) * (v[1::3].max() - v[1::3].min()) for v in rows])
+        x, y = arr[:, 0::3], arr[:, 1::3]
+        return (x.max(axis=1) - x.min(axis=1)) * (y.max(axis=1) - y.min(axis=1))
 
     def _typed_result_arrays(self, records):
         """Arrays of records from _typed("results") (types already checked while
@@ -553,11 +737,18 @@ class KeypointEvaluator:
         first = results[0] if n else None
         res_bbox = bool(n and isinstance(first, dict) and "bbox" in first
                               and hasattr(first["bbox"], "__len__") and len(first["bbox"]) > 0)
+        fields, sk, label = self._fields, self._score_key, self._kp_label
         try:
             img_raw = [r["image_id"] for r in results]
             cat_raw = [r["category_id"] for r in results]
-            kps = [r["keypoints"] for r in results]
-            score_raw = [r["score"] for r in results]
+            if len(fields) == 1:
+                kps = [r[fields[0]] for r in results]
+            else:  # xtcocotools concatenates the parts' lists
+                kps = [list(chain.from_iterable(p)) for p in zip(*([r[f] for r in results] for f in fields))]
+            if sk == "score":
+                score_raw = [r["score"] for r in results]
+            else:  # xtcocotools: dt[score_key] = dt['score'] where the part score is missing
+                score_raw = [r[sk] if sk in r else r["score"] for r in results]
             img = np.fromiter(map(self._img_index.get, img_raw, repeat(-1)), np.int64, n)
             cat = np.fromiter(map(self._cat_index.get, cat_raw, repeat(-1)), np.int64, n)
             if not _scores_ok(score_raw):  # numpy would take "0.9" and True
@@ -569,7 +760,8 @@ class KeypointEvaluator:
         if (img < 0).any():
             self._bad(results, img < 0, "image_id is not an image of the GT")
         if not np.isfinite(score).all():
-            self._bad(results, ~np.isfinite(score), "'score' is NaN/inf")
+            self._bad(results, ~np.isfinite(score), "'score' is NaN/inf" if sk == "score" else
+                      f"'{sk}' (or 'score' where it is missing) is NaN/inf")
         if (cat < 0).any():
             kps = self._ignored_placeholders(results, kps, cat < 0)
         try:
@@ -578,13 +770,13 @@ class KeypointEvaluator:
             lens = np.fromiter((len(v) if hasattr(v, "__len__") else -1 for v in kps), np.int64, n)
             if (lens != 3 * k).any():
                 i = int(np.flatnonzero(lens != 3 * k)[0])
-                self._bad(results, lens != 3 * k, "'keypoints' is not a list" if lens[i] < 0 else
-                          f"'keypoints' has {int(lens[i])} values, expected 3*K = {3 * k}")
+                self._bad(results, lens != 3 * k, f"{label} is not a list" if lens[i] < 0 else
+                          f"{label} has {int(lens[i])} values, expected 3*K = {3 * k}")
             self._scan_results(results, res_bbox)
             raise EvaluationInputError("results keypoints are malformed") from None
         finite = np.isfinite(kp.reshape(n, 3 * k)).all(axis=1)
         if not finite.all():
-            self._bad(results, ~finite, "'keypoints' contains NaN/inf")
+            self._bad(results, ~finite, f"{label} contains NaN/inf")
         bb = None
         if res_bbox:
             try:
@@ -599,7 +791,11 @@ class KeypointEvaluator:
     # ------------------------------------------------------------------ evaluate
 
     def evaluate(self, results, verbose=False):
-        """10 keypoint stats of ``results`` (list of result dicts) against the GT."""
+        """The stats of ``results`` (list of result dicts, or a JSON file) against the GT:
+        10 keypoint stats (STAT_NAMES), 9 in CrowdPose mode (CROWD_STAT_NAMES).
+        verbose: print them as pycocotools / xtcocotools summarize() does."""
+        if isinstance(results, (str, os.PathLike)):
+            results = _read_json(results, "results", _typed("results") if self._plain else None)
         img, cat, xy, score, area = self._load_results(results)
         n_a, n_t = len(self.area_rng), len(self.iou_thrs)
         thr = np.minimum(self.iou_thrs, 1 - 1e-10)
@@ -677,14 +873,45 @@ class KeypointEvaluator:
         has_m = dt_gt >= 0
         if ng:
             gidx = np.where(has_m, dt_gt, 0)
-            matched = has_m & self._g_id_nonzero[gidx] if not self._g_id_nonzero.all() else has_m
+            matched = has_m & self._g_id_counts[gidx] if not self._g_id_counts.all() else has_m
             matched_ig = has_m & np.take_along_axis(g_ig[:, None, :], gidx, axis=2)
         else:  # no scorable GT: nothing matches (and every stat comes out -1)
             matched = matched_ig = has_m
         dt_out = np.stack([(area < lo) | (area > hi) for lo, hi in self.area_rng])[:, None, :]
         dt_ig = matched_ig | (~matched & dt_out)
 
+        precision, recall = self._accumulate(key, score, matched, dt_ig, self._npig)
+        self.eval = {"precision": precision, "recall": recall}
+        self.stats = self._summarize(precision, recall)
+        if self.crowd:
+            # xtcocotools get_type_result: evaluate + accumulate again on the images of each
+            # split (matching is per image, so only accumulate differs), then
+            # round(np.mean(precision[:, :, :, 0, :]), 4): -1 entries of empty categories count
+            split = []
+            for mask in self._split_masks:
+                d_in = mask[key % self._n_img] if self._n_img else np.zeros(key.shape, bool)
+                g_in = mask[self._g_img] if self._n_img else np.zeros(self._g_img.shape, bool)
+                npig = np.zeros_like(self._npig)
+                for c in range(len(self.cat_ids)):
+                    npig[c] = (~self._g_ig[:, (self._g_cat == c) & g_in]).sum(axis=1)
+                p_split, _ = self._accumulate(key[d_in], score[d_in], matched[:, :, d_in], dt_ig[:, :, d_in], npig)
+                split.append(round(np.mean(p_split[:, :, :, 0, :]), 4))
+            self.stats = np.concatenate([self.stats[[0, 1, 2, 5, 6, 7]], split])
+        if verbose:
+            for line in self.summary_lines():
+                print(line)
+        return self.stats
+
+    def summary_lines(self):
+        """The lines summarize() prints for the last evaluate(): pycocotools' or xtcocotools' (which
+        formats values with '{: 0.3f}' and, in CrowdPose mode, prints its 6 + 3 lines)."""
+        return format_stats(self.stats, compat=self.compat)  # both print maxDets=20, a literal there
+
+    def _accumulate(self, key, score, matched, dt_ig, npig_all):
+        """precision (T, R, K, A, 1) and recall (T, K, A, 1) of the detections given by their
+        (category, image) key (sorted), score and match flags; npig_all: (K, A) non-ignored GT."""
         # ---- accumulate (pycocotools accumulate for the single maxDets setting)
+        n_a, n_t = len(self.area_rng), len(self.iou_thrs)
         n_k, n_r = len(self.cat_ids), len(self.rec_thrs)
         precision = -np.ones((n_t, n_r, n_k, n_a, 1))
         recall = -np.ones((n_t, n_k, n_a, 1))
@@ -701,7 +928,7 @@ class KeypointEvaluator:
             ndc = hi - lo
             mt_all, counted_all = matched[:, :, inds], ~dt_ig[:, :, inds]
             for a in range(n_a):
-                npig = self._npig[c, a]
+                npig = npig_all[c, a]
                 if npig == 0:
                     continue  # stays -1, as in pycocotools
                 # one (area, threshold) row at a time: 1-D temporaries stay in cache
@@ -721,11 +948,7 @@ class KeypointEvaluator:
                     if ok.any():
                         q[ok] = np.maximum.accumulate(np.maximum.reduceat(pr, ri[ok])[::-1])[::-1]
                     precision[t, :, c, a, 0] = q
-        self.eval = {"precision": precision, "recall": recall}
-        self.stats = self._summarize(precision, recall)
-        if verbose:
-            print_stats(self.stats)
-        return self.stats
+        return precision, recall
 
     def _summarize(self, precision, recall):
         def one(ap, iou_thr=None, area="all"):
@@ -744,8 +967,17 @@ class KeypointEvaluator:
 # --------------------------------------------------------------------- helpers
 
 
-def format_stats(stats, max_dets=MAX_DETS):
-    """The 10 lines pycocotools COCOeval.summarize() prints for keypoints."""
+def format_stats(stats, max_dets=MAX_DETS, compat="pycocotools"):
+    """The 10 lines pycocotools COCOeval.summarize() prints for keypoints.
+
+    compat="xtcocotools": as xtcocotools prints them (values formatted '{: 0.3f}'); 9 stats
+    (CrowdPose mode) give its 6 lines for AP/AR all, .5, .75 and 3 for the easy / medium / hard AP.
+    """
+    if compat not in COMPATS:
+        raise ValueError(f"compat must be one of {COMPATS}, got {compat!r}")
+    if len(stats) == len(CROWD_STAT_NAMES):
+        return _format_crowd_stats(stats, max_dets)
+    value = "{:0.3f}" if compat == "pycocotools" else "{: 0.3f}"
     lines = []
     spec = [(1, None, "all"), (1, .5, "all"), (1, .75, "all"), (1, None, "medium"),
             (1, None, "large"), (0, None, "all"), (0, .5, "all"), (0, .75, "all"),
@@ -754,13 +986,29 @@ def format_stats(stats, max_dets=MAX_DETS):
         title = "Average Precision" if ap == 1 else "Average Recall"
         typ = "(AP)" if ap == 1 else "(AR)"
         iou_s = "{:0.2f}:{:0.2f}".format(IOU_THRS[0], IOU_THRS[-1]) if iou is None else "{:0.2f}".format(iou)
-        lines.append(" {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}".format(
+        lines.append((" {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = " + value).format(
             title, typ, iou_s, area, max_dets, v))
     return lines
 
 
-def print_stats(stats, file=None):
-    for line in format_stats(stats):
+def _format_crowd_stats(stats, max_dets):
+    """xtcocotools summarize() of iouType 'keypoints_crowd' (_summarizeKps_crowd)."""
+    lines = []
+    all_iou = "{:0.2f}:{:0.2f}".format(IOU_THRS[0], IOU_THRS[-1])
+    for (ap, iou), v in zip([(1, None), (1, .5), (1, .75), (0, None), (0, .5), (0, .75)], stats[:6]):
+        title = "Average Precision" if ap == 1 else "Average Recall"
+        typ = "(AP)" if ap == 1 else "(AR)"
+        iou_s = all_iou if iou is None else "{:0.2f}".format(iou)
+        lines.append(" {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {: 0.3f}".format(
+            title, typ, iou_s, "all", max_dets, v))
+    for kind, v in zip(("easy", "medium", "hard"), stats[6:]):
+        lines.append(" {:<18} {} @[ IoU={:<9} | type={:>6s} | maxDets={:>3d} ] = {:0.3f}".format(
+            "Average Precision", "(AP)", all_iou, kind, max_dets, v))
+    return lines
+
+
+def print_stats(stats, file=None, compat="pycocotools"):
+    for line in format_stats(stats, compat=compat):
         print(line, file=file)
 
 
@@ -778,10 +1026,36 @@ def gather_results(results):
     return [r for part in parts for r in part]
 
 
-def evaluate(gt, results, sigmas=None):
-    """One-shot helper: stats of ``results`` (list or JSON path) against ``gt``."""
-    res = _load_json(results, "results", _typed("results"))
-    return KeypointEvaluator(gt, sigmas=sigmas).evaluate(res)
+def evaluate(gt, results, sigmas=None, **options):
+    """One-shot helper: stats of ``results`` (list or JSON path) against ``gt``;
+    options: those of KeypointEvaluator (use_area, crowd, part, compat, max_dets)."""
+    plain = options.get("part") in (None, "body")  # the typed decoder keeps 'keypoints' and 'score' only
+    res = _load_json(results, "results", _typed("results") if plain else None)
+    return KeypointEvaluator(gt, sigmas=sigmas, **options).evaluate(res)
+
+
+def evaluate_wholebody(gt, results, sigmas, parts=None, use_area=True, verbose=False):
+    """COCO-WholeBody as mmpose's TopDownCocoWholeBodyDataset._do_python_keypoint_eval scores it:
+    xtcocotools COCOeval with iouType keypoints_body, _foot, _face, _lefthand, _righthand (each with
+    its slice of ``sigmas``) and keypoints_wholebody (all of them), use_area=True.
+
+    gt: dict or path; results: list or path (each read once); sigmas: the 133 (or however
+    many) sigmas; parts: part name -> (start, stop) joint range in ``sigmas``, default
+    WHOLEBODY_PARTS (KeypointSpec.parts has this form).  Returns {part: 10 stats}, the five
+    parts and then "wholebody" (mmpose reports only the last).  verbose: print each summary.
+    """
+    parts = WHOLEBODY_PARTS if parts is None else parts
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    unknown = [p for p in parts if p not in PART_FIELDS or p == "wholebody"]
+    if unknown:
+        raise ValueError(f"unknown COCO-WholeBody part(s) {unknown}: parts are {list(WHOLEBODY_PARTS)}")
+    gt = _load_json(gt, "GT annotation")
+    results = _load_json(results, "results")
+    out = {}
+    for name, (start, stop) in list(parts.items()) + [("wholebody", (0, sigmas.shape[0]))]:
+        ev = KeypointEvaluator(gt, sigmas=sigmas[start:stop], use_area=use_area, part=name)
+        out[name] = ev.evaluate(results, verbose=verbose)
+    return out
 
 
 def check_writable(path, option="--out"):
@@ -809,13 +1083,54 @@ def main(argv=None, hard_exit=False):
     """
     parser = argparse.ArgumentParser(
         prog="vitpose-scale coco-eval",
-        description="COCO keypoint evaluation (same numbers as pycocotools COCOeval, faster).")
-    parser.add_argument("--gt", required=True, help="COCO keypoint annotation JSON")
+        description="Keypoint OKS evaluation: COCO as pycocotools COCOeval, the other sets of the ViTPose "
+                    "family as the official mmpose 0.x code calls xtcocotools (same numbers, faster).")
+    parser.add_argument("--gt", required=True, help="COCO-layout keypoint annotation JSON")
     parser.add_argument("--results", required=True, help="keypoint results JSON (list of objects)")
-    parser.add_argument("--out", default=None, help="write the 10 stats as a JSON object here")
+    parser.add_argument("--out", default=None, help="write the stats as a JSON object here")
+    parser.add_argument("--dataset", default="coco", choices=_oks_sets(),
+                        help="keypoint set: its sigmas, area rule, crowd mode or parts (default coco; "
+                             "MPII's PCKh: vitpose-scale pckh)")
     args = parser.parse_args(argv)
     with gc_paused():  # a short run over acyclic data: the cyclic GC only costs time
+        if args.dataset != "coco":
+            return _run_set(parser.prog, args)
         return _run(parser.prog, args, hard_exit)
+
+
+def _with_file(error, args) -> str:
+    """The message, led by the results file when it is about one of its entries."""
+    text = str(error)
+    return f"{args.results}: {text}" if text.startswith("results[") else text
+
+
+def _oks_sets():
+    from vitpose_scale.keypoints import available, get_spec
+
+    return [n for n in available() if get_spec(n).evaluation["metric"] == "oks"]
+
+
+def _run_set(prog, args):
+    """Another set of the family: the lines xtcocotools prints (per part for COCO-WholeBody)."""
+    from vitpose_scale.eval.scoring import evaluate
+    from vitpose_scale.keypoints import get_spec
+
+    try:
+        if args.out:
+            check_writable(args.out)
+        stats = evaluate(get_spec(args.dataset), args.gt, args.results, verbose=True)
+    except EvaluationInputError as e:
+        print(f"{prog}: error: {_with_file(e, args)}", file=sys.stderr)
+        return 2
+    if args.out:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(stats, f, indent=2)
+        except OSError as e:
+            print(f"{prog}: error: --out {args.out} cannot be written: {e.strerror or e}", file=sys.stderr)
+            return 2
+    return 0
 
 
 def _run(prog, args, hard_exit):
@@ -828,7 +1143,7 @@ def _run(prog, args, hard_exit):
         stats = ev.evaluate(results)
         code = _report(prog, ev, stats, args.out)
     except EvaluationInputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {_with_file(e, args)}", file=sys.stderr)
         code = 2
     if hard_exit:  # `results` is still referenced here, so it is never freed
         for stream in (sys.stdout, sys.stderr):

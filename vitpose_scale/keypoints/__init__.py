@@ -39,7 +39,8 @@ class KeypointSpec:
     # name -> (start, stop) joint range; COCO-WholeBody: body, foot, face, lefthand, righthand
     parts: dict = field(default_factory=dict)
     # how the official code scores the set: metric "oks" (+ use_area, mode) or "pckh"
-    evaluation: dict = field(default_factory=lambda: {"metric": "oks", "use_area": True, "mode": "keypoints"})
+    evaluation: dict = field(default_factory=lambda: {"metric": "oks", "use_area": True, "mode": "keypoints",
+                                                      "reference": "xtcocotools"})
     source: str = ""  # where the values come from
 
     def __post_init__(self):
@@ -96,7 +97,7 @@ class KeypointSpec:
                    keypoint_colors=tuple(tuple(c) for c in d["keypoint_colors"]),
                    link_colors=tuple(tuple(c) for c in d["link_colors"]),
                    parts={k: tuple(v) for k, v in d.get("parts", {}).items()},
-                   evaluation=dict(d.get("evaluation", {"metric": "oks", "use_area": True, "mode": "keypoints"})),
+                   evaluation=dict(d.get("evaluation", cls.__dataclass_fields__["evaluation"].default_factory())),
                    source=d.get("source", ""))
 
 
