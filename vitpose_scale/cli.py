@@ -1,5 +1,5 @@
-"""`vitpose-scale` command: train | eval | infer | coco-eval | convert | export | params | make-synthetic |
-prepare-images."""
+"""`vitpose-scale` command: train | eval | infer | coco-eval | pckh | convert | export | params |
+make-synthetic | prepare-images."""
 from __future__ import annotations
 
 import argparse
@@ -224,6 +224,7 @@ COMMANDS = {
              "vitpose_scale.evaluate:main"),
     "infer": ("pose estimation on an image or a folder, drawing the skeletons", "vitpose_scale.infer:main"),
     "coco-eval": ("evaluate a COCO keypoint results file (pycocotools-equal, faster)", "vitpose_scale.eval.coco_eval:main"),
+    "pckh": ("MPII PCKh of a results file against mpii_gt_val.mat (mmpose-equal)", "vitpose_scale.eval.pckh:main"),
     "convert": ("consolidate ZeRO/FSDP checkpoints; official <-> Hugging Face", "vitpose_scale.cli:convert_main"),
     "export": ("a checkpoint as a Hugging Face directory, ONNX or safetensors", "vitpose_scale.export:main"),
     "params": ("parameter count and FLOPs table of the presets", "vitpose_scale.cli:params_main"),

@@ -69,17 +69,19 @@ def build_eval_set(cfg: Config, image_sizes: list[tuple[int, int]] | None = None
     The dataset crops at ``cfg.model.image_size``, plus every other size in
     ``image_sizes`` (ensemble members) under :func:`~vitpose_scale.eval.ensemble.size_key`.
     """
-    from vitpose_scale.data.coco import TopDownCocoDataset
+    from vitpose_scale.data.coco import TopDownCocoDataset, dataset_class
     from vitpose_scale.eval.ensemble import MultiSizeDataset
     from vitpose_scale.eval.testdev import DetectionBoxes, has_ground_truth
 
     ann_file, img_dir, det_file = _eval_files(cfg)
     with_gt = has_ground_truth(ann_file)
     spec = cfg.data.keypoint_set
+    # the synthetic set is COCO-layout whatever its joints
+    dataset_cls = TopDownCocoDataset if cfg.data.kind == "synthetic" else dataset_class(spec)
 
     def at(size):
         if with_gt:
-            return TopDownCocoDataset(cfg.data.root, ann_file, img_dir, cfg.data, size, spec, train=False,
+            return dataset_cls(cfg.data.root, ann_file, img_dir, cfg.data, size, spec, train=False,
                                       det_file=det_file, seed=cfg.train.seed)
         return DetectionBoxes(ann_file, img_dir, _resolve(cfg.data.root, det_file) if det_file else None,
                               cfg.data, size, spec)
@@ -186,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return 2
     from vitpose_scale.engine.distributed import init_distributed, shutdown
-    from vitpose_scale.eval.coco_eval import print_stats
 
     info = init_distributed(use_deepspeed=False)
     try:
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(outcome.results)} people after OKS-NMS")
         if outcome.has_ground_truth:
             results_path = out / "results.json"
-            print_stats(list(outcome.stats.values()))
+            from vitpose_scale.eval.scoring import report_lines
+
+            print("\n".join(report_lines(outcome.dataset.keypoints, outcome.stats)))
             (out / "stats.json").write_text(json.dumps(outcome.stats, indent=1))
         else:
             from vitpose_scale.eval.testdev import check_results_format, results_file_name

@@ -163,6 +163,9 @@ class TopDownCocoDataset(Dataset):
         ``load_report``. Another annotation layout (MPII) is another dataset class overriding this."""
         coco = load_coco(self.ann_file)
         src_k = len(self.keypoint_map) if self.keypoint_map is not None else self.num_keypoints
+        if self.keypoints.parts and self.keypoint_map is None:  # the category names the first part's joints
+            start, stop = next(iter(self.keypoints.parts.values()))
+            src_k = stop - start
         self.categories = {c["id"]: c for c in coco.dataset["categories"]
                            if isinstance(c, dict) and c.get("keypoints")}
         for cat in self.categories.values():
@@ -190,6 +193,20 @@ class TopDownCocoDataset(Dataset):
         return records
 
     # ------------------------------------------------------------ loading --
+    def _ann_keypoints(self, ann: dict) -> np.ndarray:
+        """An annotation's joints; sets with parts (COCO-WholeBody) keep each part in its own field
+        (``keypoints`` = body, ``foot_kpts``, ...), concatenated here in the set's order."""
+        if not self.keypoints.parts:
+            return np.asarray(ann["keypoints"], dtype=np.float32)
+        from vitpose_scale.eval.coco_eval import PART_FIELDS
+
+        fields = [PART_FIELDS[part][0][0] for part in self.keypoints.parts]
+        missing = [f for f in fields if f not in ann]
+        if missing:
+            raise ValueError(f"{self.ann_file}: annotation {ann.get('id')} has no {missing}; expected the "
+                             f"{self.keypoints.name} fields {fields}")
+        return np.concatenate([np.asarray(ann[f], dtype=np.float32).reshape(-1) for f in fields])
+
     def _map_keypoints(self, kpts: np.ndarray) -> np.ndarray:
         src = kpts.reshape(-1, 3)
         if self.keypoint_map is None:
@@ -234,7 +251,7 @@ class TopDownCocoDataset(Dataset):
                 if box is None:
                     drops[reason] += 1
                     continue
-                joints = self._map_keypoints(np.asarray(ann["keypoints"], dtype=np.float32))
+                joints = self._map_keypoints(self._ann_keypoints(ann))
                 # People without a single labelled joint teach nothing (counted after mapping).
                 if not (joints[:, 2] > 0).any():
                     drops[DROP_REASONS[2]] += 1
@@ -384,6 +401,17 @@ def _report(name: str, ds: TopDownCocoDataset) -> None:
         print(f"dataset {name} ({ds.ann_file.name}): {ds.load_report}", flush=True)
 
 
+def dataset_class(spec: KeypointSpec | str) -> type[TopDownCocoDataset]:
+    """The class that reads the annotation layout the keypoint set's official data comes in: a set
+    scored by PCKh (MPII) comes as mmpose's list json (:class:`~.mpii.TopDownMpiiDataset`), every
+    other set as a COCO keypoint json."""
+    if get_spec(spec).evaluation.get("metric") == "pckh":
+        from .mpii import TopDownMpiiDataset
+
+        return TopDownMpiiDataset
+    return TopDownCocoDataset
+
+
 def build_datasets(cfg):
     """(train_dataset, val_dataset, val_ann_path) from the full Config.
 
@@ -393,7 +421,9 @@ def build_datasets(cfg):
     :class:`RatioConcatDataset` the loader draws by ratio; otherwise a plain concatenation.
     With ``cfg.data.kind == "synthetic"`` the set is generated into ``cfg.data.root``
     first (layout: annotations/person_keypoints_{train,val}.json, {train,val}/),
-    ignoring the *_ann/*_images keys. In multi-process runs call this on rank 0 first
+    ignoring the *_ann/*_images keys. The main train and val sets are read by
+    :func:`dataset_class` of the keypoint set (the synthetic set is always COCO-layout);
+    ``extra_train`` entries are COCO-layout files. In multi-process runs call this on rank 0 first
     (then barrier): the generator writes atomically, but every rank would otherwise
     generate it.
     """
@@ -404,15 +434,17 @@ def build_datasets(cfg):
     seed = cfg.train.seed
     paths = dict(train_ann=d.train_ann, train_images=d.train_images, val_ann=d.val_ann,
                  val_images=d.val_images)
+    main_class = dataset_class(spec)
     if d.kind == "synthetic":
         ensure_synthetic(d.root, d.synthetic_train, d.synthetic_val, keypoints=spec.name)
         paths = dict(SYNTHETIC_LAYOUT)
+        main_class = TopDownCocoDataset
     # Config validation refuses bad entries and ratios at load time (ConfigError, exit 2); checked
     # again for configs built or changed in Python after loading.
     ratios = check_training_sets(d, k)
     # Training crops stay uint8 until the trainer normalises them on the device.
-    sets = [TopDownCocoDataset(d.root, paths["train_ann"], paths["train_images"], d, image_size, spec,
-                               train=True, seed=seed, stream=0, uint8_images=True)]
+    sets = [main_class(d.root, paths["train_ann"], paths["train_images"], d, image_size, spec,
+                       train=True, seed=seed, stream=0, uint8_images=True)]
     _report("train", sets[0])
     for i, entry in enumerate(d.extra_train):
         sets.append(TopDownCocoDataset(entry["root"], entry["ann"], entry["images"], d, image_size, spec,
@@ -423,11 +455,11 @@ def build_datasets(cfg):
         train = RatioConcatDataset(sets, ratios)
     else:
         train = ConcatDataset(sets) if len(sets) > 1 else sets[0]
-    val = TopDownCocoDataset(d.root, paths["val_ann"], paths["val_images"], d, image_size, spec, train=False,
-                             det_file=d.det_file, seed=seed)
+    val = main_class(d.root, paths["val_ann"], paths["val_images"], d, image_size, spec, train=False,
+                     det_file=d.det_file, seed=seed)
     _report("val", val)
     return train, val, str(_resolve(d.root, paths["val_ann"]))
 
 
-__all__ = ["TopDownCocoDataset", "AIC_TO_COCO", "KEYPOINT_MAPS", "DROP_REASONS", "build_datasets", "load_coco",
-           "ensure_synthetic", "SYNTHETIC_LAYOUT"]
+__all__ = ["TopDownCocoDataset", "AIC_TO_COCO", "KEYPOINT_MAPS", "DROP_REASONS", "build_datasets", "dataset_class",
+           "load_coco", "ensure_synthetic", "SYNTHETIC_LAYOUT"]

@@ -51,17 +51,16 @@ class MetricsLog:
         for logger in self.loggers:
             logger.image(tag, rgb, step)
 
-    def predictions_figure(self, results: list, image_dir, ann_file, step: int, png: Path,
+    def predictions_figure(self, results: list, image_dir, images: dict, step: int, png: Path,
                            keypoints="coco") -> None:
         """An evaluation's skeleton figure (written to `png`) as the trackers' eval/predictions image;
-        nothing without trackers or results."""
+        nothing without trackers or results. ``images``: image id -> file name of the evaluated set."""
         if not (self.loggers and results):
             return
         import cv2
 
         from vitpose_scale.visualize import save_predictions_figure
 
-        images = json.loads(Path(ann_file).read_text())["images"]
         save_predictions_figure(image_dir, results, images, png, max_images=4, keypoints=keypoints)
         self.image("eval/predictions", cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB), step)
 

@@ -328,7 +328,8 @@ class Trainer:
         if self.info.is_main:
             (self.out / "eval").mkdir(parents=True, exist_ok=True)
             (self.out / "eval" / f"results_step{self.step:08d}.json").write_text(json.dumps(results))
-            self.log.predictions_figure(results, self.val_set.img_dir, self.val_ann, self.step,
+            images = {i: im["file_name"] for i, im in self.val_set.images.items()}
+            self.log.predictions_figure(results, self.val_set.img_dir, images, self.step,
                                         self.out / "eval" / f"predictions_step{self.step:08d}.png",
                                         self.val_set.keypoints)
         return broadcast_object(stats)

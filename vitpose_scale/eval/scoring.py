@@ -121,3 +121,23 @@ def gt_file(spec: KeypointSpec, val_ann: str | Path) -> Path:
 
         return pckh.gt_file_for(val_ann)
     return Path(val_ann)
+
+
+def report_lines(spec: KeypointSpec, stats: dict[str, float]) -> list[str]:
+    """The lines the set's reference tool prints for ``stats`` (a dict from :func:`score`)."""
+    if spec.evaluation["metric"] == "pckh":
+        from vitpose_scale.eval import pckh
+
+        return pckh.table_lines(stats)
+    from vitpose_scale.eval.coco_eval import CROWD_STAT_NAMES, STAT_NAMES, format_stats
+
+    compat = spec.evaluation.get("reference", "xtcocotools")
+    if spec.evaluation.get("mode") == "keypoints_crowd":
+        return format_stats([stats[_CROWD_KEYS.get(n, n)] for n in CROWD_STAT_NAMES], compat=compat)
+    lines = []
+    for part in [*spec.parts, None]:
+        prefix = f"{part}/" if part else ""
+        if spec.parts:
+            lines.append(f"keypoints_{part or 'wholebody'}:")
+        lines += format_stats([stats[prefix + n] for n in STAT_NAMES], compat=compat)
+    return lines

@@ -23,9 +23,10 @@ RESULT_KEYS = ("image_id", "category_id", "keypoints", "score")
 
 
 def has_ground_truth(ann_file: str | Path) -> bool:
-    """False for an image-info file (test-dev, test-challenge): a COCO json without annotations."""
+    """False for an image-info file (test-dev, test-challenge): a COCO json without annotations.
+    A list (mmpose's MPII layout: one entry per annotated person) is ground truth."""
     data = json.loads(Path(ann_file).read_text())
-    return bool(data.get("annotations"))
+    return bool(data) if isinstance(data, list) else bool(data.get("annotations"))
 
 
 def results_file_name(ann_file: str | Path, alg: str) -> str:
