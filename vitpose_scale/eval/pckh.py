@@ -209,34 +209,54 @@ def _entry_points(entry, i: int, path: str) -> np.ndarray:
     return arr.reshape(NUM_JOINTS, -1)
 
 
+def _points_at_once(entries: list) -> np.ndarray | None:
+    """(N, 16, 2) in one conversion when every entry is a dict of 48 keypoint numbers (our
+    evaluation's results, the usual case); None otherwise (then each entry is checked and named)."""
+    try:
+        arr = np.array([e["keypoints"] for e in entries], dtype=np.float64)
+    except (TypeError, KeyError, ValueError, IndexError):
+        return None
+    if arr.ndim != 2 or arr.shape[1] != 3 * NUM_JOINTS:
+        return None
+    return arr.reshape(len(entries), NUM_JOINTS, 3)[:, :, :2]
+
+
 def read_predictions(path: str | Path, num_people: int | None = None) -> np.ndarray:
     """(N, 16, 2) predictions from a results JSON: our evaluation's list of dicts (48 ``keypoints``
     floats each), or a list of per-person [[x, y(, score)] * 16]; one entry per person, in
     ``mpii_val.json``'s order."""
     path = Path(path)
+    import msgspec
+
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise PCKhInputError(f"{path}: cannot be read ({exc.strerror or exc}); expected a results JSON list") from None
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = msgspec.json.decode(raw)  # a fast parser: most of the time is reading the file
+    except msgspec.DecodeError as exc:
         raise PCKhInputError(f"{path}: not JSON ({exc}); expected a results JSON list") from None
     if not isinstance(data, list):
         raise PCKhInputError(f"{path}: a JSON {type(data).__name__}; expected a list with one result per person")
-    results = [_entry_points(entry, i, str(path))[:, :2] for i, entry in enumerate(data)]
-    if num_people is not None and len(results) != num_people:
-        raise PCKhInputError(f"{path}: {len(results)} results; expected {num_people}, one per person of the "
+    if num_people is not None and len(data) != num_people:
+        raise PCKhInputError(f"{path}: {len(data)} results; expected {num_people}, one per person of the "
                              f"ground truth, in mpii_val.json's order")
+    fast = _points_at_once(data)
+    if fast is not None:
+        return fast
+    results = [_entry_points(entry, i, str(path))[:, :2] for i, entry in enumerate(data)]
     return np.stack(results) if results else np.zeros((0, NUM_JOINTS, 2))
 
 
 def results_array(results: list[dict], num_people: int, where: str = "results") -> np.ndarray:
     """(N, 16, 2) predictions from in-memory result dicts (``scoring.postprocess``'s, dataset order)."""
-    points = [_entry_points(entry, i, where)[:, :2] for i, entry in enumerate(results)]
-    if len(points) != num_people:
-        raise PCKhInputError(f"{where}: {len(points)} results; expected {num_people}, one per person of the "
+    if len(results) != num_people:
+        raise PCKhInputError(f"{where}: {len(results)} results; expected {num_people}, one per person of the "
                              f"ground truth, in mpii_val.json's order")
+    fast = _points_at_once(results)
+    if fast is not None:
+        return fast
+    points = [_entry_points(entry, i, where)[:, :2] for i, entry in enumerate(results)]
     return np.stack(points) if points else np.zeros((0, NUM_JOINTS, 2))
 
 
