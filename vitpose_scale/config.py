@@ -48,6 +48,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class ModelConfig:
     preset: str = "B"  # fills embed_dim/depth/num_heads/mlp_ratio/drop_path where those are null
+    # vit: plain ViT (ViTPose, ViTPose+); vit_moe: each block's fc2 split into a shared part and one
+    # expert per dataset (ViTPose++, docs/multitask.md)
+    backbone: str = "vit"
+    num_experts: int = 1  # vit_moe: experts per block, one per dataset (data.tasks)
+    part_features: int | None = None  # vit_moe: output features each expert gives (official: width / 4)
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
@@ -64,6 +69,8 @@ class ModelConfig:
     head: str = "classic"  # classic | simple
     head_channels: int = 256
     num_keypoints: int | None = None  # null: the joint count of data.keypoint_set
+    # One head per dataset (ViTPose+/++): the joint count of each; null: data.tasks' sets (one head without)
+    head_keypoints: list[int] | None = None
 
     def resolved(self) -> "ModelConfig":
         """A copy with preset values filled in."""
@@ -106,6 +113,11 @@ class DataConfig:
     det_score_thr: float = 0.0  # detections with score >= this are kept (the reference's det_bbox_thr)
     # More COCO-layout training sets: {root, ann, images, keypoint_map?, ratio?} (docs/datasets.md).
     extra_train: list[dict] = field(default_factory=list)
+    # Multi-task training (ViTPose+/++): one entry per dataset, in head/expert order. Each entry holds
+    # the data.* keys that differ for that dataset (keypoint_set, root, *_ann, *_images, kind, ...)
+    # plus name, ratio (sampling ratio) and loss_weight; the first is the main dataset
+    # (`keypoint_head`). docs/multitask.md.
+    tasks: list[dict] = field(default_factory=list)
     train_ratio: float | None = None  # sampling ratio of the main set; null: sets are concatenated
     synthetic_train: int = 0  # images to generate when kind == synthetic
     synthetic_val: int = 0
@@ -424,6 +436,103 @@ def check_training_sets(d: DataConfig, num_keypoints: int) -> list[float] | None
     return [float(r) for r in given]
 
 
+TASK_OWN_KEYS = ("name", "ratio", "loss_weight")  # a data.tasks entry's keys that are not data.* keys
+
+
+def task_names(cfg: "Config") -> list[str]:
+    """The dataset names of a multi-task config (head / expert order), [] for a single task."""
+    return [t.get("name") or t["keypoint_set"] for t in cfg.data.tasks]
+
+
+def task_configs(cfg: "Config") -> list[tuple[str, "Config"]]:
+    """(name, single-task Config) per data.tasks entry: data.* overridden by the entry, the model
+    sized to its keypoint set. For a single-task config: [(keypoint set, cfg)]."""
+    if not cfg.data.tasks:
+        return [(cfg.data.keypoint_set, cfg)]
+    out = []
+    for entry in cfg.data.tasks:
+        fields = {k: v for k, v in entry.items() if k not in TASK_OWN_KEYS}
+        data = dataclasses.replace(cfg.data, tasks=[], **fields)
+        model = dataclasses.replace(cfg.model, num_keypoints=_keypoint_spec(data.keypoint_set).num_keypoints,
+                                    head_keypoints=None)
+        out.append((entry.get("name") or data.keypoint_set, dataclasses.replace(cfg, data=data, model=model)))
+    return out
+
+
+def _check_tasks(cfg: "Config") -> None:
+    """data.tasks entries, and the heads and experts they imply (filled in: model.head_keypoints,
+    data.keypoint_set = the first task's)."""
+    m, d = cfg.model, cfg.data
+    _choice("model.backbone", m.backbone, ("vit", "vit_moe"))
+    if m.backbone == "vit_moe":
+        if m.num_experts < 2:
+            raise ConfigError(f"model.num_experts: got {m.num_experts}, expected >= 2 with model.backbone vit_moe "
+                              f"(one expert per dataset)")
+        dim = m.resolved().embed_dim
+        if m.part_features is None or not 0 < m.part_features < dim:
+            raise ConfigError(f"model.part_features: got {m.part_features!r}, expected 0 < part_features < "
+                              f"{dim} (the width; official ViTPose++: width / 4) with model.backbone vit_moe")
+    elif m.num_experts != 1:
+        raise ConfigError(f"model.num_experts: got {m.num_experts}, expected 1 with model.backbone vit "
+                          f"(experts need model.backbone vit_moe)")
+    if not d.tasks:
+        if m.backbone == "vit_moe" and m.head_keypoints is None:
+            raise ConfigError("data.tasks: model.backbone vit_moe picks an expert by dataset: expected one data.tasks "
+                              "entry per expert (or model.head_keypoints for a model used without training data)")
+        if m.head_keypoints is not None:
+            _check_head_keypoints(m.head_keypoints)
+            m.num_keypoints = m.head_keypoints[0]
+            if len(m.head_keypoints) == 1:
+                m.head_keypoints = None
+        return
+    fields = {f.name: f.type for f in dataclasses.fields(DataConfig)} | dict.fromkeys(TASK_OWN_KEYS)
+    names = []
+    for i, entry in enumerate(d.tasks):
+        key = f"data.tasks[{i}]"
+        if not isinstance(entry, dict) or "keypoint_set" not in entry:
+            raise ConfigError(f"{key}: got {entry!r}, expected a mapping with keypoint_set (and the data.* keys "
+                              f"that differ for this dataset, name, ratio, loss_weight)")
+        unknown = sorted(set(entry) - set(fields) - {"tasks"}) + (["tasks"] if "tasks" in entry else [])
+        if unknown:
+            raise ConfigError(f"{key}: unknown keys {unknown}: expected data.* keys, name, ratio, loss_weight")
+        _keypoint_spec(entry["keypoint_set"])
+        for own in ("ratio", "loss_weight"):
+            if own in entry and not _is_positive_number(entry[own]):
+                raise ConfigError(f"{key}.{own}: got {entry[own]!r}, expected a positive number")
+        names.append(str(entry.get("name") or entry["keypoint_set"]))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.tasks: names {names} repeat: expected one name per dataset (set name:)")
+    given = ["ratio" in e for e in d.tasks]
+    if any(given) and not all(given):
+        raise ConfigError(f"data.tasks[{given.index(False)}].ratio is not set while others are: expected a "
+                          f"sampling ratio for every dataset, or for none")
+    if d.train_ratio is not None or d.extra_train and any(given):
+        raise ConfigError("data.tasks: give sampling ratios as data.tasks[].ratio (data.train_ratio and "
+                          "data.extra_train ratios are per dataset's own sets)")
+    first = d.tasks[0]["keypoint_set"]
+    if d.keypoint_set not in (first, DataConfig.keypoint_set):
+        raise ConfigError(f"data.keypoint_set: {d.keypoint_set!r}, but data.tasks[0] (the main dataset) is "
+                          f"{first!r}: expected the same set, or leave data.keypoint_set out")
+    d.keypoint_set = first
+    counts = [_keypoint_spec(e["keypoint_set"]).num_keypoints for e in d.tasks]
+    if m.head_keypoints is not None and list(m.head_keypoints) != counts:
+        raise ConfigError(f"model.head_keypoints: got {list(m.head_keypoints)}, but data.tasks' keypoint sets have "
+                          f"{counts} joints: expected {counts} (or null)")
+    if m.num_keypoints is not None and m.num_keypoints != counts[0]:
+        raise ConfigError(f"model.num_keypoints: got {m.num_keypoints}, but data.tasks[0] "
+                          f"({first}) has {counts[0]} joints: expected {counts[0]} (or null)")
+    m.head_keypoints = counts if len(counts) > 1 else None
+    if m.backbone == "vit_moe" and m.num_experts != len(d.tasks):
+        raise ConfigError(f"model.num_experts: got {m.num_experts}, but data.tasks has {len(d.tasks)} datasets: "
+                          f"expected {len(d.tasks)} (one expert per dataset)")
+
+
+def _check_head_keypoints(counts: Any) -> None:
+    if not isinstance(counts, list) or not counts or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in counts):
+        raise ConfigError(f"model.head_keypoints: got {counts!r}, expected a list of positive joint counts")
+
+
 def _keypoint_spec(name: Any):
     from vitpose_scale.keypoints import KeypointSetError, get_spec
 
@@ -459,6 +568,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.pretrain_grid: got {m.pretrain_grid!r}, expected [rows, cols]")
     if not 0.0 <= r.drop_path < 1.0:
         raise ConfigError(f"model.drop_path: got {r.drop_path}, expected 0 <= drop_path < 1")
+    _check_tasks(cfg)
     spec = _keypoint_spec(cfg.data.keypoint_set)
     if m.num_keypoints is None:
         m.num_keypoints = spec.num_keypoints

@@ -165,8 +165,10 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, out_path: str | Path) -> Pat
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
-    impls = [blk.attn.impl for blk in model.backbone.blocks]
-    model.backbone.set_attention(ONNX_ATTENTION)
+    attns = model.backbone.attention_modules()
+    impls = [attn.impl for attn in attns]
+    for attn in attns:
+        attn.impl = ONNX_ATTENTION
     example = torch.zeros(2, 3, *cfg.image_size)
     try:
         with torch.no_grad():
@@ -174,8 +176,8 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, out_path: str | Path) -> Pat
                               input_names=["images"], output_names=["heatmaps"],
                               dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, verbose=False)
     finally:
-        for blk, impl in zip(model.backbone.blocks, impls):
-            blk.attn.impl = impl
+        for attn, impl in zip(attns, impls):
+            attn.impl = impl
     return out
 
 

@@ -129,6 +129,7 @@ class ModelShape:
     patch_stride: int
     attention: str
     drop_path_layers: int  # blocks with a DropPath (rate > 0)
+    part_features: int  # ViTPose++ experts' output width (0: plain feed-forward)
     forward_flops: float  # per image
 
     @property
@@ -143,7 +144,7 @@ def model_shape(cfg: Config) -> ModelShape:
 
     m = cfg.model.resolved()
     model = build_pose_model(cfg.model, device="meta")
-    linear = tuple(mod.weight.numel() for blk in model.backbone.blocks for mod in blk.modules()
+    linear = tuple(mod.weight.numel() for unit in model.backbone.shard_units() for mod in unit.modules()
                    if isinstance(mod, nn.Linear))
     drop_paths = sum(1 for mod in model.backbone.modules() if type(mod).__name__ == "DropPath")
     convs = tuple(mod.weight.numel() for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)))
@@ -155,9 +156,10 @@ def model_shape(cfg: Config) -> ModelShape:
         buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
         depth=m.depth, dim=m.embed_dim, hidden=int(round(m.embed_dim * m.mlp_ratio)), heads=m.num_heads,
         grid=cfg.model.grid, image_size=tuple(cfg.model.image_size), heatmap=cfg.model.heatmap_size,
-        keypoints=m.num_keypoints, head=m.head, head_channels=m.head_channels,
+        keypoints=max(m.head_keypoints or [m.num_keypoints]), head=m.head, head_channels=m.head_channels,
         num_deconv=int(math.log2(m.patch_stride // 4)), patch_stride=m.patch_stride, attention=m.attention,
-        drop_path_layers=drop_paths, forward_flops=forward_flops_per_image(cfg.model))
+        drop_path_layers=drop_paths, forward_flops=forward_flops_per_image(cfg.model),
+        part_features=(m.part_features or 0) if m.backbone == "vit_moe" else 0)
 
 
 # --------------------------------------------------------------- settings --
@@ -271,6 +273,8 @@ def block_saved_bytes(shape: ModelShape, micro: int, precision: str, softmax_sav
     """
     b, C, H, N = BYTES[precision], shape.dim, shape.hidden, shape.tokens
     per_token = b * (8 * C + 2 * H) + 2 * 2 * LAYER_NORM_STATS
+    if shape.part_features:  # MoE: each expert's copy of its rows' hidden, its output, the concatenation
+        per_token += b * (H + shape.part_features + C)
     if shape.attention == "plain":
         per_token += b * shape.heads * N * (2 if softmax_saves_input else 1)
     else:

@@ -10,15 +10,13 @@ from torch import nn
 from vitpose_scale.config import Config
 
 
-def layer_id(name: str, depth: int) -> int:
-    """0: patch_embed and pos_embed; block i: i + 1; everything else (last_norm, head): depth + 1."""
-    if name.startswith(("backbone.patch_embed", "backbone.pos_embed")):
-        return 0
-    if name.startswith("backbone.blocks."):
-        return int(name.split(".")[2]) + 1
-    return depth + 1
-
-
+def layer_id(model: nn.Module, name: str) -> int:
+    """The layer-wise lr decay depth of parameter `name`: the backbone's answer (its interface:
+    0 embeddings, i + 1 block i, depth + 1 after), depth + 1 for everything outside it (heads, decoders)."""
+    backbone = getattr(model, "backbone", None)
+    if name.startswith("backbone.") and hasattr(backbone, "layer_id"):
+        return backbone.layer_id(name[len("backbone."):])
+    return backbone.depth + 1
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     # Under zero.Init a parameter is an empty 1-D placeholder: its real shape is ds_shape.
     ndim = len(getattr(param, "ds_shape", param.shape))
@@ -33,7 +31,7 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lid = layer_id(name, depth)
+        lid = layer_id(model, name)
         skip = no_weight_decay(name, param)
         group = groups.setdefault((lid, skip), {
             "params": [], "names": [], "layer_id": lid, "lr_scale": decay ** (depth + 1 - lid),

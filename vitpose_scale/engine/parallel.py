@@ -172,6 +172,11 @@ def _offload_optimizer(model: nn.Module, cfg: Config):
     return optimizer
 
 
+
+def _extra(dataset_index: torch.Tensor | None, device) -> tuple:
+    """The model's optional second input (each sample's dataset: ViTPose+/++), on the device."""
+    return () if dataset_index is None else (dataset_index.to(device),)
+
 class DeepSpeedWrapper:
     kind = "deepspeed"
 
@@ -214,8 +219,8 @@ class DeepSpeedWrapper:
     def param_groups(self):
         return self.optimizer.param_groups
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.engine(images.to(self.info.device, self.dtype))
+    def forward(self, images: torch.Tensor, dataset_index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.engine(images.to(self.info.device, self.dtype), *_extra(dataset_index, self.info.device))
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
@@ -355,10 +360,10 @@ class _TorchWrapper:
         """True when the coming backward ends an accumulation window."""
         return (self.micro + 1) % self.cfg.parallel.grad_accum == 0
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, dataset_index: torch.Tensor | None = None) -> torch.Tensor:
         images = images.to(self.info.device)
         with torch.autocast(self.info.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return self.model(images)
+            return self.model(images, *_extra(dataset_index, self.info.device))
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.cfg.parallel.grad_accum).backward()
@@ -419,13 +424,13 @@ class DDPWrapper(_TorchWrapper):
         self.ddp = nn.parallel.DistributedDataParallel(model)
         return model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, dataset_index: torch.Tensor | None = None) -> torch.Tensor:
         # DDP decides in forward whether the coming backward all-reduces.
         sync = contextlib.nullcontext() if self._is_boundary() else self.ddp.no_sync()
         with sync:
             images = images.to(self.info.device)
             with torch.autocast(self.info.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                return self.ddp(images)
+                return self.ddp(images, *_extra(dataset_index, self.info.device))
 
     def train(self, mode: bool = True) -> None:
         self.ddp.train(mode)
@@ -441,15 +446,15 @@ class FSDPWrapper(_TorchWrapper):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
-        for block in model.backbone.blocks:
-            fully_shard(block, mp_policy=mp)
+        for unit in model.backbone.shard_units():
+            fully_shard(unit, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, dataset_index: torch.Tensor | None = None) -> torch.Tensor:
         # Gradients are reduce-scattered only at the end of an accumulation window.
         self.module.set_requires_gradient_sync(self._is_boundary())
-        return self.model(images.to(self.info.device, self.dtype))
+        return self.model(images.to(self.info.device, self.dtype), *_extra(dataset_index, self.info.device))
 
     def _clip(self) -> torch.Tensor:
         norm = super()._clip()

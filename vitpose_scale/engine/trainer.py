@@ -175,10 +175,16 @@ class Trainer:
         check_run_paths(self.cfg)
 
     def build_datasets(self):
-        """(train set, validation set or None, validation annotation file or None)."""
+        """(train set, validation set or None, validation annotation file or None). Multi-task
+        (data.tasks): the main dataset's validation set; `self.val_tasks` lists every task's."""
         from vitpose_scale.data.coco import build_datasets
 
-        return build_datasets(self.cfg)
+        if not self.cfg.data.tasks:
+            return build_datasets(self.cfg)
+        from vitpose_scale.data.multitask import build_task_datasets
+
+        train, self.val_tasks = build_task_datasets(self.cfg)
+        return train, self.val_tasks[0][2], self.val_tasks[0][3]
 
     def build_model(self, fresh: bool):
         from vitpose_scale.models.pose import build_pose_model
@@ -196,8 +202,24 @@ class Trainer:
         from vitpose_scale.data.transforms import normalize_batch
 
         # Training crops arrive as uint8: normalising on the device is free and copies 4x less.
-        pred = self.wrapper.forward(normalize_batch(batch["img"], self.info.device))
+        images = normalize_batch(batch["img"], self.info.device)
+        if "dataset_index" in batch:  # ViTPose+/++: each sample's head and expert
+            from vitpose_scale.data.multitask import multitask_loss
+
+            index = batch["dataset_index"].to(self.info.device)
+            pred = self.wrapper.forward(images, index)
+            joints, weights = self._task_loss_terms(pred.device)
+            return multitask_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device),
+                                  index, joints, weights)
+        pred = self.wrapper.forward(images)
         return heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
+
+    def _task_loss_terms(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per dataset index: the head's joint count and the dataset's loss weight."""
+        joints = [val.keypoints.num_keypoints for _, _, val, _ in self.val_tasks]
+        weights = [float(t.get("loss_weight", 1.0)) for t in self.cfg.data.tasks]
+        return (torch.tensor(joints, dtype=torch.float32, device=device),
+                torch.tensor(weights, dtype=torch.float32, device=device))
 
     def forward_flops(self) -> float:
         from vitpose_scale.models.pose import forward_flops_per_image
@@ -317,22 +339,41 @@ class Trainer:
     # --------------------------------------------------------- evaluation --
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from vitpose_scale.eval.runner import evaluate_model
-
         average_buffers(self.wrapper.module)
         self.wrapper.train(False)
-        stats, results = evaluate_model(lambda images: self.wrapper.forward(images).float(), self.val_set,
-                                        self.val_ann, self.cfg, self.info.rank, self.info.world_size,
-                                        progress=self.info.is_main)
+        if not self.cfg.data.tasks:
+            stats = self._evaluate_one(lambda images: self.wrapper.forward(images).float(), self.val_set,
+                                       self.val_ann, "")
+        else:  # every head on its own validation set with its own metric, in one distributed pass
+            stats = {}
+            for name, index, val_set, val_ann in self.val_tasks:
+                k = val_set.keypoints.num_keypoints
+
+                def forward(images, index=index, k=k):
+                    tags = torch.full((images.shape[0],), index, dtype=torch.long)
+                    return self.wrapper.forward(images, tags).float()[:, :k]
+
+                task_stats = self._evaluate_one(forward, val_set, val_ann, f"{name}_")
+                if task_stats is not None:
+                    stats.update({f"{name}/{key}": v for key, v in task_stats.items()})
+                    if index == 0:  # the main dataset's numbers keep their plain names (best checkpoint)
+                        stats.update(task_stats)
         self.wrapper.train(True)
+        return broadcast_object(stats)
+
+    def _evaluate_one(self, forward, val_set, val_ann, tag: str) -> dict | None:
+        from vitpose_scale.eval.runner import evaluate_model
+
+        stats, results = evaluate_model(forward, val_set, val_ann, self.cfg, self.info.rank, self.info.world_size,
+                                        progress=self.info.is_main)
         if self.info.is_main:
             (self.out / "eval").mkdir(parents=True, exist_ok=True)
-            (self.out / "eval" / f"results_step{self.step:08d}.json").write_text(json.dumps(results))
-            images = {i: im["file_name"] for i, im in self.val_set.images.items()}
-            self.log.predictions_figure(results, self.val_set.img_dir, images, self.step,
-                                        self.out / "eval" / f"predictions_step{self.step:08d}.png",
-                                        self.val_set.keypoints)
-        return broadcast_object(stats)
+            (self.out / "eval" / f"results_{tag}step{self.step:08d}.json").write_text(json.dumps(results))
+            images = {i: im["file_name"] for i, im in val_set.images.items()}
+            self.log.predictions_figure(results, val_set.img_dir, images, self.step,
+                                        self.out / "eval" / f"predictions_{tag}step{self.step:08d}.png",
+                                        val_set.keypoints)
+        return stats
 
     def _should_eval(self, at_end: bool) -> bool:
         """Every train.eval_every steps (0: every epoch) and once at the end; -1: never."""
@@ -351,6 +392,9 @@ class Trainer:
         if self.info.is_main:
             shown = [key] + [k for k in ("AP50", "AR", "PCKh@0.1") if k in metrics]
             print(f"step {self.step}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in shown), flush=True)
+            for name, index, val_set, _ in getattr(self, "val_tasks", [])[1:]:
+                task_key = f"{name}/{primary(val_set.keypoints)}"
+                print(f"step {self.step}: {task_key} {metrics[task_key]:.4f}", flush=True)
         if metrics[key] > self.best_ap:
             self.best_ap = metrics[key]
             self.export_weights(self.out / "best.pth", {"step": self.step, key: self.best_ap})

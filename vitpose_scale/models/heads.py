@@ -25,7 +25,7 @@ class Fp32BatchNorm2d(nn.BatchNorm2d):
             if buf is not None and buf.dtype != torch.float32:  # a wrapper cast the whole module
                 setattr(self, name, buf.float())
         momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and x.shape[0]:  # a head with no sample this batch
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)

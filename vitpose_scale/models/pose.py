@@ -1,52 +1,116 @@
-"""ViTPose = ViT backbone + heatmap head, built from the config."""
+"""ViTPose = backbone + heatmap head(s), built from the config.
+
+One head (ViTPose) or one per dataset (ViTPose+ / ViTPose++, the official TopDownMoE: the first
+dataset's head is `keypoint_head`, dataset k's is `associate_keypoint_heads.{k-1}`). Backbones are
+chosen by name from BACKBONES; the rest of the toolkit reaches a backbone only through the
+interface `ViT` defines (layer_id, shard_units, attention_modules, forward_flops, grid).
+"""
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vitpose_scale.config import ModelConfig
 from vitpose_scale.models.heads import ClassicHead, SimpleHead
-from vitpose_scale.models.vit import ViT
+from vitpose_scale.models.vit import ViT, routes
 
 
 class PoseModel(nn.Module):
-    """Images (B, 3, H, W) -> heatmaps (B, K, H/4, W/4). Attribute names match official keys."""
+    """Images (B, 3, H, W) -> heatmaps (B, K, H/4, W/4). Attribute names match official keys.
 
-    def __init__(self, backbone: ViT, keypoint_head: nn.Module):
+    With several heads (or experts) every sample carries its dataset index; each head runs on its
+    own samples only and the output has max(K) channels, sample b's first K_b channels coming from
+    its head (the rest zero).
+    """
+
+    def __init__(self, backbone: ViT, keypoint_head: nn.Module, associate_keypoint_heads: list[nn.Module] = ()):
         super().__init__()
         self.backbone = backbone
         self.keypoint_head = keypoint_head
+        if associate_keypoint_heads:
+            self.associate_keypoint_heads = nn.ModuleList(associate_keypoint_heads)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.keypoint_head(self.backbone(images))
+    @property
+    def heads(self) -> list[nn.Module]:
+        return [self.keypoint_head, *getattr(self, "associate_keypoint_heads", [])]
+
+    @property
+    def num_datasets(self) -> int:
+        """How many dataset indices this model takes (heads or experts, whichever is more)."""
+        return max(len(self.heads), self.backbone.num_experts)
+
+    def forward(self, images: torch.Tensor, dataset_index: torch.Tensor | None = None) -> torch.Tensor:
+        heads = self.heads
+        if dataset_index is None:
+            if self.num_datasets > 1:
+                raise ValueError(f"this model serves {self.num_datasets} datasets: a dataset index per sample is "
+                                 f"required (infer/evaluate --dataset NAME)")
+            return self.keypoint_head(self.backbone(images))
+        rows = routes(dataset_index.to(images.device), self.num_datasets, "dataset")
+        features = self.backbone(images, rows if self.backbone.num_experts > 1 else None)
+        if len(heads) == 1:
+            return self.keypoint_head(features)
+        k_max = max(head.final_layer.out_channels for head in heads)
+        out = None
+        for head, r in zip(heads, rows):
+            y = head(features.index_select(0, r))  # an empty selection still joins the graph
+            y = F.pad(y, (0, 0, 0, 0, 0, k_max - y.shape[1]))
+            if out is None:
+                out = y.new_zeros((features.shape[0],) + y.shape[1:])
+            out = out.index_copy(0, r, y)
+        return out
 
     def init_weights(self) -> None:
         self.backbone.init_weights()
-        self.keypoint_head.init_weights()
+        for head in self.heads:
+            head.init_weights()
+
+    def layer_id(self, name: str) -> int:
+        """Layer-wise lr decay depth of a parameter of this model (heads: after the backbone)."""
+        if name.startswith("backbone."):
+            return self.backbone.layer_id(name[len("backbone."):])
+        return self.backbone.depth + 1
+
+
+def _build_vit(m: ModelConfig, grid: tuple[int, int]) -> ViT:
+    experts = m.num_experts if m.backbone == "vit_moe" else 1
+    return ViT(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+               drop_path=m.drop_path, grid=grid, patch_size=m.patch_size, patch_stride=m.patch_stride,
+               patch_padding=m.patch_padding, qkv_bias=m.qkv_bias, attention=m.attention,
+               activation_checkpointing=m.activation_checkpointing, num_experts=experts,
+               part_features=m.part_features if experts > 1 else None)
+
+
+# model.backbone -> builder(resolved ModelConfig, pos_embed grid). A new backbone registers here and
+# implements ViT's interface; nothing else names it.
+BACKBONES: dict[str, Callable[[ModelConfig, tuple[int, int]], nn.Module]] = {"vit": _build_vit, "vit_moe": _build_vit}
 
 
 def build_backbone(cfg: ModelConfig) -> ViT:
     m = cfg.resolved()
     grid = tuple(m.pretrain_grid) if m.pretrain_grid else cfg.grid
-    return ViT(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-               drop_path=m.drop_path, grid=grid, patch_size=m.patch_size, patch_stride=m.patch_stride,
-               patch_padding=m.patch_padding, qkv_bias=m.qkv_bias, attention=m.attention,
-               activation_checkpointing=m.activation_checkpointing)
+    return BACKBONES[m.backbone](m, grid)
 
 
-def build_head(cfg: ModelConfig) -> nn.Module:
+def build_head(cfg: ModelConfig, num_keypoints: int | None = None) -> nn.Module:
     m = cfg.resolved()
+    k = num_keypoints or m.num_keypoints
     if m.head == "classic":
-        return ClassicHead(m.embed_dim, m.num_keypoints, m.head_channels, feature_stride=m.patch_stride)
-    return SimpleHead(m.embed_dim, m.num_keypoints, feature_stride=m.patch_stride)
+        return ClassicHead(m.embed_dim, k, m.head_channels, feature_stride=m.patch_stride)
+    return SimpleHead(m.embed_dim, k, feature_stride=m.patch_stride)
 
 
 def build_pose_model(cfg: ModelConfig, device: str | torch.device | None = None) -> PoseModel:
     """Build the model; `device="meta"` allocates nothing (count or shard a G model first)."""
+    m = cfg.resolved()
+    counts = list(m.head_keypoints or [m.num_keypoints])
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        return PoseModel(build_backbone(cfg), build_head(cfg))
+        backbone = build_backbone(cfg)
+        return PoseModel(backbone, build_head(cfg, counts[0]), [build_head(cfg, k) for k in counts[1:]])
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -54,14 +118,11 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def forward_flops_per_image(cfg: ModelConfig) -> float:
-    """REFERENCE §6: 2 * matmul params * tokens + 4 * depth * tokens^2 * dim (+ patch embed conv).
+    """The backbone's forward FLOPs per image (2 x matmul weights x tokens + attention, experts
+    included: each token meets one). The heads are small next to the backbone at every preset and are left out."""
+    return build_backbone_meta(cfg).forward_flops(cfg.grid)
 
-    The head is small next to the backbone at every preset and is left out.
-    """
-    m = cfg.resolved()
-    hp, wp = cfg.grid
-    tokens = hp * wp
-    hidden = int(round(m.embed_dim * m.mlp_ratio))
-    linear = m.depth * (4 * m.embed_dim * m.embed_dim + 2 * m.embed_dim * hidden)
-    patch = 3 * m.patch_size * m.patch_size * m.embed_dim
-    return 2.0 * (linear + patch) * tokens + 4.0 * m.depth * tokens * tokens * m.embed_dim
+
+def build_backbone_meta(cfg: ModelConfig) -> ViT:
+    with torch.device("meta"):
+        return build_backbone(cfg)
