@@ -104,12 +104,39 @@ def member_model_configs(cfg: Config, checkpoints: list[str], model_configs: lis
     return [load_config(c).model for c in model_configs] if model_configs else [cfg.model] * len(checkpoints)
 
 
-def load_member(model_cfg: ModelConfig, checkpoint: str, device: torch.device, precision: str):
-    """forward(images) -> fp32 heatmaps of an official-format checkpoint, in eval mode on ``device``."""
+def member_joints(model_cfg: ModelConfig, dataset: int | None) -> int:
+    """The joints a member predicts: its head for `dataset` (multi-dataset models), else its one head."""
+    heads = model_cfg.head_keypoints or [model_cfg.num_keypoints]
+    return heads[dataset or 0] if len(heads) > 1 else model_cfg.num_keypoints
+
+
+def _is_single_dataset(checkpoint: str) -> bool:
+    """A plain one-head checkpoint (e.g. `vitpose-scale split` output): no experts, no associate heads."""
+    from vitpose_scale.models.interop import extract_state_dict, safe_load
+
+    keys = extract_state_dict(safe_load(checkpoint), checkpoint)
+    return not any(".mlp.experts." in k or k.startswith("associate_keypoint_heads.") for k in keys)
+
+
+def load_member(model_cfg: ModelConfig, checkpoint: str, device: torch.device, precision: str,
+                dataset: int | None = None):
+    """forward(images) -> fp32 heatmaps of an official-format checkpoint, in eval mode on ``device``.
+
+    `dataset`: the dataset index of a multi-dataset model (ViTPose+/++) whose head (and experts)
+    predict; a single-dataset checkpoint of such a model (`vitpose-scale split`) is read as the
+    plain model of that dataset."""
+    import dataclasses
+
     from vitpose_scale.engine.parallel import DTYPES
     from vitpose_scale.models.interop import load_official
     from vitpose_scale.models.pose import build_pose_model
 
+    joints = member_joints(model_cfg, dataset)
+    multi = max(len(model_cfg.head_keypoints or [1]), model_cfg.num_experts if model_cfg.backbone == "vit_moe" else 1)
+    if multi > 1 and _is_single_dataset(checkpoint):
+        model_cfg = dataclasses.replace(model_cfg, backbone="vit", num_experts=1, part_features=None,
+                                        head_keypoints=None, num_keypoints=joints)
+        multi = 1
     model = build_pose_model(model_cfg)
     load_official(model, checkpoint)
     dtype = torch.float32 if device.type == "cpu" else DTYPES[precision]
@@ -117,13 +144,18 @@ def load_member(model_cfg: ModelConfig, checkpoint: str, device: torch.device, p
 
     @torch.no_grad()
     def forward(images):
-        return model(images.to(device, dtype)).float()
+        images = images.to(device, dtype)
+        if multi == 1:
+            return model(images).float()
+        tags = torch.full((images.shape[0],), dataset or 0, dtype=torch.long, device=device)
+        return model(images, tags).float()[:, :joints]
 
     return forward
 
 
 def build_ensemble(cfg: Config, checkpoints: list[str], model_configs: list[str] | None = None,
-                   weights: list[float] | None = None, device: torch.device | str = "cpu"):
+                   weights: list[float] | None = None, device: torch.device | str = "cpu",
+                   dataset: int | None = None):
     """A :class:`~vitpose_scale.eval.ensemble.HeatmapEnsemble` of the checkpoints (one: the model itself)."""
     from vitpose_scale.eval.ensemble import EnsembleMember, HeatmapEnsemble
 
@@ -135,18 +167,42 @@ def build_ensemble(cfg: Config, checkpoints: list[str], model_configs: list[str]
     device = torch.device(device)
     members = []
     for i, (path, mcfg) in enumerate(zip(checkpoints, member_model_configs(cfg, checkpoints, model_configs))):
-        if mcfg.num_keypoints != cfg.model.num_keypoints:
-            raise ConfigError(f"checkpoint {path}: its model has {mcfg.num_keypoints} keypoints, --config's "
-                              f"{cfg.model.num_keypoints}; expected the same joints in every member")
-        members.append(EnsembleMember(load_member(mcfg, path, device, cfg.parallel.precision),
+        want = member_joints(cfg.model, dataset)
+        if member_joints(mcfg, dataset) != want:
+            raise ConfigError(f"checkpoint {path}: its model has {member_joints(mcfg, dataset)} keypoints, "
+                              f"--config's {want}; expected the same joints in every member")
+        members.append(EnsembleMember(load_member(mcfg, path, device, cfg.parallel.precision, dataset),
                                       tuple(mcfg.image_size), weights[i] if weights else 1.0, str(path)))
     return HeatmapEnsemble(members, cfg.model.heatmap_size, cfg.model.image_size)
+
+
+def select_dataset(cfg: Config, name: str | None) -> tuple[int | None, Config]:
+    """(dataset index, that dataset's single-task config) for --dataset NAME|INDEX of a multi-task
+    config (data.tasks; default: the main dataset); (None, cfg) for a single-task one."""
+    from vitpose_scale.config import task_configs, task_names
+
+    names = task_names(cfg)
+    if not names:
+        if name not in (None, cfg.data.keypoint_set):
+            raise ConfigError(f"--dataset {name}: this config trains one dataset ({cfg.data.keypoint_set}) "
+                              f"without data.tasks")
+        return None, cfg
+    if name is None:
+        index = 0
+    elif name in names:
+        index = names.index(name)
+    elif name.isdigit() and int(name) < len(names):
+        index = int(name)
+    else:
+        raise ConfigError(f"--dataset {name}: expected one of {names} (or an index below {len(names)})")
+    return index, task_configs(cfg)[index][1]
 
 
 # ------------------------------------------------------------ python API --
 def evaluate_checkpoints(cfg: Config, checkpoints: list[str], model_configs: list[str] | None = None,
                          weights: list[float] | None = None, rank: int = 0, world_size: int = 1,
-                         device: torch.device | str = "cpu", progress: bool = False) -> EvalOutcome:
+                         device: torch.device | str = "cpu", progress: bool = False,
+                         dataset: str | None = None) -> EvalOutcome:
     """Evaluate one checkpoint or a weighted heatmap ensemble on cfg.data's validation (or test-dev) set.
 
     With several processes (torch.distributed initialised) pass rank/world_size:
@@ -156,7 +212,9 @@ def evaluate_checkpoints(cfg: Config, checkpoints: list[str], model_configs: lis
     from vitpose_scale.engine.distributed import main_rank_first
     from vitpose_scale.eval.runner import evaluate_model
 
-    ensemble = build_ensemble(cfg, checkpoints, model_configs, weights, device)
+    index, data_cfg = select_dataset(cfg, dataset)
+    ensemble = build_ensemble(cfg, checkpoints, model_configs, weights, device, index)
+    cfg = data_cfg  # that dataset's validation set, metric and flip pairs
     dataset, ann_file, with_gt = main_rank_first(build_eval_set, cfg, ensemble.image_sizes)
     stats, results = evaluate_model(ensemble, dataset, ann_file if with_gt else None, cfg, rank, world_size,
                                     progress=progress)
@@ -176,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ensemble weight of the checkpoint of the same position (default: equal weights)")
     parser.add_argument("--out", default=None, help="folder for results.json, stats.json, predictions.png "
                                                   "(default: <train.output_dir>/eval)")
+    parser.add_argument("--dataset", default=None,
+                        help="multi-task models (data.tasks): the dataset whose head, experts, validation set and "
+                             "metric to use (name or index; default: the first)")
     parser.add_argument("--alg-name", default=DEFAULT_ALG_NAME,
                         help="test-dev only: the <alg> in person_keypoints_test-dev2017_<alg>_results.json")
     return parser
@@ -192,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     info = init_distributed(use_deepspeed=False)
     try:
         outcome = evaluate_checkpoints(cfg, args.checkpoint, args.model_config, args.weight, info.rank,
-                                       info.world_size, info.device, progress=info.is_main)
+                                       info.world_size, info.device, progress=info.is_main, dataset=args.dataset)
     except (FileNotFoundError, ValueError) as exc:  # config, data or checkpoint (CheckpointError is a ValueError)
         from vitpose_scale.models.interop import CheckpointError
 
@@ -222,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from vitpose_scale.eval.testdev import check_results_format, results_file_name
 
-            check_results_format(outcome.results, cfg.model.num_keypoints)
+            check_results_format(outcome.results, outcome.dataset.keypoints.num_keypoints)
             results_path = out / results_file_name(outcome.ann_file, args.alg_name)
             print(f"no ground truth to score: {outcome.ann_file} has images but no annotations (test-dev); "
                   f"the results are for the COCO evaluation server (zip the file and upload it)")

@@ -52,7 +52,7 @@ class MetricsLog:
             logger.image(tag, rgb, step)
 
     def predictions_figure(self, results: list, image_dir, images: dict, step: int, png: Path,
-                           keypoints="coco") -> None:
+                           keypoints="coco", tag: str = "eval/predictions") -> None:
         """An evaluation's skeleton figure (written to `png`) as the trackers' eval/predictions image;
         nothing without trackers or results. ``images``: image id -> file name of the evaluated set."""
         if not (self.loggers and results):
@@ -62,7 +62,7 @@ class MetricsLog:
         from vitpose_scale.visualize import save_predictions_figure
 
         save_predictions_figure(image_dir, results, images, png, max_images=4, keypoints=keypoints)
-        self.image("eval/predictions", cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB), step)
+        self.image(tag, cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB), step)
 
     def close(self) -> None:
         for logger in self.loggers:

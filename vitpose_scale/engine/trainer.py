@@ -372,7 +372,7 @@ class Trainer:
             images = {i: im["file_name"] for i, im in val_set.images.items()}
             self.log.predictions_figure(results, val_set.img_dir, images, self.step,
                                         self.out / "eval" / f"predictions_{tag}step{self.step:08d}.png",
-                                        val_set.keypoints)
+                                        val_set.keypoints, tag=f"eval/predictions{'/' + tag[:-1] if tag else ''}")
         return stats
 
     def _should_eval(self, at_end: bool) -> bool:
