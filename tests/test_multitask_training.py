@@ -261,3 +261,25 @@ def test_multitask_world_size_change_on_resume(zero3_run, data_root, tmp_path):
     ref, got = _losses(zero3_run), _losses(out)
     for step in (4, 5, 6):
         assert got[step] == pytest.approx(ref[step], rel=1e-4), step
+
+
+@pytest.mark.distributed
+def test_eval_and_infer_per_dataset_match_the_training_evaluation(zero3_run, tmp_path, coco_sample):
+    from vitpose_scale.evaluate import main as eval_main
+    from vitpose_scale.infer import main as infer_main
+
+    final = [r for r in read_jsonl(zero3_run / "metrics.jsonl") if r["kind"] == "eval"][-1]
+    for name in ("coco", "aic"):
+        out = tmp_path / name
+        assert eval_main(["--config", str(zero3_run / "config.yaml"), "--checkpoint", str(zero3_run / "final.pth"),
+                          "--dataset", name, "--out", str(out)]) == 0
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["AP"] == pytest.approx(final[f"{name}/AP"], abs=1e-12)
+        assert stats["AR"] == pytest.approx(final[f"{name}/AR"], abs=1e-12)
+    png = tmp_path / "aic.png"
+    assert infer_main(["--config", str(zero3_run / "config.yaml"), "--checkpoint", str(zero3_run / "final.pth"),
+                       "--image", str(coco_sample / "000000000785.jpg"), "--dataset", "aic", "--out", str(png)]) == 0
+    people = json.loads(png.with_suffix(".json").read_text())
+    assert len(people) == 1 and len(people[0]["keypoints"]) == 14 * 3
+    assert eval_main(["--config", str(zero3_run / "config.yaml"), "--checkpoint", str(zero3_run / "final.pth"),
+                      "--dataset", "mpii"]) == 2

@@ -141,14 +141,14 @@ def load_member(model_cfg: ModelConfig, checkpoint: str, device: torch.device, p
     load_official(model, checkpoint)
     dtype = torch.float32 if device.type == "cpu" else DTYPES[precision]
     model = model.to(device, dtype).eval()
+    if multi > 1:
+        from vitpose_scale.models.pose import DatasetView
+
+        model = DatasetView(model, dataset or 0)
 
     @torch.no_grad()
     def forward(images):
-        images = images.to(device, dtype)
-        if multi == 1:
-            return model(images).float()
-        tags = torch.full((images.shape[0],), dataset or 0, dtype=torch.long, device=device)
-        return model(images, tags).float()[:, :joints]
+        return model(images.to(device, dtype)).float()
 
     return forward
 

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thr", type=float, default=0.3, help="minimum keypoint score to draw (default 0.3)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip-test averaging (default: the config's eval.flip_test)")
+    p.add_argument("--dataset", default=None,
+                   help="multi-task models (ViTPose+/++): the dataset whose head and experts predict, by name or "
+                        "index (default: the first); its keypoint set is drawn")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     return p
 
@@ -245,8 +248,18 @@ def _main(args: argparse.Namespace) -> int:
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise FileNotFoundError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    from vitpose_scale.evaluate import select_dataset
+
+    index, task_cfg = select_dataset(cfg, args.dataset)  # a multi-task model: one dataset's head and joints
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(cfg, args.checkpoint, device)
+    if index is not None and model.num_datasets > 1:
+        from vitpose_scale.models.pose import DatasetView
+
+        model = DatasetView(model, index)
+        print(f"dataset {args.dataset or task_cfg.data.keypoint_set} (index {index}): "
+              f"{task_cfg.data.keypoint_set} keypoints")
+    cfg = task_cfg
     flip = cfg.eval.flip_test if args.flip is None else args.flip
 
     if args.image:

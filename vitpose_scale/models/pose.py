@@ -76,6 +76,23 @@ class PoseModel(nn.Module):
         return self.backbone.depth + 1
 
 
+class DatasetView(nn.Module):
+    """One dataset's model inside a multi-dataset one: images -> that dataset's heatmaps (its experts,
+    its head, its joints). Shares the weights; for inference, evaluation and export."""
+
+    def __init__(self, model: PoseModel, index: int):
+        super().__init__()
+        if not 0 <= index < model.num_datasets:
+            raise ValueError(f"dataset index {index} outside [0, {model.num_datasets}): this model has "
+                             f"{model.num_datasets} datasets")
+        self.model, self.index = model, index
+        self.joints = model.heads[min(index, len(model.heads) - 1)].final_layer.out_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tags = torch.full((images.shape[0],), self.index, dtype=torch.long, device=images.device)
+        return self.model(images, tags)[:, :self.joints]
+
+
 def _build_vit(m: ModelConfig, grid: tuple[int, int]) -> ViT:
     experts = m.num_experts if m.backbone == "vit_moe" else 1
     return ViT(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
