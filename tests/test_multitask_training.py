@@ -283,3 +283,21 @@ def test_eval_and_infer_per_dataset_match_the_training_evaluation(zero3_run, tmp
     assert len(people) == 1 and len(people[0]["keypoints"]) == 14 * 3
     assert eval_main(["--config", str(zero3_run / "config.yaml"), "--checkpoint", str(zero3_run / "final.pth"),
                       "--dataset", "mpii"]) == 2
+
+
+def test_flop_formula_counts_one_expert_per_token_as_torch_measures_it():
+    """MFU's numerator: the backbone's FLOP formula equals torch's FLOP counter on a real forward of
+    a mixed-dataset batch (every token goes through the shared fc2 and exactly one expert)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vitpose_scale.models.pose import forward_flops_per_image
+
+    cfg = ModelConfig(preset="tiny", image_size=[64, 48], attention="plain", backbone="vit_moe", num_experts=3,
+                      part_features=16, head_keypoints=[17, 14, 16])
+    model = build_pose_model(cfg).eval()
+    images, index = torch.zeros(4, 3, 64, 48), torch.tensor([0, 2, 2, 1])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.backbone(images, routes(index, 3))
+    assert counter.get_total_flops() == pytest.approx(4 * forward_flops_per_image(cfg), rel=1e-9)
+    plain = ModelConfig(preset="tiny", image_size=[64, 48])
+    assert forward_flops_per_image(cfg) == forward_flops_per_image(plain)  # an MoE block costs a plain block
