@@ -301,3 +301,28 @@ def test_flop_formula_counts_one_expert_per_token_as_torch_measures_it():
     assert counter.get_total_flops() == pytest.approx(4 * forward_flops_per_image(cfg), rel=1e-9)
     plain = ModelConfig(preset="tiny", image_size=[64, 48])
     assert forward_flops_per_image(cfg) == forward_flops_per_image(plain)  # an MoE block costs a plain block
+
+
+def test_a_plain_pretrained_backbone_initialises_every_expert_from_fc2_as_the_official_loader(tmp_path):
+    """ViTPose++ starts from a plain (MAE) backbone: the official loader gives each expert the last
+    part_features outputs of fc2 and the shared fc2 the rest, so the untrained MoE model computes
+    exactly what the plain backbone computes, for every dataset."""
+    from vitpose_scale.models.interop import save_official
+    from vitpose_scale.models.mae_transfer import load_init_weights
+
+    torch.manual_seed(3)
+    plain = build_pose_model(ModelConfig(preset="tiny", image_size=[64, 48])).eval()
+    backbone_only = {k: v for k, v in plain.state_dict().items() if k.startswith("backbone.")}
+    save_official(backbone_only, tmp_path / "vit.pth")
+    moe = _moe()
+    assert "backbone" in load_init_weights(moe, tmp_path / "vit.pth")
+    moe.eval()
+    images = torch.randn(3, 3, 64, 48)
+    with torch.no_grad():
+        want = plain.backbone(images)
+        for k in range(3):
+            got = moe.backbone(images, routes(torch.full((3,), k), 3))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    w = plain.state_dict()["backbone.blocks.1.mlp.fc2.weight"]
+    assert torch.equal(moe.state_dict()["backbone.blocks.1.mlp.experts.2.weight"], w[-16:])
+    assert torch.equal(moe.state_dict()["backbone.blocks.1.mlp.fc2.weight"], w[:-16])

@@ -16,6 +16,8 @@ count fits it, else a square or 4:3 grid read from the count.
 """
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import torch
@@ -38,6 +40,34 @@ def backbone_state_from_pretraining(state: dict) -> dict:
     return out
 
 
+_EXPERT = re.compile(r"^(backbone\.blocks\.\d+\.mlp\.)experts\.\d+\.(weight|bias)$")
+
+
+def split_fc2_into_experts(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A plain ViT's feed-forward into a ViTPose++ block, as the official loader does
+    (mmcv_custom/checkpoint.py with part_features): every expert starts as the last part_features
+    outputs of the pretrained fc2, the shared fc2 keeps the others. Plain models: unchanged."""
+    experts = [k for k in own if _EXPERT.match(k) and k not in state]
+    if not experts:
+        return state
+    state = dict(state)
+    fc2 = {}
+    for key in experts:
+        m = _EXPERT.match(key)
+        source = f"{m[1]}fc2.{m[2]}"
+        if source not in state:
+            continue  # reported as missing by the strict load
+        part = own[key].shape[0]
+        full = fc2.setdefault(source, state[source])
+        if full.shape[0] != own[source].shape[0] + part:
+            raise CheckpointError(f"{source}: {full.shape[0]} outputs in the checkpoint, but the model's shared part "
+                                  f"({own[source].shape[0]}) and an expert ({part}) need {own[source].shape[0] + part}")
+        state[key] = full[-part:].clone()
+    for source, full in fc2.items():
+        state[source] = full[:own[source].shape[0]].clone()
+    return state
+
+
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], grid: tuple[int, int] | None,
                    source: str) -> None:
     """Strict on every backbone key except last_norm; the head keeps its initialisation."""
@@ -46,6 +76,7 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], grid: tuple
         raise CheckpointError(f"{source}: no pos_embed; not a ViT/MAE checkpoint")
     state = adapt_state_dict(state, model, grid)
     own = model.state_dict()
+    state = split_fc2_into_experts(state, own)
     state.update({k: v for k, v in own.items() if k.startswith("backbone.last_norm.")})
     load_state_dict_strict(model, state, source, prefixes=("backbone.",))
 
