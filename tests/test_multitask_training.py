@@ -326,3 +326,19 @@ def test_a_plain_pretrained_backbone_initialises_every_expert_from_fc2_as_the_of
     w = plain.state_dict()["backbone.blocks.1.mlp.fc2.weight"]
     assert torch.equal(moe.state_dict()["backbone.blocks.1.mlp.experts.2.weight"], w[-16:])
     assert torch.equal(moe.state_dict()["backbone.blocks.1.mlp.fc2.weight"], w[:-16])
+
+
+def test_resume_refuses_datasets_in_another_order_even_with_equal_shapes():
+    """AP-10K and APT-36K both have 17 joints: swapping them keeps every tensor's shape but would give
+    each head and expert the other dataset's samples."""
+    from vitpose_scale.config import from_dict
+    from vitpose_scale.engine.resume_check import changed_keys
+
+    def cfg(order):
+        return from_dict({"model": {"preset": "tiny", "backbone": "vit_moe", "num_experts": 3, "part_features": 16},
+                          "data": {"tasks": [{"keypoint_set": k} for k in order]}})
+
+    assert changed_keys(cfg(["coco", "ap10k", "apt36k"]), cfg(["coco", "ap10k", "apt36k"])) == {}
+    changed = changed_keys(cfg(["coco", "ap10k", "apt36k"]), cfg(["coco", "apt36k", "ap10k"]))
+    assert set(changed) == {"data.tasks"}
+    assert "model.head_keypoints" in changed_keys(cfg(["coco", "ap10k", "apt36k"]), cfg(["coco", "aic", "apt36k"]))

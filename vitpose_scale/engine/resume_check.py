@@ -2,7 +2,8 @@
 meta.json) against the config of the run about to load it.
 
 Refused (exit 2, naming each key): what changes the tensors' shapes or the format of the saved
-states (the model's architecture, the MAE decoder, the backend, ZeRO stage, precision, offload)
+states (the model's architecture, the MAE decoder, the backend, ZeRO stage, precision, offload), the
+datasets' order in a multi-task run (it assigns heads and experts)
 and the global batch size, whose change would silently reinterpret the step counter, the epoch
 and the data position. Free to change: the world size (checkpoints reshard), grad_accum,
 the schedule's length, logging, evaluation and the attention implementation (same function).
@@ -31,6 +32,9 @@ def _values(cfg: Config) -> dict:
     for section, key in _FIXED:
         values[f"{section}.{key}"] = getattr(getattr(cfg, section), key)
     values["train.batch_size"] = cfg.train.batch_size
+    # Which dataset owns which head and expert: reordering tasks of equal joint counts keeps the shapes
+    # but would hand every head another dataset's samples.
+    values["data.tasks"] = [f"{t.get('name') or t['keypoint_set']}:{t['keypoint_set']}" for t in cfg.data.tasks]
     return values
 
 
