@@ -342,3 +342,45 @@ def test_resume_refuses_datasets_in_another_order_even_with_equal_shapes():
     changed = changed_keys(cfg(["coco", "ap10k", "apt36k"]), cfg(["coco", "apt36k", "ap10k"]))
     assert set(changed) == {"data.tasks"}
     assert "model.head_keypoints" in changed_keys(cfg(["coco", "ap10k", "apt36k"]), cfg(["coco", "aic", "apt36k"]))
+
+
+BAD_TASK_CONFIGS = [
+    ({"model": {"backbone": "vit_moe", "num_experts": 2, "part_features": 16}}, "data.tasks: model.backbone vit_moe"),
+    ({"model": {"backbone": "vit_moe", "num_experts": 3, "part_features": 16},
+      "data": {"tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "aic"}]}}, "model.num_experts: got 3, but data.tasks has 2"),
+    ({"model": {"backbone": "vit_moe", "num_experts": 2, "part_features": 64},
+      "data": {"tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "aic"}]}}, "model.part_features: got 64"),
+    ({"model": {"num_experts": 2}}, "model.num_experts: got 2, expected 1 with model.backbone vit"),
+    ({"data": {"tasks": [{"keypoint_set": "coco"}, {"root": "x"}]}}, "data.tasks[1]: got {'root': 'x'}"),
+    ({"data": {"tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "coco"}]}}, "names ['coco', 'coco'] repeat"),
+    ({"data": {"tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "aic", "colour": 1}]}}, "unknown keys ['colour']"),
+    ({"data": {"tasks": [{"keypoint_set": "coco", "ratio": 1}, {"keypoint_set": "aic"}]}}, "data.tasks[1].ratio is not set"),
+    ({"data": {"tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "aic", "loss_weight": -1}]}}, "data.tasks[1].loss_weight"),
+    ({"model": {"head_keypoints": [17, 16]}, "data": {"tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "aic"}]}},
+     "model.head_keypoints: got [17, 16], but data.tasks' keypoint sets have [17, 14]"),
+    ({"data": {"keypoint_set": "aic", "tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "aic"}]}},
+     "data.keypoint_set: 'aic', but data.tasks[0]"),
+    ({"data": {"tasks": [{"keypoint_set": "coco"}, {"keypoint_set": "nope"}]}}, "keypoint"),
+]
+
+
+@pytest.mark.parametrize("raw,message", BAD_TASK_CONFIGS, ids=[m[:30] for _, m in BAD_TASK_CONFIGS])
+def test_bad_multitask_configs_are_refused_in_one_line(raw, message):
+    from vitpose_scale.config import ConfigError, from_dict
+
+    raw = {"model": {"preset": "tiny", **raw.get("model", {})}, "data": raw.get("data", {})}
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_bad_multitask_config_exits_2_with_one_line_before_any_work(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: {preset: tiny, backbone: vit_moe, num_experts: 3, part_features: 16}\n"
+                   "data: {tasks: [{keypoint_set: coco}, {keypoint_set: aic}]}\n"
+                   f"train: {{output_dir: {tmp_path / 'run'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "vitpose_scale.cli", "train", "--config", str(cfg)], cwd=ROOT,
+                          env=launcher_env(), capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "model.num_experts" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
