@@ -463,7 +463,9 @@ def _check_tasks(cfg: "Config") -> None:
     """data.tasks entries, and the heads and experts they imply (filled in: model.head_keypoints,
     data.keypoint_set = the first task's)."""
     m, d = cfg.model, cfg.data
-    _choice("model.backbone", m.backbone, ("vit", "vit_moe"))
+    from vitpose_scale.models.pose import BACKBONES  # the registry: a new backbone is valid once registered
+
+    _choice("model.backbone", m.backbone, tuple(BACKBONES))
     if m.backbone == "vit_moe":
         if m.num_experts < 2:
             raise ConfigError(f"model.num_experts: got {m.num_experts}, expected >= 2 with model.backbone vit_moe "

@@ -3,7 +3,7 @@
 One head (ViTPose) or one per dataset (ViTPose+ / ViTPose++, the official TopDownMoE: the first
 dataset's head is `keypoint_head`, dataset k's is `associate_keypoint_heads.{k-1}`). Backbones are
 chosen by name from BACKBONES; the rest of the toolkit reaches a backbone only through the
-interface `ViT` defines (layer_id, shard_units, attention_modules, forward_flops, grid).
+interface of models/backbone.py (layer_id, shard_units, attention_modules, forward_flops, grid).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitpose_scale.config import ModelConfig
+from vitpose_scale.models.backbone import Backbone
 from vitpose_scale.models.heads import ClassicHead, SimpleHead
 from vitpose_scale.models.vit import ViT, routes
 
@@ -103,8 +104,8 @@ def _build_vit(m: ModelConfig, grid: tuple[int, int]) -> ViT:
 
 
 # model.backbone -> builder(resolved ModelConfig, pos_embed grid). A new backbone registers here and
-# implements ViT's interface; nothing else names it.
-BACKBONES: dict[str, Callable[[ModelConfig, tuple[int, int]], nn.Module]] = {"vit": _build_vit, "vit_moe": _build_vit}
+# implements models.backbone.Backbone; nothing else names it.
+BACKBONES: dict[str, Callable[[ModelConfig, tuple[int, int]], Backbone]] = {"vit": _build_vit, "vit_moe": _build_vit}
 
 
 def build_backbone(cfg: ModelConfig) -> ViT:
