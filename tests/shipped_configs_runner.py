@@ -5,6 +5,8 @@ Run as a script (one process group for all configs, so DeepSpeed is imported onc
 Writes OUT_DIR/<name>/report.json with {"ok", "error", "losses", "stats"} per config.
 Only depth, width and data size are shrunk (see `shrink_overrides`); precision, backend,
 ZeRO stage, head, attention, image size, patch stride and checkpointing stay the config's.
+Multi-task configs (data.tasks) keep their number of datasets, heads and experts, each dataset a
+synthetic set of its own (`synthetic_tasks`).
 """
 import json
 import sys
@@ -29,10 +31,41 @@ def shrink_overrides(raw: dict, out: Path, data_root: Path) -> list[str]:
     preset = (raw.get("model") or {}).get("preset", "B")
     heads = heads or PRESETS[preset]["num_heads"]
     sets.append(f"model.embed_dim={8 * heads}")
+    part = (raw.get("model") or {}).get("part_features")
+    if part:  # ViTPose++ experts: the same share of the shrunk width
+        width = (raw.get("model") or {}).get("embed_dim") or PRESETS[preset]["embed_dim"]
+        sets.append(f"model.part_features={max(1, part * 8 * heads // width)}")
     if "mae" in raw:
         mae_heads = raw["mae"].get("decoder_heads", 16)
         sets += [f"mae.decoder_dim={8 * mae_heads}", "mae.decoder_depth=1"]
+    tasks = (raw.get("data") or {}).get("tasks")
+    if tasks:
+        sets.append("data.tasks=" + json.dumps(synthetic_tasks(tasks, data_root)))
     return sets
+
+
+def synthetic_tasks(tasks: list[dict], data_root: Path) -> list[dict]:
+    """data.tasks with every dataset a small synthetic set under data_root/tasks/<name>, in the same
+    order (heads, experts). A set the generator cannot draw (animals, whole body) or whose metric needs
+    files a synthetic set lacks (MPII's mpii_gt_val.mat) becomes a COCO-joint stand-in of the same name:
+    its head then has 17 joints."""
+    from vitpose_scale.config import TASK_OWN_KEYS
+    from vitpose_scale.data.synthetic import synthetic_points
+    from vitpose_scale.keypoints import get_spec
+
+    out = []
+    for entry in tasks:
+        name = entry.get("name") or entry["keypoint_set"]
+        spec = get_spec(entry["keypoint_set"])
+        try:
+            synthetic_points(spec)
+            drawable = spec.evaluation["metric"] != "pckh"
+        except ValueError:
+            drawable = False
+        own = {k: entry[k] for k in TASK_OWN_KEYS if k in entry}  # ratio, loss_weight: kept
+        out.append({**own, "name": name, "keypoint_set": spec.name if drawable else "coco",
+                    "root": str(data_root / "tasks" / name)})
+    return out
 
 
 def run_one(config: Path, out: Path, data_root: Path, info) -> dict:

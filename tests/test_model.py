@@ -184,13 +184,16 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-def _hand_counted_parameters(m, grid: tuple[int, int]) -> tuple[int, int]:
+def _hand_counted_parameters(m, grid: tuple[int, int], k: int | None = None) -> tuple[int, int]:
     """(backbone, head) parameters by hand: patch conv, pos_embed with its extra token, per block two
-    LayerNorms, qkv, proj, fc1, fc2; last norm. Classic head: one deconv per halving from the feature
-    stride to 1/4, a BN after each, a 1x1 conv; simple head: a 3x3 conv."""
-    c, k, hidden = m.embed_dim, m.num_keypoints, int(round(m.embed_dim * m.mlp_ratio))
+    LayerNorms, qkv, proj, fc1, fc2 (ViTPose++: fc2 gives width - part_features outputs, each expert
+    the other part_features); last norm. Classic head: one deconv per halving from the feature
+    stride to 1/4, a BN after each, a 1x1 conv; simple head: a 3x3 conv. `k`: the head's joints."""
+    c, k, hidden = m.embed_dim, k or m.num_keypoints, int(round(m.embed_dim * m.mlp_ratio))
     block = 2 * 2 * c + (3 * c * c + (3 * c if m.qkv_bias else 0)) + (c * c + c) + (c * hidden + hidden) \
         + (hidden * c + c)
+    if m.backbone == "vit_moe":
+        block += (m.num_experts - 1) * (hidden * m.part_features + m.part_features)
     backbone = (3 * m.patch_size ** 2 * c + c) + (1 + grid[0] * grid[1]) * c + m.depth * block + 2 * c
     if m.head == "simple":
         return backbone, c * k * 9 + k
@@ -224,6 +227,11 @@ def test_every_shipped_config_builds_with_hand_counted_parameters_and_grid(path)
     pos_grid = tuple(m.pretrain_grid) if m.pretrain_grid else grid
     assert (count_parameters(model.backbone), count_parameters(model.keypoint_head)) == \
         _hand_counted_parameters(m, pos_grid)
+    if model.num_datasets > 1:  # ViTPose+/++: every head by hand; routing by dataset needs real indices
+        joints = m.head_keypoints or [m.num_keypoints]
+        assert [count_parameters(head) for head in model.heads] == \
+            [_hand_counted_parameters(m, pos_grid, k)[1] for k in joints]
+        return
     x = torch.empty(1, 3, h, w, device="meta")
     assert model.backbone(x).shape == (1, m.embed_dim, *grid)
     assert model(x).shape == (1, m.num_keypoints, h // 4, w // 4)

@@ -334,3 +334,44 @@ def test_readme_table_is_the_generated_one():
     """README.md's "What fits where" table is `vitpose-scale plan --readme-table` verbatim."""
     table = _run_cli(plan.main, ["--readme-table"]).strip()
     assert table in (ROOT / "README.md").read_text()
+
+
+# ------------------------------------------------------- ViTPose+ / ViTPose++ --
+def test_multitask_people_per_epoch_is_the_sum_over_the_datasets():
+    """Each data.tasks entry's training set, known by name or counted; an unknown one is named."""
+    import yaml
+
+    from vitpose_scale.config import from_dict
+
+    path = ROOT / "configs/vitpose_pp_b_256x192.yaml"
+    with pytest.raises(ValueError, match=r"data\.tasks\[2\] \(mpii\): training set .*mpii_train\.json: unknown size"):
+        plan.samples_per_epoch(load_config(path))
+    raw = yaml.safe_load(path.read_text())
+    tasks = raw["data"]["tasks"]
+    tasks[2].update(root=str(ROOT / "tests/data/mpii"), train_ann="test_mpii.json")  # MPII's list: 5 people
+    for entry in tasks[3:]:  # AP-10K, APT-36K, COCO-WholeBody stand-ins: the COCO-layout sample
+        entry.update(root=str(ROOT / "data/coco_sample"), train_ann="test_coco.json")
+    sample = sum(1 for a in json.loads((ROOT / "data/coco_sample/test_coco.json").read_text())["annotations"]
+                 if a["num_keypoints"] > 0)
+    assert sample == 12
+    assert plan.samples_per_epoch(from_dict(raw)) == 149_813 + 378_352 + 5 + 3 * sample
+
+
+def test_plan_counts_the_experts_and_heads_of_a_multitask_config():
+    """`vitpose-scale plan` builds the model from the config: ViTPose++-B's six experts per block and six
+    heads are in its parameter count (hand arithmetic: tests/test_recipe_configs.py::PARAMS)."""
+    from vitpose_scale.models.pose import build_pose_model
+
+    text = _run_cli(plan.main, ["--config", "configs/vitpose_pp_b_256x192.yaml", "--gpus", "8",
+                                "--samples-per-epoch", "700000", "--top", "1"])
+    model = build_pose_model(load_config(ROOT / "configs/vitpose_pp_b_256x192.yaml").model, device="meta")
+    total = sum(p.numel() for p in model.parameters())
+    assert total == 121_195_776 + 4_199_697 * 3 + 4_198_926 + 4_199_440 + 4_229_509
+    (line,) = [ln for ln in text.splitlines() if " datasets (" in ln]
+    assert line.startswith("6 datasets (coco 17, aic 14, mpii 16, ap10k 17, apt36k 17, coco_wholebody 133 joints), "
+                           "6 experts per block, 6 heads: ")
+    assert f"{total:,} parameters = backbone 121,195,776 (experts 42,481,152) + heads 4,199,697 + " in line
+    assert f"{total / 1e9:.3f} B parameters" in text and "700000 samples per epoch" in text
+    single = _run_cli(plan.main, ["--config", "configs/vitpose_b_256x192.yaml", "--gpus", "8",
+                                  "--samples-per-epoch", "1000", "--top", "1"])
+    assert " datasets (" not in single  # single-task output unchanged

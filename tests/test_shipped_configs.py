@@ -37,6 +37,9 @@ def reports(tmp_path_factory):
 def test_configs_are_found():
     names = {c.name for c in CONFIGS}
     assert {"vitpose_b_256x192.yaml", "vitpose_g_576x432.yaml", "demo.yaml"} <= names
+    # ViTPose+ (three heads) and ViTPose++ (six heads, experts): trained here on synthetic stand-ins
+    assert {f"vitpose_plus_{k}_256x192.yaml" for k in "blh"} | {"vitpose_plus_g_576x432.yaml"} <= names
+    assert {f"vitpose_pp_{k}_256x192.yaml" for k in "sblh"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])

@@ -131,6 +131,11 @@ class ModelShape:
     drop_path_layers: int  # blocks with a DropPath (rate > 0)
     part_features: int  # ViTPose++ experts' output width (0: plain feed-forward)
     forward_flops: float  # per image
+    # Where the parameters are (ViTPose+/++ print them): the backbone with its experts, the experts
+    # alone, each head in dataset order; params = backbone_params + sum(head_params).
+    backbone_params: int = 0
+    expert_params: int = 0
+    head_params: tuple[int, ...] = ()
 
     @property
     def tokens(self) -> int:
@@ -159,7 +164,10 @@ def model_shape(cfg: Config) -> ModelShape:
         keypoints=max(m.head_keypoints or [m.num_keypoints]), head=m.head, head_channels=m.head_channels,
         num_deconv=int(math.log2(m.patch_stride // 4)), patch_stride=m.patch_stride, attention=m.attention,
         drop_path_layers=drop_paths, forward_flops=forward_flops_per_image(cfg.model),
-        part_features=(m.part_features or 0) if m.backbone == "vit_moe" else 0)
+        part_features=(m.part_features or 0) if m.backbone == "vit_moe" else 0,
+        backbone_params=sum(p.numel() for p in model.backbone.parameters()),
+        expert_params=sum(p.numel() for n, p in model.backbone.named_parameters() if ".mlp.experts." in n),
+        head_params=tuple(sum(p.numel() for p in head.parameters()) for head in model.heads))
 
 
 # --------------------------------------------------------------- settings --
@@ -454,23 +462,34 @@ def plan_settings(cfg: Config, hw: Hardware, samples_per_epoch: int, zero_stage:
 
 def samples_per_epoch(cfg: Config) -> int:
     """People per epoch of the config's training sets: known sets by annotation file name,
-    small annotation files counted (people with keypoints), else an error asking for the number."""
-    d = cfg.data
-    if d.kind == "synthetic":
-        raise ValueError("data.kind synthetic: pass --samples-per-epoch (people per epoch are generated)")
-    sets = [(d.root, d.train_ann)] + [(e.get("root", d.root), e.get("ann", "")) for e in d.extra_train]
+    small annotation files counted (people with keypoints; MPII's list: every person), else an error
+    asking for the number. Multi-task configs (data.tasks, concatenated or drawn by ratio: an epoch
+    has as many draws as the sets have people): the sum over the datasets."""
+    from vitpose_scale.config import task_configs
+
+    multi = len(cfg.data.tasks) > 1
     total = 0
-    for root, ann in sets:
-        name = Path(ann).name
-        if name in KNOWN_TRAIN_SETS:
-            total += KNOWN_TRAIN_SETS[name]
-            continue
-        path = Path(root) / ann
-        if not path.is_file() or path.stat().st_size > 50_000_000:
-            raise ValueError(f"training set {path}: unknown size (known: {sorted(KNOWN_TRAIN_SETS)}): "
-                             f"pass --samples-per-epoch")
-        anns = json.loads(path.read_text()).get("annotations", [])
-        total += sum(1 for a in anns if a.get("num_keypoints", 0) > 0)
+    for index, (name, task) in enumerate(task_configs(cfg)):
+        where = f"data.tasks[{index}] ({name}): " if multi else ""
+        d = task.data
+        if d.kind == "synthetic":
+            raise ValueError(f"{where}data.kind synthetic: pass --samples-per-epoch (people per epoch are generated)")
+        # The main set is read by the keypoint set's reader (MPII: a list of people); extra_train is COCO-layout.
+        sets = [(d.root, d.train_ann, d.keypoint_set == "mpii")]
+        sets += [(e.get("root", d.root), e.get("ann", ""), False) for e in d.extra_train]
+        for root, ann, people_list in sets:
+            if Path(ann).name in KNOWN_TRAIN_SETS:
+                total += KNOWN_TRAIN_SETS[Path(ann).name]
+                continue
+            path = Path(root) / ann
+            if not path.is_file() or path.stat().st_size > 50_000_000:
+                raise ValueError(f"{where}training set {path}: unknown size (known: {sorted(KNOWN_TRAIN_SETS)}): "
+                                 f"pass --samples-per-epoch")
+            data = json.loads(path.read_text())
+            if people_list:
+                total += len(data)
+            else:
+                total += sum(1 for a in data.get("annotations", []) if a.get("num_keypoints", 0) > 0)
     return total
 
 
@@ -620,6 +639,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{m.preset} preset ({m.embed_dim} wide, {m.depth} deep, stride {m.patch_stride}) at "
           f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}: {shape.params / 1e9:.3f} B parameters, "
           f"{shape.tokens} tokens, {shape.forward_flops / 1e12:.3f} TFLOP forward per image")
+    if len(shape.head_params) > 1 or shape.expert_params:  # ViTPose+/++: where the parameters are
+        from vitpose_scale.config import task_names
+
+        names = task_names(cfg) or [f"dataset {i}" for i in range(len(shape.head_params))]
+        joints = m.head_keypoints or [m.num_keypoints]
+        experts = m.num_experts if m.backbone == "vit_moe" else 1
+        print(f"{len(names)} datasets ({', '.join(f'{n} {k}' for n, k in zip(names, joints))} joints), "
+              f"{experts} expert{'s' if experts > 1 else ''} per block, {len(shape.head_params)} heads: "
+              f"{shape.params:,} parameters = backbone {shape.backbone_params:,} (experts {shape.expert_params:,}) "
+              f"+ heads {' + '.join(f'{n:,}' for n in shape.head_params)}")
     print(f"{hw.gpus} x {hw.gpu_mem_gb:g} GB {GPUS[hw.gpu].name} GPUs, {cfg.parallel.precision}"
           f"{' (TF32 matmuls)' if hw.tf32 and cfg.parallel.precision == 'fp32' else ''}, attention {m.attention}"
           f"{' (torch 1.9 softmax)' if hw.softmax_saves_input else ''}, global batch "
