@@ -1,4 +1,4 @@
-"""`vitpose-scale` command: train | eval | infer | coco-eval | pckh | convert | export | params |
+"""`vitpose-scale` command: train | eval | infer | coco-eval | pckh | convert | export | split | params |
 make-synthetic | prepare-images."""
 from __future__ import annotations
 
@@ -197,6 +197,65 @@ def _convert(argv: list[str] | None) -> int:
     return 0
 
 
+def split_main(argv: list[str] | None = None) -> int:
+    return run_reporting_errors(_split, argv)
+
+
+def _split(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vitpose-scale split",
+        description="one dataset's plain ViTPose (official layout) out of a multi-task ViTPose+/++ checkpoint, as "
+                    "the official tools/model_split.py: experts merged into fc2, that dataset's head only")
+    parser.add_argument("--checkpoint", required=True,
+                        help="official ViTPose+/++ .pth, runs/X/best.pth, runs/X/checkpoints/step_N or .safetensors")
+    parser.add_argument("--dataset", required=True, metavar="NAME|INDEX",
+                        help="a data.tasks name of the run's config, or the dataset index (0: keypoint_head)")
+    parser.add_argument("--out", required=True, help="the .pth file to write ({'meta', 'state_dict'})")
+    parser.add_argument("--config", help="the run's config (default: config.yaml next to the checkpoint); "
+                                         "needed for a NAME")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    from pathlib import Path
+
+    from vitpose_scale.config import ConfigError, task_names
+    from vitpose_scale.export import config_for_checkpoint, read_state
+    from vitpose_scale.models import interop
+    from vitpose_scale.models.split import resolve_dataset, split_state_dict
+
+    if not Path(args.checkpoint).exists():
+        raise interop.CheckpointError(f"checkpoint {args.checkpoint} does not exist")
+    state, meta = read_state(args.checkpoint)
+    count = interop.dataset_count(state)
+    if count < 2:
+        raise interop.CheckpointError(f"{args.checkpoint} serves one dataset (no mlp.experts.*, no "
+                                      f"associate_keypoint_heads.*): nothing to split")
+    cfg = None
+    try:
+        cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
+    except FileNotFoundError:
+        if args.config or not args.dataset.strip().isdigit():  # an index needs no names
+            raise
+    names = task_names(cfg) if cfg is not None else []
+    if cfg is not None and len(names) != count:
+        raise ConfigError(f"data.tasks names {len(names)} datasets {names}, but {args.checkpoint} has {count} "
+                          f"(experts per block / keypoint heads): expected the config of the run that wrote it")
+    index = resolve_dataset(args.dataset, names, count)
+    out_state = split_state_dict(state, index)
+    meta = {k: v for k, v in meta.items() if k != "format"}
+    meta.update(dataset_index=index, split_from=str(args.checkpoint),
+                num_keypoints=int(out_state["keypoint_head.final_layer.weight"].shape[0]))
+    if names:
+        meta["dataset"] = names[index]
+    if cfg is not None and "pos_embed_grid" not in meta:  # a training checkpoint directory has no meta grid
+        m = cfg.model
+        meta["pos_embed_grid"] = list(m.pretrain_grid) if m.pretrain_grid else list(m.grid)
+    interop.save_official(out_state, args.out, meta)
+    label = f"{names[index]} (index {index})" if names else f"index {index}"
+    print(f"wrote {args.out}: dataset {label}, {meta['num_keypoints']} joints, plain ViTPose from {args.checkpoint}")
+    return 0
+
+
 def params_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vitpose-scale params",
                                      description="parameter counts and FLOPs of the presets (meta device)")
@@ -227,6 +286,8 @@ COMMANDS = {
     "pckh": ("MPII PCKh of a results file against mpii_gt_val.mat (mmpose-equal)", "vitpose_scale.eval.pckh:main"),
     "convert": ("consolidate ZeRO/FSDP checkpoints; official <-> Hugging Face", "vitpose_scale.cli:convert_main"),
     "export": ("a checkpoint as a Hugging Face directory, ONNX or safetensors", "vitpose_scale.export:main"),
+    "split": ("one dataset's plain ViTPose out of a ViTPose+/++ checkpoint (tools/model_split.py)",
+              "vitpose_scale.cli:split_main"),
     "params": ("parameter count and FLOPs table of the presets", "vitpose_scale.cli:params_main"),
     "plan": ("memory per rank, FLOPs and time of a config at a given number of GPUs", "vitpose_scale.plan:main"),
     "make-synthetic": ("generate the synthetic-people COCO data set", "vitpose_scale.data.synthetic:main"),

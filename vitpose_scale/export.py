@@ -5,10 +5,14 @@ training checkpoint directory step_N):
 
   hf           a directory `transformers.VitPoseForPoseEstimation.from_pretrained` loads:
                config.json (shape, image size, keypoint names in id2label, skeleton in
-               `edges`) + model.safetensors
+               `edges`) + model.safetensors; of a multi-task model (ViTPose+/++): the backbone
+               with its experts and one dataset's head (--dataset, default the first), the
+               index to pass as `dataset_index` in config.json and README.md
   onnx         one .onnx file, input `images` (batch, 3, H, W) with a dynamic batch, output
-               `heatmaps` (batch, K, H/4, W/4); see ONNX_OPSET and ONNX_ATTENTION
-  safetensors  the official ViTPose key layout as a .safetensors file (no pickle)
+               `heatmaps` (batch, K, H/4, W/4); see ONNX_OPSET and ONNX_ATTENTION; of a
+               multi-task model: one dataset's split plain model (--dataset required)
+  safetensors  the official ViTPose key layout as a .safetensors file (no pickle); every
+               dataset of a multi-task model
 
 `load_weights` reads all of them (and official .pth files) into a model: used by
 `vitpose-scale infer` and by `train.init_from`.
@@ -16,6 +20,7 @@ training checkpoint directory step_N):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,9 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitpose_scale.config import Config, ConfigError, ModelConfig, from_dict, load_config
+from vitpose_scale.config import Config, ConfigError, ModelConfig, from_dict, load_config, task_configs
 from vitpose_scale.keypoints import get_spec
 from vitpose_scale.models import interop
+from vitpose_scale.models.split import resolve_dataset, select_head, split_state_dict
 
 # Opset 18: every current runtime runs it (onnxruntime >= 1.14, TensorRT >= 8.6); the torch.export
 # route's native opset (20) only adds a fused Gelu op.
@@ -98,12 +104,14 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, {**meta, "format": "safetensors" if path.suffix == ".safetensors" else "official"}
 
 
-def load_weights(model: nn.Module, path: str | Path) -> str:
+def load_weights(model: nn.Module, path: str | Path, keypoint_sets: list[str] | None = None) -> str:
     """Load any supported checkpoint into `model` strictly (pos_embed resized when the input size
-    differs); returns the format's name."""
+    differs); returns the format's name. `keypoint_sets` (each dataset's) names the set in a
+    head mismatch."""
     state, meta = read_state(path)
     grid = tuple(meta["pos_embed_grid"]) if meta.get("pos_embed_grid") else None
-    interop.load_state_dict_strict(model, interop.adapt_state_dict(state, model, grid), str(path))
+    interop.load_state_dict_strict(model, interop.adapt_state_dict(state, model, grid), str(path),
+                                   keypoint_sets=keypoint_sets)
     return meta["format"]
 
 
@@ -113,9 +121,14 @@ def _fp32_state(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items()}
 
 
-def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints="coco") -> Path:
+def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints="coco",
+              dataset: int | None = None, dataset_name: str | None = None) -> Path:
     """A directory that `VitPoseForPoseEstimation.from_pretrained` loads with every weight used;
-    ``keypoints`` (the keypoint set) names the labels and the skeleton edges."""
+    ``keypoints`` (the keypoint set) names the labels and the skeleton edges.
+
+    ``dataset``: of a multi-task model, the dataset whose head goes in (the Hugging Face layout has
+    one head; the backbone keeps every expert); `cfg` is then that dataset's model config
+    (`task_configs`) and config.json and README.md say which `dataset_index` to pass."""
     from safetensors.torch import save_file
 
     m = cfg.resolved()
@@ -139,10 +152,24 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints
     hf.id2label = dict(enumerate(spec.names))
     hf.label2id = {n: i for i, n in enumerate(spec.names)}
     hf.edges = [list(e) for e in spec.skeleton]
+    state = _fp32_state(model)
+    experts = m.backbone == "vit_moe" and m.num_experts > 1
+    if dataset is not None:
+        state = select_head(state, dataset)
+        hf.dataset_index, hf.dataset_name = dataset, dataset_name or spec.name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
-    save_file(interop.to_hf_state_dict(_fp32_state(model)), str(out / HF_WEIGHTS), metadata={"format": "pt"})
+    save_file(interop.to_hf_state_dict(state), str(out / HF_WEIGHTS), metadata={"format": "pt"})
+    if dataset is not None:
+        # The experts are chosen per call, not stored: a wrong dataset_index silently runs another expert.
+        use = (f"pass `dataset_index=torch.full((batch,), {dataset})` to `VitPoseForPoseEstimation`: its "
+               f"{m.num_experts} experts per block are picked per sample" if experts
+               else "no `dataset_index` needed (a plain backbone, no experts)")
+        (out / "README.md").write_text(
+            f"# ViTPose multi-task model: dataset {hf.dataset_name!r} (index {dataset})\n\n"
+            f"This directory holds the backbone and the `{hf.dataset_name}` head ({spec.num_keypoints} joints, "
+            f"keypoint set `{spec.name}`) of a multi-task ViTPose; {use}.\n")
     return out
 
 
@@ -213,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory (hf) or file (onnx, safetensors)")
     p.add_argument("--config", help="model config (default: the run's config.yaml next to the checkpoint)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dataset", metavar="NAME|INDEX",
+                   help="of a multi-task model (data.tasks): the dataset to export (hf: default the first; onnx: "
+                        "required; safetensors keeps every dataset)")
     return p
 
 
@@ -230,16 +260,67 @@ def _main(args: argparse.Namespace) -> int:
         raise interop.CheckpointError(f"checkpoint {args.checkpoint} does not exist")
     cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
     model = build_pose_model(cfg.model).eval()
-    source = load_weights(model, args.checkpoint)
-    if args.format == "hf":
-        out = export_hf(model, cfg.model, args.out, cfg.data.keypoint_set)
-    elif args.format == "onnx":
-        out = export_onnx(model, cfg.model, args.out)
+    tasks = task_configs(cfg)
+    source = load_weights(model, args.checkpoint, [task.data.keypoint_set for _, task in tasks])
+    if model.num_datasets > 1:
+        out, note = _export_dataset(model, cfg, tasks, args)
     else:
-        out = export_safetensors(model, args.out)
+        if args.dataset is not None:  # a single-dataset model: only its own name or 0
+            resolve_dataset(args.dataset, [name for name, _ in tasks], 1)
+        note = ""
+        if args.format == "hf":
+            out = export_hf(model, cfg.model, args.out, cfg.data.keypoint_set)
+        elif args.format == "onnx":
+            out = export_onnx(model, cfg.model, args.out)
+        else:
+            out = export_safetensors(model, args.out)
     print(f"wrote {out} ({args.format}) from {args.checkpoint} ({source}, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters){note}")
     return 0
+
+
+def _export_dataset(model: nn.Module, cfg: Config, tasks: list, args: argparse.Namespace) -> tuple[Path, str]:
+    """A multi-task model (ViTPose+/++): hf holds the backbone and one head, onnx one dataset's
+    split plain model, safetensors every dataset."""
+    from vitpose_scale.cli import InputError
+
+    names = [name for name, _ in tasks] if cfg.data.tasks else []
+    count = model.num_datasets
+    if args.format == "safetensors":
+        if args.dataset is not None:
+            raise InputError(f"--dataset {args.dataset}: safetensors keeps every dataset of this {count}-dataset "
+                             f"model; for one dataset's weights run `vitpose-scale split`")
+        return export_safetensors(model, args.out), f", all {count} datasets"
+    if args.dataset is None and args.format == "onnx":
+        raise InputError(f"--dataset: required for ONNX of a model with {count} datasets "
+                         f"({', '.join(names) or 'no data.tasks names'}): one ONNX file per dataset")
+    index = resolve_dataset(args.dataset, names, count) if args.dataset is not None else 0
+    if index >= len(names):
+        raise ConfigError(f"dataset {index}: its keypoint set is unknown: expected data.tasks in the config, one "
+                          f"entry per dataset of the model")
+    name, task = tasks[index]
+    if args.format == "hf":
+        out = export_hf(model, task.model, args.out, task.data.keypoint_set, dataset=index, dataset_name=name)
+        experts = model.backbone.num_experts > 1
+        return out, (f", dataset {name!r}: pass dataset_index={index}" if experts
+                     else f", dataset {name!r} (no experts: no dataset_index needed)")
+    plain = split_model(model, task.model, index)
+    return export_onnx(plain, plain_config(task.model), args.out), f", dataset {name!r} (index {index}, split)"
+
+
+def plain_config(cfg: ModelConfig) -> ModelConfig:
+    """One dataset's model config (`task_configs`) as the plain single-head ViTPose a split gives."""
+    return dataclasses.replace(cfg, backbone="vit", num_experts=1, part_features=None, head_keypoints=None)
+
+
+def split_model(model: nn.Module, cfg: ModelConfig, index: int) -> nn.Module:
+    """Dataset `index` of a multi-task model as a plain ViTPose (`split_state_dict`), loaded strictly;
+    `cfg` is that dataset's model config."""
+    from vitpose_scale.models.pose import build_pose_model
+
+    plain = build_pose_model(plain_config(cfg)).eval()
+    interop.load_state_dict_strict(plain, split_state_dict(_fp32_state(model), index), f"dataset {index} split")
+    return plain
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def detect_checkpoint_format(state: dict[str, torch.Tensor], source: str = "<che
 
     "hf": Hugging Face VitPose (backbone.embeddings.*, backbone.encoder.layer.*);
     "mae": an MAE with its decoder (mask_token, decoder_*; ours or the official MAE's);
-    "official": a whole ViTPose (backbone.* and keypoint_head.*: the official mmcv layout, ours);
+    "official": a whole ViTPose (backbone.* and keypoint_head.*: the official mmcv layout, ours), also
+    the multi-task ViTPose+ (associate_keypoint_heads.K.*) and ViTPose++ (mlp.experts.K.* as well);
     "backbone": a ViT encoder alone (pos_embed and blocks.*, bare or under backbone./encoder.: timm, MAE releases).
     """
     keys = list(state)
@@ -164,12 +165,104 @@ def detect_checkpoint_format(state: dict[str, torch.Tensor], source: str = "<che
         f"VitPose (backbone.embeddings.*)")
 
 
+_EXPERT_WEIGHT = re.compile(r"backbone\.blocks\.(\d+)\.mlp\.experts\.(\d+)\.weight")
+_ASSOCIATE_HEAD = re.compile(r"associate_keypoint_heads\.(\d+)\.")
+
+
+def expert_layout(state: dict[str, torch.Tensor]) -> tuple[int, int | None]:
+    """(experts per block, features each expert gives) of a ViTPose++ state dict; (0, None) when its
+    feed-forwards are plain."""
+    count, part = 0, None
+    for key, value in state.items():
+        m = _EXPERT_WEIGHT.fullmatch(key)
+        if m:
+            count = max(count, int(m[2]) + 1)
+            part = int(value.shape[0])
+    return count, part
+
+
+def head_prefix(index: int) -> str:
+    """The key prefix of dataset `index`'s head (official TopDownMoE names)."""
+    return "keypoint_head." if index == 0 else f"associate_keypoint_heads.{index - 1}."
+
+
+def head_joint_counts(state: dict[str, torch.Tensor]) -> list[int | None]:
+    """The joint count of each keypoint head of a state dict, in dataset order (None: head without
+    final_layer); [] without keypoint_head.*."""
+    associates = {int(m[1]) for m in map(_ASSOCIATE_HEAD.match, state) if m}
+    if not associates and not any(k.startswith("keypoint_head.") for k in state):
+        return []
+    counts = []
+    for i in range(1 + (max(associates) + 1 if associates else 0)):
+        weight = state.get(head_prefix(i) + "final_layer.weight")
+        counts.append(None if weight is None else int(weight.shape[0]))
+    return counts
+
+
+def dataset_count(state: dict[str, torch.Tensor]) -> int:
+    """How many dataset indices a ViTPose(+/++) state dict serves (heads or experts, whichever is more)."""
+    return max(expert_layout(state)[0], len(head_joint_counts(state)), 1)
+
+
+def _multitask_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+                        keypoint_sets: list[str] | None) -> str | None:
+    """One line naming the key, when a checkpoint and a model differ in their ViTPose+/++ structure
+    (experts, number of heads, a head's joints); None otherwise. Checked before the generic lists,
+    which would bury the cause under hundreds of keys."""
+    theirs, part = expert_layout(state)
+    ours, own_part = expert_layout(own)
+    fc2 = next((k for k in sorted(state) if k.endswith(".mlp.fc2.weight")), None)
+    if theirs and not ours:
+        key = "backbone.blocks.0.mlp.experts.0.weight"
+        if fc2 in own and state[fc2].shape == own[fc2].shape:
+            # tools/model_split.py widens fc2 but leaves the experts in (its removal test never matches)
+            return (f"{source}: {key} is unexpected: the checkpoint's fc2 is already full width next to {theirs} "
+                    f"experts per block (a file of the official tools/model_split.py, which leaves them in): split "
+                    f"the original ViTPose++ file with `vitpose-scale split`, or drop its mlp.experts.* keys")
+        return (f"{source}: {key} is unexpected: the checkpoint has mixture-of-experts feed-forwards (ViTPose++): "
+                f"set model.backbone=vit_moe model.num_experts={theirs} model.part_features={part} (or "
+                f"`vitpose-scale split` it for one dataset)")
+    if ours and not theirs and fc2 is not None:
+        return (f"{source}: backbone.blocks.0.mlp.experts.0.weight is missing: the checkpoint has plain "
+                f"feed-forwards (ViTPose / ViTPose+, no mlp.experts.*) but the model has {ours} experts per block: "
+                f"set model.backbone=vit model.num_experts=1")
+    if ours and theirs and ours != theirs:
+        key = f"backbone.blocks.0.mlp.experts.{min(ours, theirs)}.weight"
+        return (f"{source}: {key} is {'unexpected' if theirs > ours else 'missing'}: the checkpoint has {theirs} "
+                f"experts per block, the model {ours}: set model.num_experts={theirs} (one per dataset, data.tasks)")
+    if ours and theirs and part != own_part:
+        return (f"{source}: backbone.blocks.0.mlp.experts.0.weight: the checkpoint's experts give {part} features, "
+                f"the model's {own_part}: set model.part_features={part}")
+    have, want = head_joint_counts(state), head_joint_counts(own)
+    if not have or not want or len(have) == len(want) == 1:
+        return None  # a single-head model keeps the generic report (shape mismatches list)
+    if len(have) != len(want):
+        key = head_prefix(min(len(have), len(want))) + "*"
+        return (f"{source}: {key} is {'unexpected' if len(have) > len(want) else 'missing'}: the checkpoint has "
+                f"{len(have)} keypoint heads (joints {have}), the model {len(want)} (joints {want}): set data.tasks "
+                f"to the checkpoint's datasets in order, or model.head_keypoints={have}")
+    for i, (a, b) in enumerate(zip(have, want)):
+        if a is not None and b is not None and a != b:
+            known = keypoint_sets[i] if keypoint_sets and i < len(keypoint_sets) else None
+            what = f" (keypoint set {known!r})" if known else ""
+            return (f"{source}: {head_prefix(i)}final_layer.weight: the checkpoint's head for dataset {i} has {a} "
+                    f"joints, the model's has {b}{what}: expected data.tasks in the checkpoint's dataset order "
+                    f"(heads: {have})")
+    return None
+
+
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "<checkpoint>",
-                           prefixes: tuple[str, ...] | None = None) -> None:
-    """Load every key or fail with the lists of missing and unexpected keys (and shape mismatches)."""
+                           prefixes: tuple[str, ...] | None = None, keypoint_sets: list[str] | None = None) -> None:
+    """Load every key or fail: one line for a ViTPose+/++ structure mismatch (experts, heads, a head's
+    joints; `keypoint_sets` names each dataset's set for it), else the lists of missing and
+    unexpected keys (and shape mismatches)."""
     own = model.state_dict()
     if prefixes:
         own = {k: v for k, v in own.items() if k.startswith(prefixes)}
+    targeted = _multitask_mismatch(own, {k: v for k, v in state.items() if not prefixes or k.startswith(prefixes)},
+                                   source, keypoint_sets)
+    if targeted:
+        raise CheckpointError(targeted)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -187,13 +280,14 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state, strict=not prefixes)
 
 
-def load_official(model: nn.Module, path: str | Path, source_grid: tuple[int, int] | None = None) -> None:
-    """Load an official ViTPose checkpoint (or an export of ours) strictly."""
+def load_official(model: nn.Module, path: str | Path, source_grid: tuple[int, int] | None = None,
+                  keypoint_sets: list[str] | None = None) -> None:
+    """Load an official ViTPose(+/++) checkpoint (or an export of ours) strictly."""
     raw = safe_load(path)
     state = extract_state_dict(raw, str(path))
     if source_grid is None:
         source_grid = pos_embed_grid_from_meta(raw, str(path))
-    load_state_dict_strict(model, adapt_state_dict(state, model, source_grid), str(path))
+    load_state_dict_strict(model, adapt_state_dict(state, model, source_grid), str(path), keypoint_sets=keypoint_sets)
 
 
 def save_official(state: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
@@ -302,10 +396,13 @@ def hf_config(cfg: ModelConfig):
         raise CheckpointError(f"the Hugging Face VitPose layout takes an integer mlp_ratio (MLP width = hidden "
                               f"size x ratio); this model has {m.mlp_ratio:g} (MLP width "
                               f"{int(round(m.embed_dim * m.mlp_ratio))})")
+    # ViTPose++ (vitpose-plus on the hub): the same experts; the caller passes dataset_index
+    experts = dict(num_experts=m.num_experts, part_features=m.part_features) \
+        if m.backbone == "vit_moe" and m.num_experts > 1 else {}
     backbone = VitPoseBackboneConfig(
         hidden_size=m.embed_dim, num_hidden_layers=m.depth, num_attention_heads=m.num_heads,
         mlp_ratio=int(m.mlp_ratio), image_size=list(m.image_size),
         patch_size=[m.patch_size, m.patch_size], qkv_bias=m.qkv_bias, layer_norm_eps=1e-6,
-        out_indices=[m.depth], num_labels=m.num_keypoints)
+        out_indices=[m.depth], num_labels=m.num_keypoints, **experts)
     return VitPoseConfig(backbone_config=backbone, use_simple_decoder=m.head == "simple", num_labels=m.num_keypoints,
                          scale_factor=4)
