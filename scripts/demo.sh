@@ -23,7 +23,7 @@ cfg = load_config(sys.argv[2])
 torch.manual_seed(cfg.train.seed)
 export_official(build_pose_model(cfg.model), f"{sys.argv[1]}/untrained.pth")
 PY
-python -c "import sys; from vitpose_scale.config import load_config; from vitpose_scale.data.coco import build_datasets; build_datasets(load_config(sys.argv[1]))" "$CONFIG"
+python -c "import sys; from vitpose_scale.config import load_config, task_configs; from vitpose_scale.data.coco import build_datasets; [build_datasets(c) for _, c in task_configs(load_config(sys.argv[1]))]" "$CONFIG"
 torchrun --nproc_per_node 2 --master_port 29511 launch/evaluate.py --config "$CONFIG" \
   --checkpoint "$OUT/untrained.pth" --out "$OUT/eval_untrained" "${sets[@]}" 2>&1 | grep -v "^W1\|OMP_NUM\|\*\*\*\*"
 
@@ -36,19 +36,51 @@ echo "(no DeepSpeed hostfile: one machine, local ranks only, as intended)"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} deepspeed --num_gpus 2 --master_port 29512 launch/train.py --config "$CONFIG" "${sets[@]}" 2>&1 \
   | grep -v "\[INFO\]\|^W1\|FutureWarning\|return func\|UserWarning\|warnings.warn\|Unable to find hostfile"
 
-echo "== trained model: distributed evaluation (2 ranks)"
-torchrun --nproc_per_node 2 --master_port 29513 launch/evaluate.py --config "$CONFIG" \
-  --checkpoint "$OUT/best.pth" --out "$OUT/eval" "${sets[@]}" 2>&1 | grep -v "^W1\|OMP_NUM\|\*\*\*\*"
+# A multi-task config (data.tasks: configs/demo_multitask.yaml) is evaluated once per dataset, with
+# that dataset's head, experts, validation set and metric, then split into one plain ViTPose per
+# dataset (what the official tools/model_split.py writes), which is evaluated again.
+DATASETS=$(python -c "import sys; from vitpose_scale.config import load_config, task_names; print(' '.join(task_names(load_config(sys.argv[1]))))" "$CONFIG")
+evaluate() {  # evaluate CHECKPOINT OUTDIR [--dataset NAME]
+  torchrun --nproc_per_node 2 --master_port 29513 launch/evaluate.py --config "$CONFIG" \
+    --checkpoint "$1" --out "$2" "${@:3}" "${sets[@]}" 2>&1 | grep -v "^W1\|OMP_NUM\|\*\*\*\*"
+}
+if [ -z "$DATASETS" ]; then
+  echo "== trained model: distributed evaluation (2 ranks)"
+  evaluate "$OUT/best.pth" "$OUT/eval"
+else
+  for name in $DATASETS; do
+    echo "== trained model, dataset $name: distributed evaluation (2 ranks)"
+    evaluate "$OUT/best.pth" "$OUT/eval_$name" --dataset "$name"
+    echo "== split: the plain ViTPose of dataset $name, evaluated again"
+    python -m vitpose_scale.cli split --checkpoint "$OUT/best.pth" --config "$CONFIG" --dataset "$name" \
+      --out "$OUT/split_$name.pth"
+    evaluate "$OUT/split_$name.pth" "$OUT/eval_split_$name" --dataset "$name"
+  done
+fi
 
-python - "$OUT" "$CONFIG" <<'PY'
+python - "$OUT" "$CONFIG" $DATASETS <<'PY'
 import json, sys
 from pathlib import Path
 from vitpose_scale.visualize import plot_training_curves, run_title
-out = Path(sys.argv[1])
+out, names = Path(sys.argv[1]), sys.argv[3:]
 plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", title=run_title(out, sys.argv[2]))
-before = json.loads((out / "eval_untrained" / "stats.json").read_text())
-after = json.loads((out / "eval" / "stats.json").read_text())
-print(f"\nAP on held-out synthetic people: untrained {before['AP']:.3f} -> trained {after['AP']:.3f} "
-      f"(AP50 {before['AP50']:.3f} -> {after['AP50']:.3f})")
-print(f"skeletons: {out}/eval/predictions.png   curves: {out}/training_curves.png")
+stats = lambda d: json.loads((out / d / "stats.json").read_text())
+before = stats("eval_untrained")
+if not names:
+    after = stats("eval")
+    print(f"\nAP on held-out synthetic people: untrained {before['AP']:.3f} -> trained {after['AP']:.3f} "
+          f"(AP50 {before['AP50']:.3f} -> {after['AP50']:.3f})")
+    print(f"skeletons: {out}/eval/predictions.png   curves: {out}/training_curves.png")
+else:
+    print(f"\nuntrained, first dataset: AP {before['AP']:.3f}")
+    for name in names:
+        after, split = stats(f"eval_{name}"), stats(f"eval_split_{name}")
+        print(f"{name}: trained AP {after['AP']:.3f} (AP50 {after['AP50']:.3f}); split into a plain ViTPose: "
+              f"AP {split['AP']:.3f}   skeletons: {out}/eval_{name}/predictions.png")
+    import cv2  # both skeletons in one picture: each head's predictions on its own validation people
+    panels = [cv2.imread(str(out / f"eval_{name}" / "predictions.png")) for name in names]
+    height = min(p.shape[0] for p in panels)
+    panels = [cv2.resize(p, (round(p.shape[1] * height / p.shape[0]), height)) for p in panels]
+    cv2.imwrite(str(out / "skeletons.png"), cv2.hconcat(panels))
+    print(f"every head's skeleton side by side: {out}/skeletons.png   curves: {out}/training_curves.png")
 PY
