@@ -165,9 +165,12 @@ class ViT(nn.Module):
         patch = self.patch_embed.proj.weight.numel()
         return 2.0 * (per_token + patch) * tokens + 4.0 * self.depth * tokens * tokens * self.embed_dim
 
-    def forward(self, x: torch.Tensor, rows: Routes | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: Routes | None = None,
+                extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Images -> (B, C, H/stride, W/stride) features; `rows` (see `routes`) picks each sample's
-        expert and is required when the blocks have experts."""
+        expert and is required when the blocks have experts. `extra_tokens` (1 or B, T, C): tokens
+        appended to the visual tokens (after the position embedding, which they do not get) that
+        every block attends with and to, dropped after the last norm -- the paper's knowledge token."""
         if self.num_experts > 1 and rows is None:
             raise ValueError(f"this backbone has {self.num_experts} experts per block: a dataset index per "
                              f"sample is required")
@@ -176,6 +179,8 @@ class ViT(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         pos = resize_pos_embed(self.pos_embed, self.grid, (hp, wp))
         x = x + pos[:, 1:] + pos[:, :1]
+        if extra_tokens is not None:
+            x = torch.cat([x, extra_tokens.to(x.dtype).expand(b, -1, -1)], dim=1)
         for blk in self.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # Non-reentrant: correct gradients with ZeRO-3/FSDP hooks and
@@ -183,5 +188,5 @@ class ViT(nn.Module):
                 x = checkpoint(blk, x, rows, use_reentrant=False)
             else:
                 x = blk(x, rows)
-        x = self.last_norm(x)
+        x = self.last_norm(x)[:, :hp * wp]
         return x.transpose(1, 2).reshape(b, c, hp, wp)
