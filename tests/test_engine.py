@@ -46,14 +46,14 @@ def test_layer_ids():
 
     model = build_pose_model(ModelConfig(preset="B", backbone="vit_moe", num_experts=3, part_features=192,
                                          head_keypoints=[17, 14, 16]), device="meta")
-    assert layer_id(model, "backbone.pos_embed") == 0
-    assert layer_id(model, "backbone.patch_embed.proj.weight") == 0
-    assert layer_id(model, "backbone.blocks.0.attn.qkv.weight") == 1
-    assert layer_id(model, "backbone.blocks.11.mlp.fc2.bias") == 12
-    assert layer_id(model, "backbone.blocks.11.mlp.experts.2.weight") == 12  # an expert decays with its block
-    assert layer_id(model, "backbone.last_norm.weight") == 13
-    assert layer_id(model, "keypoint_head.final_layer.weight") == 13
-    assert layer_id(model, "associate_keypoint_heads.1.final_layer.weight") == 13
+    assert layer_id(model, "backbone.pos_embed", 12) == 0
+    assert layer_id(model, "backbone.patch_embed.proj.weight", 12) == 0
+    assert layer_id(model, "backbone.blocks.0.attn.qkv.weight", 12) == 1
+    assert layer_id(model, "backbone.blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id(model, "backbone.blocks.11.mlp.experts.2.weight", 12) == 12  # an expert decays with its block
+    assert layer_id(model, "backbone.last_norm.weight", 12) == 13
+    assert layer_id(model, "keypoint_head.final_layer.weight", 12) == 13
+    assert layer_id(model, "associate_keypoint_heads.1.final_layer.weight", 12) == 13
 
 
 def test_head_and_last_norm_get_full_lr_and_pos_embed_no_decay():

@@ -137,6 +137,14 @@ def train_main(argv: list[str] | None = None) -> int:
                         "vitpose_scale.engine.trainer:Trainer")
 
 
+def distill_token_main(argv: list[str] | None = None) -> int:
+    """`vitpose-scale distill-token`: stage 1 of the knowledge token on a frozen teacher (docs/distillation.md)."""
+    return _run_trainer(argv, "vitpose-scale distill-token",
+                        "learn the knowledge token on a frozen teacher (train.init_from): stage 1 of the paper's "
+                        "token distillation; writes <output_dir>/knowledge_token.pth",
+                        "vitpose_scale.engine.distill:TokenTrainer")
+
+
 def pretrain_main(argv: list[str] | None = None) -> int:
     """`vitpose-scale pretrain` and launch/pretrain_mae.py: MAE pretraining of the backbone."""
     return _run_trainer(argv, "vitpose-scale pretrain", "MAE pretraining of the ViTPose backbone (docs/mae.md)",
@@ -279,6 +287,8 @@ def params_main(argv: list[str] | None = None) -> int:
 COMMANDS = {
     "train": ("train a model (see also launch/train.py for multi-process launchers)", "vitpose_scale.cli:train_main"),
     "pretrain": ("MAE pretraining of the backbone (see launch/pretrain_mae.py)", "vitpose_scale.cli:pretrain_main"),
+    "distill-token": ("learn the knowledge token on a frozen teacher (stage 1; docs/distillation.md)",
+                      "vitpose_scale.cli:distill_token_main"),
     "eval": ("evaluate a checkpoint or a heatmap ensemble on val (or write test-dev results), distributed",
              "vitpose_scale.evaluate:main"),
     "infer": ("pose estimation on an image or a folder, drawing the skeletons", "vitpose_scale.infer:main"),

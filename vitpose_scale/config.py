@@ -7,7 +7,9 @@ with a message that names the key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +67,19 @@ class ModelConfig:
     pretrain_grid: list[int] | None = None  # pos_embed grid of the checkpoint; null: this model's grid
     qkv_bias: bool = True
     attention: str = "sdpa"  # plain | sdpa | triton
+    # Window attention (the paper's attention-type ablation): null = full attention, or {size: [rows, cols]
+    # or int (tokens), shift: bool (Swin shift), pool: int or null (avg-pooled tokens of the whole map,
+    # kernel = stride = pool, appended to every window's keys)}. docs/full_scale.md "Window attention".
+    attention_window: dict | None = None
     activation_checkpointing: bool = False
     head: str = "classic"  # classic | simple
     head_channels: int = 256
     num_keypoints: int | None = None  # null: the joint count of data.keypoint_set
     # One head per dataset (ViTPose+/++): the joint count of each; null: data.tasks' sets (one head without)
     head_keypoints: list[int] | None = None
+    # The paper's knowledge token: one learned token appended to the visual tokens (key `knowledge_token`);
+    # set by distill.token (frozen, from `vitpose-scale distill-token`), docs/distillation.md
+    knowledge_token: bool = False
 
     def resolved(self) -> "ModelConfig":
         """A copy with preset values filled in."""
@@ -200,6 +209,9 @@ class TrainConfig:
     peak_tflops: float = 989.0  # per device, for MFU (H100 SXM bf16 dense)
     # metrics.jsonl is always written; tensorboard, wandb: engine/tracking.py (pip install -e .[track])
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    # Partial finetuning: parts kept at their initial weights (no gradients, no optimizer states):
+    # attention | ffn | patch_embed | blocks:N | backbone | head (docs/full_scale.md, "Partial finetuning")
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -214,6 +226,19 @@ class EvalConfig:
     dark: bool | None = None  # older configs: true -> decode "dark", false -> "argmax"
     oks_nms_thr: float = 0.9
     rescore_thr: float = 0.2
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge transfer from a larger model (docs/distillation.md)."""
+    # Stage 2 of the knowledge token: the token file `vitpose-scale distill-token` wrote, appended
+    # (frozen) to this model's visual tokens; its width must be this model's.
+    token: str | None = None
+    # Output (heatmap) distillation: the teacher's config and weights (same keypoint set and input size),
+    # run without gradients or optimizer state; loss += heatmap_weight x MSE(student, teacher heatmaps).
+    teacher_config: str | None = None
+    teacher_checkpoint: str | None = None
+    heatmap_weight: float = 0.0
 
 
 @dataclass
@@ -239,6 +264,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -366,6 +392,7 @@ RANGES: dict[str, tuple] = {
     "eval.rescore_thr": (0, 1, True, True),
     "mae.decoder_dim": (1, None, True, None), "mae.decoder_depth": (1, None, True, None),
     "mae.decoder_heads": (1, None, True, None),
+    "distill.heatmap_weight": (0, None, True, None),
 }
 
 
@@ -529,6 +556,59 @@ def _check_tasks(cfg: "Config") -> None:
                           f"expected {len(d.tasks)} (one expert per dataset)")
 
 
+def _check_distill(cfg: "Config") -> None:
+    """distill.*: a teacher of the same keypoint set and input size (its config is read here, its
+    weights when training starts); a token implies the model's knowledge_token."""
+    d = cfg.distill
+    if d.token:
+        cfg.model.knowledge_token = True
+    if d.heatmap_weight == 0:  # (negative weights: RANGES)
+        return
+    for key in ("teacher_config", "teacher_checkpoint"):
+        if not getattr(d, key):
+            raise ConfigError(f"distill.{key}: required with distill.heatmap_weight {d.heatmap_weight} (the teacher "
+                              f"whose heatmaps the student learns)")
+    if cfg.data.tasks:
+        raise ConfigError("distill.heatmap_weight: output distillation of a multi-task model (data.tasks) is not "
+                          "supported: distil one dataset's model (vitpose-scale split)")
+    try:
+        teacher = load_config(d.teacher_config)
+    except ConfigError as exc:
+        raise ConfigError(f"distill.teacher_config: {exc}") from None
+    if teacher.data.tasks or teacher.data.keypoint_set != cfg.data.keypoint_set:
+        raise ConfigError(f"distill.teacher_config: the teacher predicts {teacher.data.keypoint_set!r} keypoints"
+                          f"{' for several datasets' if teacher.data.tasks else ''}, the student "
+                          f"{cfg.data.keypoint_set!r}: expected the same keypoint set")
+    if list(teacher.model.image_size) != list(cfg.model.image_size):
+        raise ConfigError(f"distill.teacher_config: the teacher's input is {list(teacher.model.image_size)}, the "
+                          f"student's {list(cfg.model.image_size)}: expected the same input size (the heatmaps are "
+                          f"compared pixel by pixel)")
+
+
+# train.freeze names (models/freeze.py applies them); `blocks:N` is checked against the depth.
+FREEZE_NAMES = ("attention", "ffn", "patch_embed", "backbone", "head")
+
+
+def _check_freeze(cfg: "Config") -> None:
+    depth = cfg.model.resolved().depth
+    if isinstance(cfg.train.freeze, str):  # --set train.freeze=ffn arrives as the override's text
+        raise ConfigError(f"train.freeze: got {cfg.train.freeze!r}, expected a list of names, e.g. "
+                          f"[{cfg.train.freeze}]")
+    for i, name in enumerate(cfg.train.freeze):
+        if name in FREEZE_NAMES:
+            continue
+        match = re.fullmatch(r"blocks:([0-9]+)", name)
+        if match is None:
+            raise ConfigError(f"train.freeze[{i}]: got {name!r}, expected one of {', '.join(FREEZE_NAMES)} or "
+                              f"blocks:N (1 <= N <= {depth})")
+        if not 1 <= int(match.group(1)) <= depth:
+            raise ConfigError(f"train.freeze[{i}]: got {name!r}, expected blocks:N with 1 <= N <= {depth} "
+                              f"(model.depth)")
+    if {"backbone", "head"} <= set(cfg.train.freeze):
+        raise ConfigError(f"train.freeze: {cfg.train.freeze} freezes every parameter: expected something left "
+                          f"to train")
+
+
 def _check_head_keypoints(counts: Any) -> None:
     if not isinstance(counts, list) or not counts or not all(
             isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in counts):
@@ -542,6 +622,53 @@ def _keypoint_spec(name: Any):
         return get_spec(name)
     except KeypointSetError as exc:
         raise ConfigError(f"data.keypoint_set: {exc}") from None
+
+
+WINDOW_KEYS = ("size", "shift", "pool")
+
+
+def _nearest_divisor(n: int, want: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - want), d))
+
+
+def _check_attention_window(m: ModelConfig) -> None:
+    """model.attention_window: checked against the token grid and normalised to {size: [rows, cols],
+    shift: bool, pool: int or null} (what models.attention.WindowSpec reads)."""
+    w = m.attention_window
+    if w is None:
+        return
+    w = {k: v.value if isinstance(v, Override) else v for k, v in w.items()}  # --set model.attention_window.x=...
+    key = "model.attention_window"
+    unknown = sorted(set(w) - set(WINDOW_KEYS), key=str)
+    if unknown:
+        raise ConfigError(f"{key}: unknown key {unknown[0]!r}: expected size, shift, pool")
+    size = w.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise ConfigError(f"{key}.size: got {w.get('size')!r}, expected [rows, cols] of the window in tokens "
+                          f"(or one int for a square window)")
+    shift, pool = w.get("shift", False), w.get("pool")
+    if not isinstance(shift, bool):
+        raise ConfigError(f"{key}.shift: got {shift!r}, expected true or false")
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 1):
+        raise ConfigError(f"{key}.pool: got {pool!r}, expected a positive int (pooling kernel = stride) or null")
+    hp, wp = m.grid
+    where = (f"the {hp}x{wp} token grid (model.image_size {m.image_size[0]}x{m.image_size[1]}, "
+             f"patch stride {m.patch_stride})")
+    if hp % size[0] or wp % size[1]:
+        hint = [_nearest_divisor(hp, size[0]), _nearest_divisor(wp, size[1])]
+        raise ConfigError(f"{key}.size: {size} does not divide {where}: expected a window dividing both axes, "
+                          f"e.g. {hint} (windows are not padded: there is no padding rule)")
+    if shift and size == [hp, wp]:
+        raise ConfigError(f"{key}.shift: the window {size} covers {where}: there is nothing to shift; expected "
+                          f"shift false or a smaller window")
+    if pool is not None and (hp % pool or wp % pool):
+        common = math.gcd(hp, wp)
+        raise ConfigError(f"{key}.pool: {pool} does not divide {where}: expected a divisor of both axes, "
+                          f"e.g. {_nearest_divisor(common, pool)}")
+    m.attention_window = {"size": size, "shift": shift, "pool": pool}
 
 
 def validate(cfg: Config) -> Config:
@@ -570,7 +697,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.pretrain_grid: got {m.pretrain_grid!r}, expected [rows, cols]")
     if not 0.0 <= r.drop_path < 1.0:
         raise ConfigError(f"model.drop_path: got {r.drop_path}, expected 0 <= drop_path < 1")
+    _check_attention_window(m)
     _check_tasks(cfg)
+    _check_distill(cfg)
     spec = _keypoint_spec(cfg.data.keypoint_set)
     if m.num_keypoints is None:
         m.num_keypoints = spec.num_keypoints
@@ -605,6 +734,7 @@ def validate(cfg: Config) -> Config:
             f"train.batch_size: {cfg.train.batch_size} is not divisible by parallel.grad_accum "
             f"{p.grad_accum}: expected a multiple of it")
     _choice("optim.schedule", cfg.optim.schedule, ("step", "cosine"))
+    _check_freeze(cfg)
     check_training_sets(cfg.data, m.num_keypoints)
     if cfg.data.group_by_image and (cfg.data.train_ratio is not None
                                     or any("ratio" in e for e in cfg.data.extra_train if isinstance(e, dict))):

@@ -137,6 +137,9 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints
     if hidden % m.embed_dim:
         raise ConfigError(f"model MLP width {hidden} is not an integer multiple of embed_dim "
                                       f"{m.embed_dim}: the Hugging Face VitPose config has only an integer mlp_ratio")
+    if m.attention_window is not None:  # HF's VitPose attends over all tokens: it would compute another model
+        raise ConfigError("model.attention_window: the Hugging Face VitPose has full attention only: expected null "
+                          "(export onnx or safetensors instead)")
     if m.head == "classic" and m.head_channels != 256:
         raise ConfigError(f"model.head_channels: {m.head_channels}; the Hugging Face classic decoder "
                                       f"has 256 channels: expected 256 (or model.head=simple)")

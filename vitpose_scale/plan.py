@@ -13,9 +13,10 @@ memory per rank, split the way the trainer accounts it (metrics.jsonl):
                     ZeRO-3  (b + 4 + 8 + b) P/w partitions of weights, master, Adam, gradients
                             + b x persistent small params (whole on every rank) + b x one reduce bucket
                   (P parameters, w ranks, b bytes of the compute dtype; in fp32 DeepSpeed
-                  keeps a separate fp32 "master" copy too). Offload moves the master copy,
-                  Adam and its fp32 gradient partition (optimizer), or the weight partitions
-                  (params), to host memory.
+                  keeps a separate fp32 "master" copy too; with train.freeze the master copy,
+                  Adam and the gradients cover the trainable parameters only). Offload moves the
+                  master copy, Adam and its fp32 gradient partition (optimizer), or the weight
+                  partitions (params), to host memory.
   activations     bytes autograd saves for backward in one micro-batch (what
                   SavedActivationMeter counts), op by op: see `saved_activation_bytes`.
   working set     gradients during backward, one block's activations again (its
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -136,19 +138,43 @@ class ModelShape:
     backbone_params: int = 0
     expert_params: int = 0
     head_params: tuple[int, ...] = ()
+    # model.attention_window: window (rows, cols) in tokens (None: full attention), whether the grid is
+    # rolled (a shift on some axis), pooled tokens appended to every window's keys
+    window: tuple[int, int] | None = None
+    window_shift: bool = False
+    pooled_tokens: int = 0
+    # train.freeze: numel of every parameter left trainable (None: all are); frozen ones get no
+    # gradients, fp32 master copies or Adam states
+    trainable_sizes: tuple[int, ...] | None = None
 
     @property
     def tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def trainable_param_sizes(self) -> tuple[int, ...]:
+        return self.param_sizes if self.trainable_sizes is None else self.trainable_sizes
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(self.trainable_param_sizes)
+
 
 def model_shape(cfg: Config) -> ModelShape:
     from torch import nn
 
+    from vitpose_scale.models.attention import WindowSpec
     from vitpose_scale.models.pose import build_pose_model, forward_flops_per_image
 
     m = cfg.model.resolved()
+    window = WindowSpec.parse(m.attention_window)
     model = build_pose_model(cfg.model, device="meta")
+    trainable = None
+    if cfg.train.freeze:
+        from vitpose_scale.models.freeze import apply_freeze
+
+        apply_freeze(model, cfg.train.freeze)
+        trainable = tuple(p.numel() for p in model.parameters() if p.requires_grad)
     linear = tuple(mod.weight.numel() for unit in model.backbone.shard_units() for mod in unit.modules()
                    if isinstance(mod, nn.Linear))
     drop_paths = sum(1 for mod in model.backbone.modules() if type(mod).__name__ == "DropPath")
@@ -167,7 +193,9 @@ def model_shape(cfg: Config) -> ModelShape:
         part_features=(m.part_features or 0) if m.backbone == "vit_moe" else 0,
         backbone_params=sum(p.numel() for p in model.backbone.parameters()),
         expert_params=sum(p.numel() for n, p in model.backbone.named_parameters() if ".mlp.experts." in n),
-        head_params=tuple(sum(p.numel() for p in head.parameters()) for head in model.heads))
+        head_params=tuple(sum(p.numel() for p in head.parameters()) for head in model.heads),
+        window=window.size if window else None, window_shift=bool(window and any(window.shifts(cfg.model.grid))),
+        pooled_tokens=window.pooled_tokens(cfg.model.grid) if window else 0, trainable_sizes=trainable)
 
 
 # --------------------------------------------------------------- settings --
@@ -239,37 +267,42 @@ def bucket_elements(cfg: Config, params: int, world: int) -> int:
 # ----------------------------------------------------------------- memory --
 def model_state_bytes(shape: ModelShape, setting: Setting, world: int, precision: str, bucket: int,
                       persistence_threshold: int) -> dict:
-    """Bytes held between steps per rank, on the GPU and on the host (offload); DeepSpeed 0.19 layouts."""
+    """Bytes held between steps per rank, on the GPU and on the host (offload); DeepSpeed 0.19 layouts.
+    Weights: every parameter; gradients, master copies and Adam states: the trainable ones only
+    (train.freeze: `ModelShape.trainable_sizes`)."""
     b, P, stage = BYTES[precision], shape.params, setting.zero_stage
-    part = P / world
+    T = shape.trainable_params
+    part, tpart = P / world, T / world  # this rank's share of every parameter, of the trainable ones
     if stage == 0:
         weights = b * P
-        master = 0 if precision == "fp32" else FP32 * P  # fp32: the weights are the master copy
-        optimizer, grads = ADAM * P, 0
+        master = 0 if precision == "fp32" else FP32 * T  # fp32: the weights are the master copy
+        optimizer, grads = ADAM * T, 0
     elif stage in (1, 2):
-        weights, master, optimizer, grads = b * P, FP32 * part, ADAM * part, 0
+        weights, master, optimizer, grads = b * P, FP32 * tpart, ADAM * tpart, 0
     else:
         part = sum(-(-n // world) for n in shape.param_sizes)  # each parameter padded to the world size
+        tpart = sum(-(-n // world) for n in shape.trainable_param_sizes)
         persistent = sum(n for n in shape.param_sizes if n <= persistence_threshold)
         weights = b * (part + persistent)
-        master, optimizer = FP32 * part, ADAM * part
-        grads = b * (part + bucket)  # gradient partitions + the reduce bucket, both allocated up front
+        master, optimizer = FP32 * tpart, ADAM * tpart
+        grads = b * (tpart + bucket)  # gradient partitions + the reduce bucket, both allocated up front
     gpu, host = weights + master + optimizer + grads + shape.buffer_bytes, 0.0
     if setting.offload_optimizer != "none":
-        moved = master + optimizer + FP32 * part  # + the fp32 gradient partition the CPU Adam reads
+        moved = master + optimizer + FP32 * tpart  # + the fp32 gradient partition the CPU Adam reads
         gpu -= master + optimizer
         host += moved
         if stage in (1, 2):  # staging buffers of the largest parameter (GPU and host), host gradient accumulators
-            largest = max(shape.param_sizes)
+            largest = max(shape.trainable_param_sizes)
             gpu += b * largest
-            host += b * largest + b * part
+            host += b * largest + b * tpart
     if setting.offload_params != "none":
         gpu -= b * part
         host += b * part
     return {"gpu": gpu, "host": host, "total": gpu + host}
 
 
-def block_saved_bytes(shape: ModelShape, micro: int, precision: str, softmax_saves_input: bool = False) -> float:
+def block_saved_bytes(shape: ModelShape, micro: int, precision: str, softmax_saves_input: bool = False,
+                      shifted: bool | None = None) -> float:
     """Tensors one block saves for backward without checkpointing (per micro-batch).
 
     Per token: the block input and norm1 output (2C), the qkv output shared by q, k, v (3C),
@@ -278,18 +311,43 @@ def block_saved_bytes(shape: ModelShape, micro: int, precision: str, softmax_sav
     output (2 x hidden), LayerNorm statistics; the fused kernels keep a row logsumexp per
     head, plain attention instead keeps q, k, v copies and the softmax matrix (heads x N),
     and under torch 1.9 (`softmax_saves_input`) the scores going into the softmax too.
+
+    Window attention (model.attention_window; window L tokens, M pooled tokens, N / L windows): a query
+    meets S = L + M keys, so plain attention keeps heads x S scores per token instead of heads x N;
+    the per-window q, k, v copies replace the qkv views (same bytes); every backend's output is merged
+    back from windows by a copy (one more C, as Triton's head merge); pooling keeps the pooled tokens
+    (M x C, the qkv input) and the windows' extended keys and values (2 x C x M per window); a shift
+    keeps its mask (plain: one bool (windows, L, S); sdpa: the per-image copy in the compute dtype),
+    its rolled copies are not saved (a roll's backward needs nothing). Measured: tests/test_window_attention.py.
+    `shifted`: this block's windows are the shifted ones (default: whenever the model shifts; the odd
+    blocks do, `shifted_blocks`).
     """
     b, C, H, N = BYTES[precision], shape.dim, shape.hidden, shape.tokens
     per_token = b * (8 * C + 2 * H) + 2 * 2 * LAYER_NORM_STATS
     if shape.part_features:  # MoE: each expert's copy of its rows' hidden, its output, the concatenation
         per_token += b * (H + shape.part_features + C)
+    keys = N
+    if shape.window:
+        window_tokens = shape.window[0] * shape.window[1]
+        windows, keys = N // window_tokens, window_tokens + shape.pooled_tokens
     if shape.attention == "plain":
-        per_token += b * shape.heads * N * (2 if softmax_saves_input else 1)
+        per_token += b * shape.heads * keys * (2 if softmax_saves_input else 1)
     else:
         per_token += FP32 * shape.heads  # logsumexp
-        if shape.attention == "triton":
-            per_token += b * C  # output (B, H, N, D) contiguous: merging the heads copies
-    return micro * N * per_token
+        if shape.attention == "triton" or shape.window:
+            per_token += b * C  # output (B, H, N, D) contiguous: merging the heads (or windows) copies
+    total = micro * N * per_token
+    if shape.window:
+        total += micro * b * C * shape.pooled_tokens * (1 + 2 * windows)
+        if shape.window_shift if shifted is None else shifted:
+            mask = windows * window_tokens * keys
+            total += mask if shape.attention == "plain" else micro * mask * b
+    return total
+
+
+def shifted_blocks(shape: ModelShape) -> int:
+    """Blocks attending in shifted windows: the odd ones (models/vit.py, Swin's alternation)."""
+    return shape.depth // 2 if shape.window_shift else 0
 
 
 def head_saved_bytes(shape: ModelShape, micro: int, precision: str) -> float:
@@ -329,7 +387,9 @@ def saved_activation_bytes(shape: ModelShape, micro: int, precision: str, checkp
     if checkpointing:
         total += shape.depth * micro * N * C * b
     else:
-        total += shape.depth * block_saved_bytes(shape, micro, precision, softmax_saves_input)
+        shifted = shifted_blocks(shape)
+        total += (shape.depth - shifted) * block_saved_bytes(shape, micro, precision, softmax_saves_input, False)
+        total += shifted * block_saved_bytes(shape, micro, precision, softmax_saves_input, True)
         total += 2 * shape.drop_path_layers * micro * FP32  # each block's DropPath mask (B, 1, 1), both branches
         if zero_stage == 3:
             total += b * sum(n for n in shape.block_linear_weights if n > persistence_threshold)
@@ -346,7 +406,7 @@ def working_bytes(shape: ModelShape, setting: Setting, world: int, precision: st
     ZeRO-0: DeepSpeed all-reduces the gradients (fp32, or the fp32 accumulators of bf16; fp16 as
     they are) through one flattened copy of up to DS_ALLREDUCE_ELEMENTS, the bytes torch DDP keeps
     in its buckets for the whole run; ZeRO-1: through the reduce bucket."""
-    b, P = BYTES[precision], shape.params
+    b, P = BYTES[precision], shape.trainable_params  # gradients: of the trainable parameters only
     block = block_saved_bytes(shape, setting.micro_batch, precision, softmax_saves_input)
     work = block * (2 if setting.checkpointing else 1)
     if setting.zero_stage == 0:
@@ -387,6 +447,20 @@ def step_seconds(shape: ModelShape, setting: Setting, hw: Hardware, precision: s
         offload += accum * 2 * per_pass
     total = compute + comm + offload
     return {"compute": compute, "comm": comm, "offload": offload, "total": total, "mfu": mfu}
+
+
+@functools.cache
+def _teacher_shape(config_path: str) -> ModelShape:
+    from vitpose_scale.config import load_config
+
+    return model_shape(load_config(config_path))
+
+
+def teacher_shape(cfg: Config) -> ModelShape | None:
+    """The output-distillation teacher's shape (distill.heatmap_weight > 0), else None."""
+    if cfg.distill.heatmap_weight > 0 and cfg.distill.teacher_config:
+        return _teacher_shape(str(cfg.distill.teacher_config))
+    return None
 
 
 # ------------------------------------------------------------------- plan --
@@ -432,9 +506,18 @@ def evaluate(cfg: Config, shape: ModelShape, setting: Setting, hw: Hardware, sam
     acts = saved_activation_bytes(shape, setting.micro_batch, precision, setting.checkpointing,
                                   setting.zero_stage, threshold, hw.softmax_saves_input)
     work = working_bytes(shape, setting, hw.gpus, precision, bucket, hw.softmax_saves_input)
+    t = step_seconds(shape, setting, hw, precision)
+    teacher = teacher_shape(cfg)
+    if teacher is not None:
+        # Output distillation: the teacher whole on every rank (its weights) and, during its no-grad forward,
+        # one block's transient activations; one teacher forward per micro-batch.
+        b = BYTES[precision]
+        work += teacher.params * b + setting.micro_batch * teacher.tokens * (4 * teacher.dim + teacher.hidden) * b
+        images = setting.micro_batch * setting.grad_accum
+        t = dict(t, teacher=teacher.forward_flops * images / (hw.peak(precision) * 1e12 * t["mfu"]))
+        t["total"] += t["teacher"]
     allocated = states["gpu"] + acts + work
     peak = peak_gpu_bytes(states["gpu"], acts, work)
-    t = step_seconds(shape, setting, hw, precision)
     global_batch = cfg.train.batch_size
     steps = cfg.train.epochs * math.ceil(samples_per_epoch / global_batch)
     return Candidate(setting, states["gpu"] / GB, states["host"] / GB, acts / GB, allocated / GB, peak / GB,
@@ -569,6 +652,14 @@ def readme_table(args) -> list[str]:
     return lines
 
 
+def _window_text(shape: ModelShape) -> str:
+    if not shape.window:
+        return ""
+    shift = ", shifted" if shape.window_shift else ""
+    pooled = f", + {shape.pooled_tokens} pooled tokens" if shape.pooled_tokens else ""
+    return f" in {shape.window[0]}x{shape.window[1]} windows{shift}{pooled}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vitpose_scale.cli import add_config_args
 
@@ -649,8 +740,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{experts} expert{'s' if experts > 1 else ''} per block, {len(shape.head_params)} heads: "
               f"{shape.params:,} parameters = backbone {shape.backbone_params:,} (experts {shape.expert_params:,}) "
               f"+ heads {' + '.join(f'{n:,}' for n in shape.head_params)}")
+    if cfg.train.freeze:
+        print(f"train.freeze {cfg.train.freeze}: {shape.params - shape.trainable_params:,} of {shape.params:,} "
+              f"parameters frozen: no gradients, fp32 master copies or Adam states for them (activations and step "
+              f"time are costed as without freezing: upper bounds)")
     print(f"{hw.gpus} x {hw.gpu_mem_gb:g} GB {GPUS[hw.gpu].name} GPUs, {cfg.parallel.precision}"
           f"{' (TF32 matmuls)' if hw.tf32 and cfg.parallel.precision == 'fp32' else ''}, attention {m.attention}"
+          f"{_window_text(shape)}"
           f"{' (torch 1.9 softmax)' if hw.softmax_saves_input else ''}, global batch "
           f"{cfg.train.batch_size}, {samples} samples per epoch, {cfg.train.epochs} epochs")
     precision = cfg.parallel.precision

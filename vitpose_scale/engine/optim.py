@@ -10,13 +10,16 @@ from torch import nn
 from vitpose_scale.config import Config
 
 
-def layer_id(model: nn.Module, name: str) -> int:
+def layer_id(model: nn.Module, name: str, depth: int) -> int:
     """The layer-wise lr decay depth of parameter `name`: the backbone's answer (its interface:
-    0 embeddings, i + 1 block i, depth + 1 after), depth + 1 for everything outside it (heads, decoders)."""
+    0 embeddings, i + 1 block i, depth + 1 after), depth + 1 for everything outside it (heads,
+    decoders, a model without a backbone)."""
     backbone = getattr(model, "backbone", None)
     if name.startswith("backbone.") and hasattr(backbone, "layer_id"):
         return backbone.layer_id(name[len("backbone."):])
-    return backbone.depth + 1
+    return depth + 1
+
+
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     # Under zero.Init a parameter is an empty 1-D placeholder: its real shape is ds_shape.
     ndim = len(getattr(param, "ds_shape", param.shape))
@@ -31,7 +34,7 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lid = layer_id(model, name)
+        lid = layer_id(model, name, depth)
         skip = no_weight_decay(name, param)
         group = groups.setdefault((lid, skip), {
             "params": [], "names": [], "layer_id": lid, "lr_scale": decay ** (depth + 1 - lid),

@@ -189,6 +189,13 @@ class DeepSpeedWrapper:
         num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         ds_cfg = deepspeed_config(cfg, info.world_size, num_params)
         if self.load_universal:
+            # The universal loader restores the optimizer's parameters only: train.freeze's would keep
+            # their fresh initial values (train.init_from is not applied on resume).
+            if cfg.train.freeze:
+                raise ConfigError(f"train.freeze: resuming at another world size (checkpoint of {resume_world_size} "
+                                  f"ranks, now {info.world_size}) would not restore the frozen parameters: resume "
+                                  f"with {resume_world_size} ranks, or start a new run from the checkpoint "
+                                  f"(train.init_from)")
             ds_cfg["checkpoint"] = {"load_universal": True}
         if cfg.parallel.zero_stage == 3:
             # Parameters a model reads outside its submodules' forwards (the MAE adds the

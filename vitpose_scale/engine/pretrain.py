@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 
-from vitpose_scale.config import Config, check_run_paths
+from vitpose_scale.config import Config, ConfigError, check_run_paths
 from vitpose_scale.engine.parallel import build_model_for_backend
 from vitpose_scale.engine.trainer import Trainer
 
@@ -42,6 +42,9 @@ class MAEPretrainer(Trainer):
         return build_pretrain_dataset(self.cfg), None, None
 
     def check_paths(self) -> None:
+        if self.cfg.train.freeze:  # the first hook the trainer calls: refused before any work
+            raise ConfigError(f"train.freeze: got {self.cfg.train.freeze}, but MAE pretraining trains every "
+                              f"parameter (partial finetuning is for pose training): expected []")
         # Person crops come from the training sets only; image folders are checked by their loader.
         check_run_paths(self.cfg, need_val=False) if self.cfg.mae.source == "person_crops" else \
             check_run_paths(dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, kind="folder")))

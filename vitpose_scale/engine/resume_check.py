@@ -32,6 +32,8 @@ def _values(cfg: Config) -> dict:
     for section, key in _FIXED:
         values[f"{section}.{key}"] = getattr(getattr(cfg, section), key)
     values["train.batch_size"] = cfg.train.batch_size
+    # Frozen parameters have no optimizer state: another set would not match the saved states.
+    values["train.freeze"] = sorted(set(cfg.train.freeze))
     # Which dataset owns which head and expert: reordering tasks of equal joint counts keeps the shapes
     # but would hand every head another dataset's samples.
     values["data.tasks"] = [f"{t.get('name') or t['keypoint_set']}:{t['keypoint_set']}" for t in cfg.data.tasks]

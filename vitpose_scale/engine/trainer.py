@@ -152,6 +152,12 @@ class Trainer:
         self.wrapper = wrap(model, self.optim_config(), info,
                             resume_world_size=meta["world_size"] if meta else None)
         self.lr_scales = [g.get("lr_scale", 1.0) for g in self.wrapper.param_groups]
+        self.teacher = None
+        if cfg.distill.heatmap_weight > 0 and type(self).forward_loss is Trainer.forward_loss:
+            from vitpose_scale.engine.distill import Teacher
+            from vitpose_scale.engine.parallel import DTYPES
+
+            self.teacher = Teacher(cfg, info.device, DTYPES[cfg.parallel.precision])
         self.flops_per_image = self.forward_flops()
         self.step, self.best_ap, self.activation_bytes, self._saved_step = 0, -1.0, 0, -1
         self.history: list[dict] = []
@@ -193,6 +199,20 @@ class Trainer:
         if self.cfg.train.init_from and fresh:
             with whole_parameters_for_loading(model, self.cfg):
                 _init_weights_from(model, self.cfg, self.info)
+        if self.cfg.distill.token:  # stage 2 of the knowledge token: appended, frozen (also on resume)
+            from vitpose_scale.engine.distill import install_token
+
+            install_token(model, self.cfg)
+        if self.cfg.train.freeze:  # before wrapping: frozen parameters get no optimizer state or gradients
+            from vitpose_scale.models.freeze import apply_freeze
+
+            frozen = apply_freeze(model, self.cfg.train.freeze)
+            if self.info.is_main:
+                print(f"train.freeze {self.cfg.train.freeze}: {frozen['frozen']:,} of {frozen['total']:,} parameters "
+                      f"frozen", flush=True)
+                if fresh and not self.cfg.train.init_from:
+                    print("note: train.freeze without train.init_from: the frozen parts keep their random initial "
+                          "weights", file=sys.stderr, flush=True)
         return model
 
     def optim_config(self) -> Config:
@@ -212,7 +232,12 @@ class Trainer:
             return multitask_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device),
                                   index, joints, weights)
         pred = self.wrapper.forward(images)
-        return heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
+        loss = heatmap_loss(pred, batch["target"].to(pred.device), batch["target_weight"].to(pred.device))
+        if self.teacher is not None:  # output distillation: the teacher's heatmaps as a second target
+            from vitpose_scale.engine.distill import heatmap_distillation_loss
+
+            loss = loss + self.cfg.distill.heatmap_weight * heatmap_distillation_loss(pred, self.teacher.heatmaps(images))
+        return loss
 
     def _task_loss_terms(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Per dataset index: the head's joint count and the dataset's loss weight."""
@@ -237,7 +262,8 @@ class Trainer:
             dist.all_gather_object(per_rank, local)
         self.log.write(step=self.step, kind="setup", world_size=self.info.world_size, params_full=full,
                        params_local_per_rank=per_rank, steps_per_epoch=self.steps_per_epoch,
-                       total_steps=self.total_steps, forward_gflops_per_image=self.flops_per_image / 1e9)
+                       total_steps=self.total_steps, forward_gflops_per_image=self.flops_per_image / 1e9,
+                       **({"teacher_params": self.teacher.params} if self.teacher is not None else {}))
 
     # ------------------------------------------------------------ helpers --
     def _find_resume(self) -> Path | None:

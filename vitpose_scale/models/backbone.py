@@ -1,7 +1,11 @@
 """What the rest of the toolkit asks of a backbone. `ViT` (models/vit.py) is the one shipped; a new
 backbone implements this, registers a builder in `models.pose.BACKBONES` under its `model.backbone`
 name, and is then trained (lr decay, ZeRO-3, FSDP2), planned, counted and exported without another
-module naming its parts."""
+module naming its parts.
+
+Optional: `parameter_part(name)` -> "attention" | "ffn" | anything else, for train.freeze's
+`attention` and `ffn` (models/freeze.py); its `patch_embed`, `blocks:N` and `backbone` need only
+`layer_id` (0: the embeddings)."""
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -33,7 +37,8 @@ class Backbone(Protocol):
         """Draw every parameter (models built on the meta device or under zero.Init call it)."""
 
     def forward(self, images: torch.Tensor, rows=None) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, embed_dim, H/stride, W/stride)."""
+        """(B, 3, H, W) -> (B, embed_dim, H/stride, W/stride). A backbone that supports the knowledge
+        token (model.knowledge_token, docs/distillation.md) also takes `extra_tokens=` (1, T, C)."""
 
 
 __all__ = ["Backbone"]

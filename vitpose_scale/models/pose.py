@@ -28,12 +28,21 @@ class PoseModel(nn.Module):
     its head (the rest zero).
     """
 
-    def __init__(self, backbone: ViT, keypoint_head: nn.Module, associate_keypoint_heads: list[nn.Module] = ()):
+    def __init__(self, backbone: ViT, keypoint_head: nn.Module, associate_keypoint_heads: list[nn.Module] = (),
+                 knowledge_token: bool = False):
         super().__init__()
         self.backbone = backbone
         self.keypoint_head = keypoint_head
         if associate_keypoint_heads:
             self.associate_keypoint_heads = nn.ModuleList(associate_keypoint_heads)
+        # The paper's knowledge token: appended to the visual tokens in every block (docs/distillation.md)
+        self.knowledge_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim)) if knowledge_token else None
+        self.frozen = False  # True: train() keeps every module in eval mode (a frozen teacher)
+
+    def train(self, mode: bool = True) -> "PoseModel":
+        """A frozen model (stage 1 of the knowledge token) stays in eval mode: its BatchNorm statistics
+        and drop path must not change while only the token learns."""
+        return super().train(mode and not self.frozen)
 
     @property
     def heads(self) -> list[nn.Module]:
@@ -50,9 +59,9 @@ class PoseModel(nn.Module):
             if self.num_datasets > 1:
                 raise ValueError(f"this model serves {self.num_datasets} datasets: a dataset index per sample is "
                                  f"required (infer/evaluate --dataset NAME)")
-            return self.keypoint_head(self.backbone(images))
+            return self.keypoint_head(self.backbone(images, **self._token()))
         rows = routes(dataset_index.to(images.device), self.num_datasets, "dataset")
-        features = self.backbone(images, rows if self.backbone.num_experts > 1 else None)
+        features = self.backbone(images, rows if self.backbone.num_experts > 1 else None, **self._token())
         if len(heads) == 1:
             return self.keypoint_head(features)
         k_max = max(head.final_layer.out_channels for head in heads)
@@ -65,10 +74,17 @@ class PoseModel(nn.Module):
             out = out.index_copy(0, r, y)
         return out
 
+    def _token(self) -> dict:
+        """The knowledge token for the backbone, only when there is one (a backbone without the
+        token feature need not take the argument)."""
+        return {} if self.knowledge_token is None else {"extra_tokens": self.knowledge_token}
+
     def init_weights(self) -> None:
         self.backbone.init_weights()
         for head in self.heads:
             head.init_weights()
+        if self.knowledge_token is not None:
+            nn.init.trunc_normal_(self.knowledge_token, std=0.02)
 
     def layer_id(self, name: str) -> int:
         """Layer-wise lr decay depth of a parameter of this model (heads: after the backbone)."""
@@ -100,7 +116,7 @@ def _build_vit(m: ModelConfig, grid: tuple[int, int]) -> ViT:
                drop_path=m.drop_path, grid=grid, patch_size=m.patch_size, patch_stride=m.patch_stride,
                patch_padding=m.patch_padding, qkv_bias=m.qkv_bias, attention=m.attention,
                activation_checkpointing=m.activation_checkpointing, num_experts=experts,
-               part_features=m.part_features if experts > 1 else None)
+               part_features=m.part_features if experts > 1 else None, attention_window=m.attention_window)
 
 
 # model.backbone -> builder(resolved ModelConfig, pos_embed grid). A new backbone registers here and
@@ -128,7 +144,8 @@ def build_pose_model(cfg: ModelConfig, device: str | torch.device | None = None)
     counts = list(m.head_keypoints or [m.num_keypoints])
     with torch.device(device) if device is not None else contextlib.nullcontext():
         backbone = build_backbone(cfg)
-        return PoseModel(backbone, build_head(cfg, counts[0]), [build_head(cfg, k) for k in counts[1:]])
+        return PoseModel(backbone, build_head(cfg, counts[0]), [build_head(cfg, k) for k in counts[1:]],
+                         knowledge_token=m.knowledge_token)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,12 +1,14 @@
 """Plain ViT backbone of ViTPose. No distribution code lives here."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitpose_scale.models.attention import Attention
+from vitpose_scale.models.attention import Attention, WindowSpec
 from vitpose_scale.models.init import init_is_deferred
 
 
@@ -65,21 +67,24 @@ class MoEMlp(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block (LayerNorm eps 1e-6); a mixture-of-experts feed-forward when
-    num_experts > 1 (ViTPose++)."""
+    num_experts > 1 (ViTPose++); window attention over the token grid with `attention_window`."""
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool, drop_path: float, attn_impl: str,
-                 num_experts: int = 1, part_features: int | None = None):
+                 num_experts: int = 1, part_features: int | None = None,
+                 attention_window: WindowSpec | dict | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, impl=attn_impl)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, impl=attn_impl, window=attention_window)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.moe = num_experts > 1
         # fc1 -> GELU -> fc2: the official keys mlp.fc1/mlp.fc2 (+ mlp.experts.K)
         self.mlp = MoEMlp(dim, mlp_hidden, num_experts, part_features) if self.moe else Mlp(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor, rows: Routes | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, rows: Routes | None = None, *,
+                grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """`grid`: the (hp, wp) token grid of x, needed by window attention only."""
+        x = x + self.drop_path(self.attn(self.norm1(x), grid=grid))
         h = self.norm2(x)
         return x + self.drop_path(self.mlp(h, rows) if self.moe else self.mlp(h))
 
@@ -96,7 +101,8 @@ class ViT(nn.Module):
     def __init__(self, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path: float,
                  grid: tuple[int, int], patch_size: int = 16, patch_stride: int = 16, patch_padding: int = 2,
                  qkv_bias: bool = True, attention: str = "sdpa", activation_checkpointing: bool = False,
-                 num_experts: int = 1, part_features: int | None = None):
+                 num_experts: int = 1, part_features: int | None = None,
+                 attention_window: WindowSpec | dict | None = None):
         super().__init__()
         self.embed_dim, self.depth, self.grid = embed_dim, depth, tuple(grid)
         self.num_experts = num_experts
@@ -111,6 +117,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_hidden, qkv_bias, rate, attention, num_experts, part_features)
             for rate in rates)
+        self.set_attention_window(attention_window)
         self.last_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.activation_checkpointing = activation_checkpointing
         if not init_is_deferred():
@@ -134,6 +141,15 @@ class ViT(nn.Module):
         for blk in self.blocks:
             blk.attn.impl = impl
 
+    def set_attention_window(self, window: WindowSpec | dict | None) -> None:
+        """Window attention in every block (None: full attention). A shift alternates as in Swin: even
+        blocks attend in the regular windows, odd blocks in the shifted ones (the same shift in every
+        block would only move the partition: no token would ever see past its window)."""
+        spec = WindowSpec.parse(window)
+        self.attention_window = spec
+        for i, blk in enumerate(self.blocks):
+            blk.attn.window = spec if spec is None or i % 2 else dataclasses.replace(spec, shift=False)
+
     # ---- the backbone interface: what training, sharding, planning and export ask of a backbone --
     def layer_id(self, name: str) -> int:
         """Layer-wise lr decay depth of a parameter (name relative to the backbone): 0 for the
@@ -143,6 +159,18 @@ class ViT(nn.Module):
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
         return self.depth + 1
+
+    def parameter_part(self, name: str) -> str:
+        """train.freeze's part of a parameter (name relative to the backbone): "attention" (a block's
+        attn and norm1, the official freeze_attn), "ffn" (a block's mlp, experts included, and norm2)
+        or "other" (embeddings, last_norm; models/freeze.py)."""
+        if name.startswith("blocks."):
+            sub = name.split(".")[2]
+            if sub in ("attn", "norm1"):
+                return "attention"
+            if sub in ("mlp", "norm2"):
+                return "ffn"
+        return "other"
 
     def shard_units(self) -> list[nn.Module]:
         """The modules FSDP2 shards (and gathers) one at a time."""
@@ -154,8 +182,13 @@ class ViT(nn.Module):
     def forward_flops(self, grid: tuple[int, int]) -> float:
         """Forward FLOPs per image at this token grid: 2 x matmul weights x tokens (each token meets
         the shared fc2 and one expert, so an MoE block costs what a plain block costs) +
-        4 x depth x tokens^2 x dim (attention) + the patch embedding."""
+        4 x depth x tokens^2 x dim (attention) + the patch embedding. Window attention: each query
+        meets its window's keys (+ the pooled tokens, which also pass the qkv Linear) instead of all."""
         tokens = grid[0] * grid[1]
+        keys, pooled = tokens, 0
+        if self.attention_window is not None:
+            pooled = self.attention_window.pooled_tokens(grid)
+            keys = self.attention_window.size[0] * self.attention_window.size[1] + pooled
         per_token = 0
         for blk in self.blocks:
             per_token += blk.attn.qkv.weight.numel() + blk.attn.proj.weight.numel() + blk.mlp.fc1.weight.numel()
@@ -163,7 +196,8 @@ class ViT(nn.Module):
             if blk.moe:
                 per_token += blk.mlp.experts[0].weight.numel()
         patch = self.patch_embed.proj.weight.numel()
-        return 2.0 * (per_token + patch) * tokens + 4.0 * self.depth * tokens * tokens * self.embed_dim
+        pooled_qkv = 2.0 * pooled * sum(blk.attn.qkv.weight.numel() for blk in self.blocks)
+        return 2.0 * (per_token + patch) * tokens + 4.0 * self.depth * tokens * keys * self.embed_dim + pooled_qkv
 
     def forward(self, x: torch.Tensor, rows: Routes | None = None,
                 extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -171,6 +205,9 @@ class ViT(nn.Module):
         expert and is required when the blocks have experts. `extra_tokens` (1 or B, T, C): tokens
         appended to the visual tokens (after the position embedding, which they do not get) that
         every block attends with and to, dropped after the last norm -- the paper's knowledge token."""
+        if extra_tokens is not None and self.attention_window is not None:
+            raise ValueError("extra tokens (the knowledge token) with model.attention_window: a token outside the grid "
+                             "has no place in a window; use full attention (model.attention_window null)")
         if self.num_experts > 1 and rows is None:
             raise ValueError(f"this backbone has {self.num_experts} experts per block: a dataset index per "
                              f"sample is required")
@@ -185,8 +222,8 @@ class ViT(nn.Module):
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # Non-reentrant: correct gradients with ZeRO-3/FSDP hooks and
                 # inputs that do not require grad (REFERENCE §6).
-                x = checkpoint(blk, x, rows, use_reentrant=False)
+                x = checkpoint(blk, x, rows, grid=(hp, wp), use_reentrant=False)
             else:
-                x = blk(x, rows)
+                x = blk(x, rows, grid=(hp, wp))
         x = self.last_norm(x)[:, :hp * wp]
         return x.transpose(1, 2).reshape(b, c, hp, wp)
