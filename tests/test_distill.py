@@ -235,3 +235,13 @@ def test_plan_counts_the_teachers_weights_and_forward():
     assert (with_teacher.allocated_gb - plain.allocated_gb) * GB == pytest.approx(extra, rel=1e-9)
     assert with_teacher.breakdown["teacher"] > 0
     assert with_teacher.step_s == pytest.approx(plain.step_s + with_teacher.breakdown["teacher"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_the_cpu_transfer_demonstration_runs_every_variant(tmp_path):
+    """bench/distill_demo.py --smoke: teacher, token, and the four student variants, a few steps each."""
+    proc = subprocess.run([sys.executable, "bench/distill_demo.py", "--smoke", "--work", str(tmp_path)], cwd=ROOT,
+                          env=launcher_env(), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for variant in ("baseline", "token", "heatmap", "token+heatmap"):
+        assert f"{variant:>14}: AP" in proc.stdout

@@ -110,6 +110,7 @@ def test_resume_is_bitwise_identical(reference_two_ranks, synthetic_root, tmp_pa
         assert got[step] == ref[step], (step, got[step], ref[step])  # bitwise: same floats
 
 
+@pytest.mark.slow  # the default suite's time budget (docs/testing.md)
 def test_world_size_change_on_resume(reference_no_drop_path, synthetic_root, tmp_path):
     out, ref_dir = tmp_path / "shrink", reference_no_drop_path
     train(2, out, synthetic_root, "train.max_steps=3", "model.drop_path=0.0")
@@ -181,6 +182,7 @@ def test_bad_engine_config_stops_before_launching_work(tmp_path):
     assert "parallel.zero_stage: got 5, expected one of [0, 1, 2, 3]" in proc.stderr
 
 
+@pytest.mark.slow  # the default suite's time budget (docs/testing.md)
 def test_gradient_accumulation_matches_the_same_global_batch(reference_no_drop_path, synthetic_root, tmp_path):
     out = tmp_path / "accum"
     train(2, out, synthetic_root, "parallel.grad_accum=2", "model.drop_path=0.0")
@@ -223,6 +225,7 @@ def test_preemption_signal_checkpoints_and_exits_for_requeue(synthetic_root, tmp
     assert f"at step {saved}" in proc.stdout
 
 
+@pytest.mark.slow  # the default suite's time budget (docs/testing.md)
 def test_zero_init_builds_the_same_model_without_materialising_it_per_rank(reference_no_drop_path, synthetic_root,
                                                                           tmp_path):
     out = tmp_path / "zero_init"
@@ -266,6 +269,7 @@ def test_fsdp2_sharded_checkpoints_resume_bitwise_and_consolidate(fsdp_run, synt
         assert torch.equal(state[key], final[key]), key
 
 
+@pytest.mark.slow  # the default suite's time budget (docs/testing.md)
 def test_batchnorm_statistics_are_averaged_over_ranks_and_kept_by_consolidation(synthetic_root, tmp_path):
     out = tmp_path / "classic"
     train(2, out, synthetic_root, "model.head=classic", "model.drop_path=0.0", "train.max_steps=3")
