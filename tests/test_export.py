@@ -1,10 +1,7 @@
 """`vitpose-scale export`: Hugging Face directory, ONNX, safetensors; each read back by its own runtime."""
-import io
 import json
-import logging
 import re
 import struct
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,8 @@ from vitpose_scale.models.pose import build_pose_model
 ROOT = Path(__file__).resolve().parents[1]
 # The demo model with the official classic head width (Hugging Face's classic decoder has 256 channels).
 SETS = ["model.head_channels=256", "model.activation_checkpointing=false"]
+
+from hf_loading import load_hf_quietly  # noqa: E402
 
 
 def _random_model(cfg, seed=0):
@@ -65,17 +64,8 @@ def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(r
     assert config["id2label"]["0"] == "nose" and [15, 13] in config["edges"] and len(config["edges"]) == 19
     assert config["backbone_config"]["image_size"] == list(cfg.model.image_size)
 
-    log = io.StringIO()
-    handler = logging.StreamHandler(log)
-    handler.setLevel(logging.WARNING)
-    transformers.logging.get_logger().addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            theirs, info = transformers.VitPoseForPoseEstimation.from_pretrained(str(out), output_loading_info=True)
-    finally:
-        transformers.logging.get_logger().removeHandler(handler)
-    assert log.getvalue() == "" and [str(w.message) for w in caught] == []  # no warning of any kind
+    theirs, info, emitted = load_hf_quietly(out)
+    assert emitted == []  # no warning of any kind
     assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
     assert info["mismatched_keys"] == set() and info["error_msgs"] == []
     x = _images(cfg, 2)

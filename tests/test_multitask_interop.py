@@ -1,14 +1,11 @@
 """ViTPose+/++ interop: the official ViTMoE and tools/model_split.py, transformers' MoE VitPose,
 official multi-task checkpoints (strict, one-line errors), `split`, per-dataset export."""
-import io
 import json
-import logging
 import os
 import runpy
 import subprocess
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +34,8 @@ TASKS = ("data.tasks=[{name: coco, keypoint_set: coco}, {name: aic, keypoint_set
          "{name: mpii, keypoint_set: mpii}]")
 RUN_SETS = ["model.preset=tiny", "model.depth=2", "model.image_size=[64,48]", "model.head_channels=256",
             "model.backbone=vit_moe", "model.num_experts=3", "model.part_features=16", TASKS]
+
+from hf_loading import load_hf_quietly  # noqa: E402
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -403,17 +402,8 @@ def test_hf_export_holds_one_dataset_with_its_head_names_and_index(moe_run, tmp_
     assert [config["id2label"][str(i)] for i in range(16)] == list(get_spec("mpii").names)
     assert config["backbone_config"]["num_experts"] == 3 and config["backbone_config"]["part_features"] == 16
     assert "dataset_index=torch.full((batch,), 2)" in (out / "README.md").read_text()
-    log = io.StringIO()
-    handler = logging.StreamHandler(log)
-    handler.setLevel(logging.WARNING)
-    transformers.logging.get_logger().addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            theirs, info = transformers.VitPoseForPoseEstimation.from_pretrained(str(out), output_loading_info=True)
-    finally:
-        transformers.logging.get_logger().removeHandler(handler)
-    assert log.getvalue() == "" and [str(w.message) for w in caught] == []  # the extra config keys included
+    theirs, info, emitted = load_hf_quietly(out)
+    assert emitted == []  # the extra config keys included
     assert info["missing_keys"] == set() and info["unexpected_keys"] == set() and info["mismatched_keys"] == set()
     assert theirs.config.dataset_index == 2
     x = _images(3, seed=5)
