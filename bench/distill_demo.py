@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     _run("launch/train.py", teacher_cfg, [f"train.max_steps={args.teacher_steps}", "train.eval_every=1000000"])
     teacher = work / "teacher" / "final.pth"
+    teacher_ap = _final_ap(work / "teacher")
     _run("launch/distill_token.py", teacher_cfg, [f"train.init_from={teacher}", f"train.max_steps={args.token_steps}",
                                                   f"train.output_dir={work / 'token'}"])
     token = work / "token" / "knowledge_token.pth"
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     report = {"command": "python " + " ".join(["bench/distill_demo.py", *(argv or sys.argv[1:])]),
               "teacher": f"tiny, width 96, depth {size['teacher_depth']}, {args.teacher_steps} steps",
               "student": f"tiny, width 96, depth {size['student_depth']}, {args.student_steps} steps",
-              "token_steps": args.token_steps, "heatmap_weight": args.weight,
+              "teacher_heldout": teacher_ap, "token_steps": args.token_steps, "heatmap_weight": args.weight,
               "data": f"synthetic people, {size['train']} train / {size['val']} held-out images",
               "seconds": round(time.time() - t0, 1), "variants": summary}
     for v, s in summary.items():
