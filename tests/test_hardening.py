@@ -421,3 +421,21 @@ def test_dcp_loading_unpickles_metadata_and_extra_entries_without_running_code(t
     blob.seek(0)
     with pytest.raises(ckpt.UnsafeCheckpointError, match="posix.system"):
         planner.load_bytes(None, blob)
+
+
+def test_every_rank_exits_with_the_first_failures_code():
+    """The launcher reports the first nonzero exit it sees: a rank that stops because a peer failed
+    (its own error, or the watch thread seeing the mark) must exit with the failure's code (3
+    diverged, 4 checkpoint...), not a generic 1 -- the race made a diverged ZeRO-3 run exit 1 about
+    half the time."""
+    import torch.distributed as dist
+
+    from vitpose_scale.engine.distributed import PeerFailureWatch, _parse_mark
+
+    store = dist.HashStore()
+    first, second = PeerFailureWatch(0), PeerFailureWatch(1)
+    first.store = second.store = store
+    assert first.claim_failure(3) == "first" and first.failure_code == 3
+    assert second.claim_failure(1) == "other" and second.failure_code == 3
+    assert _parse_mark(store.get(PeerFailureWatch.KEY).decode(), 1) == ("0", 3)
+    assert _parse_mark("1", 1) == ("1", 1)  # a mark without a code: the watch's default

@@ -90,7 +90,9 @@ def _run_trainer(argv: list[str] | None, prog: str, description: str, trainer_pa
         known = {ConfigError: (2, "config error"), TrainingDiverged: (3, "training stopped"),
                  CheckpointError: (4, "checkpoint error")}
         code, label = next((v for k, v in known.items() if isinstance(exc, k)), (1, None))
-        claim = watch.claim_failure()
+        claim = watch.claim_failure(code)
+        if claim == "other":  # one failure, one exit code on every rank
+            code = watch.failure_code
         if claim == "first":
             if label:
                 print(f"{label}: {one_line(exc)}", file=sys.stderr)

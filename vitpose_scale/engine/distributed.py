@@ -296,11 +296,18 @@ class LauncherWatch:
                     return
 
 
+def _parse_mark(mark: str, default_code: int) -> tuple[str, int]:
+    """The failure mark "rank:exit code" -> (rank, code)."""
+    rank, _, code = mark.partition(":")
+    return rank, int(code) if code.isdigit() else default_code
+
+
 class PeerFailureWatch:
     """Ends every rank promptly when one fails, instead of leaving the others in a collective.
 
-    The failing rank records its rank in the process group's key-value store and exits; a
-    thread on every other rank polls the store and exits the process when it sees the mark.
+    The failing rank records its rank and exit code in the process group's key-value store and
+    exits; a thread on every other rank polls the store and exits the process, with that code,
+    when it sees the mark.
     Where rank 0 hosts the store (deepspeed, srun, plain env://), losing the store means rank 0
     died: exit too. Under torchrun the launcher's agent hosts it; its loss is the launcher's
     exit, which the launcher watch handles as a preemption. Only the first failing rank prints
@@ -324,8 +331,10 @@ class PeerFailureWatch:
 
     def _watch(self) -> None:
         while not self.stopped.wait(self.POLL_SECONDS):
+            code = self.exit_code
             try:
-                failed = self.store.check([self.KEY]) and self.store.get(self.KEY).decode()
+                mark = self.store.check([self.KEY]) and self.store.get(self.KEY).decode()
+                failed, code = _parse_mark(mark, self.exit_code) if mark else ("", code)
             except Exception:  # the store's host is gone
                 if not self.store_on_rank0:
                     return
@@ -336,17 +345,22 @@ class PeerFailureWatch:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 self.acknowledge(failed)
-                os._exit(self.exit_code)
+                # The failing rank's exit code, not a generic 1: whichever rank the launcher sees
+                # exit first, the job's code is the failure's (3 diverged, 4 checkpoint, ...).
+                os._exit(code)
 
-    def claim_failure(self) -> str:
-        """Mark this rank as failed: "first" (it prints the error), "other" (another rank failed
-        first and printed), or "unknown" (the store is gone: print a short line)."""
+    def claim_failure(self, code: int = 1) -> str:
+        """Mark this rank as failed with exit code `code`: "first" (it prints the error), "other"
+        (another rank failed first and printed; `failure_code` is then that rank's code, which
+        every rank exits with), or "unknown" (the store is gone: print a short line)."""
+        self.failure_code = code
         if self.store is None:
             return "first"
         try:
-            winner = self.store.compare_set(self.KEY, "", str(self.rank)).decode()
+            mark = self.store.compare_set(self.KEY, "", f"{self.rank}:{code}").decode()
         except Exception:
             return "unknown"
+        winner, self.failure_code = _parse_mark(mark, code)
         return "first" if winner == str(self.rank) else "other"
 
     # Leaving in order: every rank's last store call must reach the store before the rank that
