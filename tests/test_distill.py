@@ -121,11 +121,18 @@ def _check_stage1(out: Path, teacher_weights: Path, config: Path):
     assert not torch.equal(token, _initial_token(config))  # it learned
 
 
-def test_stage1_trains_the_token_alone(teacher, tmp_path):
+@pytest.fixture(scope="module")
+def stage1(teacher, tmp_path_factory):
+    """Stage 1 in one process: the run directory (final.pth, knowledge_token.pth)."""
     config, weights = teacher
-    out = tmp_path / "token"
+    out = tmp_path_factory.mktemp("stage1") / "token"
     _run("distill-token", config, f"train.init_from={weights}", f"train.output_dir={out}")
-    _check_stage1(out, weights, config)
+    return out
+
+
+def test_stage1_trains_the_token_alone(teacher, stage1):
+    config, weights = teacher
+    _check_stage1(stage1, weights, config)
 
 
 @pytest.mark.distributed
@@ -149,15 +156,12 @@ def test_stage1_and_stage2_with_output_distillation_under_zero3(teacher, tmp_pat
                                           if "running" not in k and "num_batches" not in k)
 
 
-def test_stage2_token_is_frozen_and_output_distillation_adds_the_teacher_term(teacher, tmp_path):
+def test_stage2_token_is_frozen_and_output_distillation_adds_the_teacher_term(teacher, stage1, tmp_path):
     """One process: the token never changes; the first step's loss is the pose loss plus
     heatmap_weight x MSE(student, teacher) -- runs from the same weights and batch at weights 0, 2 and
     4 differ by exactly w x the same positive MSE."""
     config, weights = teacher
-    token_dir = tmp_path / "token"
-    _run("distill-token", config, f"train.init_from={weights}", f"train.output_dir={token_dir}",
-         "train.max_steps=2")
-    token = token_dir / "knowledge_token.pth"
+    token = stage1 / "knowledge_token.pth"
     base = ["model.depth=1", f"distill.token={token}", "train.max_steps=1", "model.drop_path=0.0"]
     first = {}
     for w in (0, 2, 4):
