@@ -249,3 +249,28 @@ def test_the_cpu_transfer_demonstration_runs_every_variant(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for variant in ("baseline", "token", "heatmap", "token+heatmap"):
         assert f"{variant:>14}: AP" in proc.stdout
+
+
+def test_a_student_with_the_token_exports_to_onnx_and_not_to_the_hf_layout(tmp_path):
+    """The token is part of the student's function: ONNX keeps it (same heatmaps), the Hugging Face
+    VitPose cannot hold it (one line, exit 2)."""
+    import onnxruntime
+
+    from vitpose_scale.cli import main as cli
+    from vitpose_scale.config import from_dict
+    from vitpose_scale.models.interop import export_official
+
+    raw = {"model": {"preset": "tiny", "image_size": [64, 48], "knowledge_token": True}}
+    cfg = from_dict(raw)
+    torch.manual_seed(0)
+    model = build_pose_model(cfg.model).eval()
+    export_official(model, tmp_path / "student.pth")
+    (tmp_path / "config.yaml").write_text(json.dumps(raw))
+    assert cli(["export", "--checkpoint", str(tmp_path / "student.pth"), "--format", "hf", "--out",
+                str(tmp_path / "hf")]) == 2
+    assert cli(["export", "--checkpoint", str(tmp_path / "student.pth"), "--format", "onnx", "--out",
+                str(tmp_path / "s.onnx")]) == 0
+    images = torch.randn(2, 3, 64, 48)
+    got = onnxruntime.InferenceSession(str(tmp_path / "s.onnx")).run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(images), rtol=1e-4, atol=1e-4)

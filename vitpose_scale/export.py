@@ -140,6 +140,9 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints
     if m.attention_window is not None:  # HF's VitPose attends over all tokens: it would compute another model
         raise ConfigError("model.attention_window: the Hugging Face VitPose has full attention only: expected null "
                           "(export onnx or safetensors instead)")
+    if m.knowledge_token:  # the student's frozen token joins every block: HF's VitPose has no place for it
+        raise ConfigError("model.knowledge_token: the Hugging Face VitPose has no extra token: expected a model "
+                          "without one (export onnx or safetensors instead)")
     if m.head == "classic" and m.head_channels != 256:
         raise ConfigError(f"model.head_channels: {m.head_channels}; the Hugging Face classic decoder "
                                       f"has 256 channels: expected 256 (or model.head=simple)")
