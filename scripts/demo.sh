@@ -58,12 +58,11 @@ else
   done
 fi
 
+python -m vitpose_scale.cli plot "$OUT"  # loss, lr and every dataset's AP: $OUT/training_curves.png
 python - "$OUT" "$CONFIG" $DATASETS <<'PY'
 import json, sys
 from pathlib import Path
-from vitpose_scale.visualize import plot_training_curves, run_title
 out, names = Path(sys.argv[1]), sys.argv[3:]
-plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", title=run_title(out, sys.argv[2]))
 stats = lambda d: json.loads((out / d / "stats.json").read_text())
 before = stats("eval_untrained")
 if not names:

@@ -52,17 +52,32 @@ class MetricsLog:
             logger.image(tag, rgb, step)
 
     def predictions_figure(self, results: list, image_dir, images: dict, step: int, png: Path,
-                           keypoints="coco", tag: str = "eval/predictions") -> None:
+                           keypoints="coco", tag: str = "eval/predictions", stats: dict | None = None,
+                           boxes: dict | None = None) -> None:
         """An evaluation's skeleton figure (written to `png`) as the trackers' eval/predictions image;
-        nothing without trackers or results. ``images``: image id -> file name of the evaluated set."""
+        nothing without trackers or results. ``images``: image id -> file name of the evaluated set.
+        The title names the run, the step and (given the evaluation's ``stats``) its AP; ``boxes``:
+        image id -> the evaluated boxes (`visualize.record_boxes`), drawn around their skeletons."""
         if not (self.loggers and results):
             return
         import cv2
 
         from vitpose_scale.visualize import save_predictions_figure
 
-        save_predictions_figure(image_dir, results, images, png, max_images=4, keypoints=keypoints)
+        save_predictions_figure(image_dir, results, images, png, max_images=4, keypoints=keypoints,
+                                title=self.figure_title(step, stats, tag), boxes=boxes)
         self.image(tag, cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB), step)
+
+    def figure_title(self, step: int, stats: dict | None = None, tag: str = "") -> str:
+        """'<run_title> | step N, AP 0.123' (the dataset's name too for a multi-task run's head)."""
+        from vitpose_scale.visualize import run_title
+
+        dataset = tag.split("/", 2)[2] if tag.count("/") >= 2 else ""
+        parts = [f"step {step}"] + ([f"dataset {dataset}"] if dataset else [])
+        key = next((k for k in ("AP", "PCKh") if isinstance((stats or {}).get(k), (int, float))), None)
+        if key:
+            parts.append(f"{key} {stats[key]:.3f}")
+        return f"{run_title(self.path.parent)} | {', '.join(parts)}"
 
     def close(self) -> None:
         for logger in self.loggers:

@@ -96,7 +96,7 @@ def _init_weights_from(model, cfg: Config, info: DistInfo) -> None:
     """train.init_from: any layout (ViTPose, Hugging Face file or directory, safetensors, MAE or bare
     ViT backbone, a training checkpoint), detected from its keys. Only checkpoint problems are
     reported as such; any other exception is a bug and propagates as it is."""
-    from vitpose_scale.export import read_state
+    from vitpose_scale.models.weights import read_state
     from vitpose_scale.models.interop import CheckpointError
     from vitpose_scale.models.mae_transfer import init_weights_from_state
 
@@ -396,9 +396,12 @@ class Trainer:
             (self.out / "eval").mkdir(parents=True, exist_ok=True)
             (self.out / "eval" / f"results_{tag}step{self.step:08d}.json").write_text(json.dumps(results))
             images = {i: im["file_name"] for i, im in val_set.images.items()}
+            from vitpose_scale.visualize import record_boxes
+
             self.log.predictions_figure(results, val_set.img_dir, images, self.step,
                                         self.out / "eval" / f"predictions_{tag}step{self.step:08d}.png",
-                                        val_set.keypoints, tag=f"eval/predictions{'/' + tag[:-1] if tag else ''}")
+                                        val_set.keypoints, tag=f"eval/predictions{'/' + tag[:-1] if tag else ''}",
+                                        stats=stats, boxes=record_boxes(val_set.records, self.cfg.data.bbox_padding))
         return stats
 
     def _should_eval(self, at_end: bool) -> bool:
