@@ -12,21 +12,21 @@ ROOT=$PWD
 
 # target -> "<files to mutate, space separated>|<test files, space separated>[,<extra pytest argument>]..."
 declare -A TARGETS=(
-  [optim]="vitpose_scale/engine/optim.py|tests/test_engine.py tests/test_mutation_gaps.py,-k,lr or layer or schedule or decay or optim"
-  [vit]="vitpose_scale/models/vit.py|tests/test_model.py tests/test_interop.py tests/test_mutation_gaps.py"
-  [interop]="vitpose_scale/models/interop.py|tests/test_interop.py tests/test_model.py tests/test_export.py tests/test_mutation_gaps.py"
-  [transforms]="vitpose_scale/data/transforms.py|tests/test_transforms.py tests/test_data.py tests/test_pipeline_equivalence.py tests/test_jpeg_window.py tests/test_mutation_gaps.py"
-  [coco]="vitpose_scale/data/coco.py|tests/test_coco_loading.py tests/test_transforms.py tests/test_data.py tests/test_pipeline_equivalence.py tests/test_multi_dataset.py tests/test_recipe_configs.py tests/test_evaluate_cli.py tests/test_testdev.py tests/test_hardening.py tests/test_jpeg_window.py tests/test_image_grouping.py tests/test_mutation_gaps.py"
-  [decode]="vitpose_scale/eval/decode.py|tests/test_decode.py tests/test_coco_eval.py tests/test_mutation_gaps.py"
-  [oks]="vitpose_scale/eval/oks.py|tests/test_coco_eval.py tests/test_decode.py tests/test_mutation_gaps.py"
-  [postprocess]="vitpose_scale/eval/postprocess.py|tests/test_coco_eval.py tests/test_decode.py tests/test_mutation_gaps.py"
-  [coco_eval]="vitpose_scale/eval/coco_eval.py|tests/test_coco_eval.py tests/test_mutation_gaps.py"
-  [eval]="vitpose_scale/eval/*.py|tests/test_coco_eval.py tests/test_decode.py tests/test_ensemble.py tests/test_testdev.py tests/test_evaluate_cli.py tests/test_infer.py tests/test_mutation_gaps.py"
+  [optim]="vitpose_scale/engine/optim.py|tests/test_engine.py,-k,lr or layer or schedule or decay or optim"
+  [vit]="vitpose_scale/models/vit.py|tests/test_model.py tests/test_interop.py"
+  [interop]="vitpose_scale/models/interop.py|tests/test_interop.py tests/test_model.py tests/test_export.py"
+  [transforms]="vitpose_scale/data/transforms.py|tests/test_transforms.py tests/test_data.py tests/test_pipeline_equivalence.py tests/test_jpeg_window.py"
+  [coco]="vitpose_scale/data/coco.py|tests/test_coco_loading.py tests/test_transforms.py tests/test_data.py tests/test_pipeline_equivalence.py tests/test_multi_dataset.py tests/test_recipe_configs.py tests/test_evaluate_cli.py tests/test_testdev.py tests/test_hardening.py tests/test_jpeg_window.py tests/test_image_grouping.py"
+  [decode]="vitpose_scale/eval/decode.py|tests/test_decode.py tests/test_coco_eval.py"
+  [oks]="vitpose_scale/eval/oks.py|tests/test_coco_eval.py tests/test_decode.py"
+  [postprocess]="vitpose_scale/eval/postprocess.py|tests/test_coco_eval.py tests/test_decode.py"
+  [coco_eval]="vitpose_scale/eval/coco_eval.py|tests/test_coco_eval.py"
+  [eval]="vitpose_scale/eval/*.py|tests/test_coco_eval.py tests/test_decode.py tests/test_ensemble.py tests/test_testdev.py tests/test_evaluate_cli.py tests/test_infer.py"
   # eval/ in two halves that together mutate every file once: the evaluator and decoding against their
   # fast tests, and the modules that drive a model against the model-level tests (seconds each), so a
   # surviving evaluator mutant does not also run every model evaluation.
-  [eval_core]="vitpose_scale/eval/coco_eval.py vitpose_scale/eval/oks.py vitpose_scale/eval/decode.py vitpose_scale/eval/synthetic_eval.py|tests/test_coco_eval.py tests/test_decode.py tests/test_synthetic_eval.py tests/test_mutation_gaps.py"
-  [eval_model]="vitpose_scale/eval/runner.py vitpose_scale/eval/ensemble.py vitpose_scale/eval/testdev.py vitpose_scale/eval/postprocess.py|tests/test_coco_eval.py tests/test_decode.py tests/test_ensemble.py tests/test_testdev.py tests/test_evaluate_cli.py tests/test_infer.py tests/test_mutation_gaps.py"
+  [eval_core]="vitpose_scale/eval/coco_eval.py vitpose_scale/eval/oks.py vitpose_scale/eval/decode.py vitpose_scale/eval/synthetic_eval.py|tests/test_coco_eval.py tests/test_decode.py tests/test_synthetic_eval.py"
+  [eval_model]="vitpose_scale/eval/runner.py vitpose_scale/eval/ensemble.py vitpose_scale/eval/testdev.py vitpose_scale/eval/postprocess.py|tests/test_coco_eval.py tests/test_decode.py tests/test_ensemble.py tests/test_testdev.py tests/test_evaluate_cli.py tests/test_infer.py"
 )
 
 if [[ "${1:-}" == "--list" || -z "${1:-}" ]]; then

@@ -1,8 +1,10 @@
-"""The vectorised COCO keypoint evaluator against pycocotools COCOeval."""
+"""The vectorised COCO keypoint evaluator against pycocotools COCOeval; its OKS and OKS-NMS (eval/oks.py)
+against written-out references; the coco-eval command."""
 import contextlib
 import copy
 import io
 import json
+import math
 import os
 import socket
 import sys
@@ -14,7 +16,7 @@ import pytest
 from vitpose_scale.eval import coco_eval
 from vitpose_scale.eval.coco_eval import (STAT_NAMES, EvaluationInputError, KeypointEvaluator,
                                           format_stats, gather_results, print_stats)
-from vitpose_scale.eval.oks import COCO_SIGMAS, compute_oks, oks_nms, oks_pairs, oks_upper_bound
+from vitpose_scale.eval.oks import COCO_SIGMAS, GtKeypoints, compute_oks, oks_nms, oks_pairs, oks_upper_bound
 from vitpose_scale.eval.synthetic_eval import make_eval_set, results_from_detections
 
 pycocotools = pytest.importorskip("pycocotools")
@@ -862,3 +864,307 @@ def test_results_of_another_category_that_pycocotools_refuses_stay_refused(coco_
     with pytest.raises(EvaluationInputError) as from_file:  # the typed fast path says the same
         coco_eval.evaluate(coco_sample / "test_coco.json", res_path)
     assert str(from_file.value) == str(in_memory.value)
+
+
+def _gt_with(*anns):
+    return {"images": [{"id": 1, "width": 100, "height": 100}], "annotations": list(anns),
+            "categories": [{"id": 1, "name": "person", "keypoints": [f"k{i}" for i in range(17)], "skeleton": []}]}
+
+
+def _ann(**fields):
+    return {"id": 1, "image_id": 1, "category_id": 1, "keypoints": [0] * 51, "num_keypoints": 0, "area": 100.0,
+            "bbox": [0, 0, 10, 10], "iscrowd": 0, **fields}
+
+
+@pytest.mark.parametrize("anns, message", [
+    ([7], "GT: annotations[0] is not an object"),
+    ([{"image_id": 1}], "GT is not a keypoint annotation file: annotations[0] (id=None) has no 'id'"),
+    ([{"id": 7}], "GT is not a keypoint annotation file: annotations[0] (id=7) has no 'image_id'"),
+    ([_ann(id=5, area=None) | {"bbox": None}, _ann(id=6)], "GT: annotations[0] (id=5) bbox is not 4 numbers"),
+    ([_ann(id=[1])], "GT: annotations[0] (id=[1]): id / image_id / category_id is not a valid id"),
+    # an annotation of an image that is not listed is not scored, so not checked: the next one is
+    ([_ann(id=2, image_id=99, keypoints=[0]), _ann(id=3, keypoints=[0] * 50)],
+     "GT: annotations[1] (id=3) has 50 keypoint values, expected 51"),
+    ([_ann(id=4, keypoints=7)], "GT: annotations[0] (id=4) has no keypoint values, expected 51"),
+    ([_ann(id=8, keypoints=["a"] * 51)], "GT: annotations[0] (id=8): 'keypoints' must be 51 numbers"),
+    ([_ann(id=9, area="big")], "GT: annotations[0] (id=9): 'area' is not a number ('big')"),
+])
+def test_coco_eval_malformed_gt_is_named_exactly(anns, message):
+    with pytest.raises(EvaluationInputError) as err:
+        KeypointEvaluator(_gt_with(*anns))
+    assert str(err.value) == message
+
+
+def test_coco_eval_cli_help_and_required_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        coco_eval.main(["--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("usage: vitpose-scale coco-eval", "COCO as pycocotools COCOeval, the other sets of the ViTPose "
+                 "family as the official mmpose 0.x code calls xtcocotools (same numbers, faster).",
+                 "--gt GT COCO-layout keypoint annotation JSON", "--results RESULTS keypoint results JSON "
+                 "(list of objects)", "--out OUT write the stats as a JSON object here", "--dataset {aic,ap10k,"):
+        assert text in out, text
+    for argv, missing in ((["--results", "r.json"], "--gt"), (["--gt", "g.json"], "--results")):
+        with pytest.raises(SystemExit) as exit_:
+            coco_eval.main(argv)
+        assert exit_.value.code == 2
+        assert f"the following arguments are required: {missing}" in capsys.readouterr().err
+
+
+def test_coco_eval_cli_writes_stats_into_new_and_existing_folders(tmp_path, capsys):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(_gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))))
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": 1, "category_id": 1, "keypoints": [50, 50, 1] * 17, "score": 1.0}]))
+    for out in (tmp_path / "new" / "deeper" / "stats.json", tmp_path / "stats.json"):  # created / existing folder
+        assert coco_eval.main(["--gt", str(gt), "--results", str(res), "--out", str(out)]) == 0
+        text = out.read_text()
+        assert text.startswith('{\n  "AP": ') and '\n  "AP50": ' in text  # indent 2, the pycocotools names
+        stats = json.loads(text)
+        assert list(stats) == list(STAT_NAMES) and stats["AP"] == pytest.approx(1.0) and stats["APm"] == -1.0
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets= 20 ] = 1.000" in capsys.readouterr().out
+
+
+def test_coco_eval_sigmas_reach_the_evaluation_and_a_failed_write_is_reported(tmp_path, capsys):
+    gt = _gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17, area=2000.0))
+    res = [{"image_id": 1, "category_id": 1, "keypoints": [53, 50, 1] * 17, "score": 1.0}]  # 3 px off
+    tight, loose = coco_eval.evaluate(gt, res), coco_eval.evaluate(gt, res, sigmas=[1.0] * 17)
+    assert tight[0] < 0.9 and loose[0] == pytest.approx(1.0)
+    ev = KeypointEvaluator(gt)
+    stats = ev.evaluate(res)
+    assert coco_eval._report("prog", ev, stats, str(tmp_path)) == 2  # a folder: open() fails after the check
+    assert f"prog: error: --out {tmp_path} cannot be written: Is a directory" in capsys.readouterr().err
+
+
+def test_coco_eval_command_line_exit_codes(tmp_path):
+    """The module's own entry point (hard exit after flushing): 0 with the stats printed, 2 on bad input."""
+    import subprocess
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(_gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))))
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": 1, "category_id": 1, "keypoints": [50, 50, 1] * 17, "score": 1.0}]))
+    run = [sys.executable, "-m", "vitpose_scale.eval.coco_eval", "--gt", str(gt), "--results"]
+    ok = subprocess.run(run + [str(res)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "Average Precision  (AP) @[ IoU=0.50:0.95" in ok.stdout
+    bad = subprocess.run(run + [str(gt)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("vitpose-scale coco-eval: error: ")
+
+
+@pytest.mark.parametrize("with_bbox", [True, False])
+def test_coco_eval_result_areas_come_from_bbox_as_in_pycocotools(tmp_path, with_bbox):
+    """pycocotools' loadRes takes each result's area from its 'bbox' when the first result has one,
+    else from the extent of its keypoints; the area decides medium/large. Boxes are chosen here to put
+    each detection in the other range than its keypoints would. Files (the typed fast path) and
+    in-memory lists must both give pycocotools' numbers."""
+
+    def person(x, y, span):
+        return [v for j in range(17) for v in (x + span * (j % 4) / 3, y + span * (j // 4) / 4, 2)]
+
+    small, large = person(10, 10, 30), person(60, 60, 130)
+    gt = {"images": [{"id": 1, "width": 200, "height": 200}],
+          "annotations": [_ann(id=1, keypoints=small, num_keypoints=17, area=1500.0, bbox=[10, 10, 30, 30]),
+                          _ann(id=2, keypoints=large, num_keypoints=17, area=16900.0, bbox=[60, 60, 130, 130])],
+          "categories": _gt_with()["categories"]}
+    rng = np.random.default_rng(0)
+    results = []
+    for kps, box, score in ((small, [0, 0, 150, 150], 0.9), (large, [60, 60, 20, 20], 0.8)):
+        noisy = [v + (rng.normal(0, 1.5) if i % 3 != 2 else 0) for i, v in enumerate(kps)]
+        res = {"image_id": 1, "category_id": 1, "keypoints": noisy, "score": score}
+        if with_bbox:
+            res["bbox"] = box
+        results.append(res)
+    expected = _pycocotools(gt, results)[0].stats
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    for got in (coco_eval.evaluate(gt, results),
+                coco_eval.evaluate(str(tmp_path / "gt.json"), str(tmp_path / "res.json"))):
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def _result(**fields):
+    return {"image_id": 1, "category_id": 1, "keypoints": [50, 50, 1] * 17, "score": 0.5, **fields}
+
+
+_BOX_RULE = "'bbox' must be 4 finite numbers (results[0] has a bbox, so result areas come from boxes as in " \
+            "pycocotools loadRes)"
+
+
+@pytest.mark.parametrize("results, message", [
+    ([5], "results[0] is not an object but int"),
+    ([_result(), _result(image_id=99), _result(image_id=98)],
+     "results[1] (image_id=99): image_id is not an image of the GT (2 bad entries in total)"),
+    ([_result(keypoints=7)], "results[0] (image_id=1): 'keypoints' is not a list (1 bad entries in total)"),
+    ([_result(keypoints=[1] * 50)],
+     "results[0] (image_id=1): 'keypoints' has 50 values, expected 3*K = 51 (1 bad entries in total)"),
+    ([_result(keypoints=[float("nan")] * 51)],
+     "results[0] (image_id=1): 'keypoints' contains NaN/inf (1 bad entries in total)"),
+    ([_result(score=float("inf"))], "results[0] (image_id=1): 'score' is NaN/inf (1 bad entries in total)"),
+    ([_result(bbox=[0, 0, 1, 1]), _result(bbox=["a", 0, 0, 0])], f"results[1] (image_id=1): {_BOX_RULE}"),
+    ([_result(bbox=[0, 0, 1, 1]), _result()], f"results[1] (image_id=1): {_BOX_RULE}"),
+    ([_result(bbox=[0, 0, 1, 1]), _result(bbox=[0, 0, float("inf"), 1])], f"results[1] (image_id=1): {_BOX_RULE}"),
+    # An entry missing a field sends the whole list down the entry-by-entry scan, which names the
+    # first problem in list order (without a count).
+    ([_result(image_id=99), {"image_id": 1}], "results[0] (image_id=99): image_id is not an image of the GT"),
+    ([_result(keypoints=7), {"image_id": 1}], "results[0] (image_id=1): 'keypoints' is not a list"),
+    ([_result(keypoints=[1] * 50), {"image_id": 1}],
+     "results[0] (image_id=1): 'keypoints' has 50 values, expected 3*K = 51"),
+    ([_result(keypoints=[float("nan")] * 51), {"image_id": 1}], "results[0] (image_id=1): 'keypoints' contains NaN/inf"),
+    ([_result(score=float("inf")), {"image_id": 1}], "results[0] (image_id=1): 'score' is NaN/inf (inf)"),
+    ([_result(), {"image_id": 1}], "results[1] (image_id=1) is missing the 'category_id' field"),
+])
+def test_coco_eval_malformed_results_are_named_exactly(results, message, tmp_path):
+    """In memory and from a file (the typed fast path falls back to the same checks)."""
+    gt = _gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))
+    with pytest.raises(EvaluationInputError) as err:
+        coco_eval.evaluate(gt, results)
+    assert str(err.value) == message
+    try:
+        text = json.dumps(results, allow_nan=False)
+    except ValueError:  # NaN/inf: not valid JSON, so no file of it
+        return
+    path = tmp_path / "res.json"
+    path.write_text(text)
+    with pytest.raises(EvaluationInputError) as err:
+        coco_eval.evaluate(gt, str(path))
+    assert str(err.value) == message
+
+
+def test_coco_eval_typed_records_take_the_fast_path_with_the_same_arrays(tmp_path):
+    """A well-formed results file parsed by the typed decoder is turned into arrays directly (no fallback
+    to the dict path), and those arrays equal the dict path's, bbox areas included."""
+    gt, results = make_eval_set(30, seed=2, with_bbox=True)
+    if coco_eval._typed("results") is None:
+        pytest.skip("msgspec is not installed: no typed path")
+    records = coco_eval._typed("results").decode(json.dumps(results).encode())
+    ev = KeypointEvaluator(gt)
+    fast = ev._typed_result_arrays(records)
+    assert fast is not None
+    for a, b in zip(fast, ev._result_arrays(results)):
+        np.testing.assert_array_equal(a, b)
+    no_box = coco_eval._typed("results").decode(json.dumps([{k: v for k, v in r.items() if k != "bbox"}
+                                                  for r in results]).encode())
+    assert ev._typed_result_arrays(no_box)[4] is None
+    bad_id = coco_eval._typed("results").decode(json.dumps([dict(results[0], image_id=10 ** 6)] + results[1:]).encode())
+    assert ev._typed_result_arrays(bad_id) is None
+
+
+def test_coco_eval_command_notes_ignored_results_under_its_name(tmp_path, capsys):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(_gt_with(_ann(keypoints=[50, 50, 2] * 17, num_keypoints=17))))
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([_result(), _result(category_id=2)]))
+    assert coco_eval.main(["--gt", str(gt), "--results", str(res)]) == 0
+    err = capsys.readouterr().err
+    assert ("vitpose-scale coco-eval: note: 1 of 2 results ignored: category_id not a GT category [1] "
+            "(pycocotools ignores them too)") in err
+
+
+def test_oks_with_no_detection_or_no_gt_is_an_empty_matrix_and_sigmas_are_used():
+    gt = np.array([[10.0, 10.0, 2.0] * 17])
+    assert compute_oks(np.zeros((0, 17, 2)), gt, [100.0]).shape == (0, 1)
+    assert compute_oks(np.zeros((2, 17, 2)), np.zeros((0, 51)), []).shape == (2, 0)
+    # one joint off by 1 px, the rest exact: OKS = (16 + exp(-d^2 / (2 s^2 (2 sigma)^2))) / 17 with s^2 = area
+    dt = np.tile([10.0, 10.0], (1, 17, 1))
+    dt[0, 0, 0] += 1.0
+    sigmas = np.full(17, 0.1)
+    expected = (16 + math.exp(-1.0 / (2 * 100.0 * (2 * 0.1) ** 2))) / 17
+    assert compute_oks(dt, gt, [100.0], sigmas=sigmas)[0, 0] == pytest.approx(expected, rel=1e-12)
+
+
+def _official_oks_nms(kpts, scores, areas, thr, sigmas, vis_thr=None):
+    """mmpose 0.x oks_nms / oks_iou written out (eps 1e-10 per its eps), both poses' visibility masked."""
+    var = (np.asarray(sigmas) * 2) ** 2
+    order = list(np.argsort(-np.asarray(scores), kind="stable"))
+    keep = []
+    while order:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        survivors = []
+        for j in rest:
+            dx, dy = kpts[j, :, 0] - kpts[i, :, 0], kpts[j, :, 1] - kpts[i, :, 1]
+            e = (dx ** 2 + dy ** 2) / var / ((areas[i] + areas[j]) / 2 + np.spacing(1)) / 2
+            if vis_thr is not None:
+                e = e[(kpts[i, :, 2] > vis_thr) & (kpts[j, :, 2] > vis_thr)]
+            iou = np.exp(-e).sum() / e.shape[0] if e.shape[0] else 0.0
+            if iou <= thr:
+                survivors.append(j)
+        order = survivors
+    return keep
+
+
+@pytest.mark.parametrize("vis_thr", [None, 0.3])
+def test_oks_nms_keeps_what_the_official_greedy_rule_keeps(vis_thr):
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(50, 400, (4, 2))
+    kpts = []
+    for c in centres[rng.integers(0, 4, 30)]:  # 30 poses around 4 people: many near-duplicates
+        xy = c + np.linspace(-40, 40, 17)[:, None] + rng.normal(0, 1, (17, 2))
+        kpts.append(np.concatenate([xy, rng.uniform(0, 1, (17, 1))], axis=1))
+    kpts = np.asarray(kpts)
+    scores, areas = rng.uniform(0.1, 1.0, 30), rng.uniform(2000, 9000, 30)
+    for thr in (0.5, 0.9):
+        expected = _official_oks_nms(kpts, scores, areas, thr, COCO_SIGMAS, vis_thr)
+        got = oks_nms(kpts, scores, areas, thr, COCO_SIGMAS, vis_thr=vis_thr)
+        assert got.dtype == np.int64 and got.tolist() == expected
+        assert 4 <= len(expected) < 30  # the case really suppresses
+    assert oks_nms(np.zeros((0, 17, 3)), [], []).dtype == np.int64
+
+
+def test_oks_takes_float32_sigmas_and_preprocessed_gt_with_pycocotools_float64_numbers():
+    """Written-out pycocotools computeOks in float64 on the float32 inputs a model produces."""
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 100, (3, 17, 3)).astype(np.float32)
+    gt[..., 2] = rng.integers(0, 3, (3, 17))
+    gt[2, :, 2] = 0  # no visible joint: distances to the box
+    dt = rng.uniform(0, 100, (4, 17, 3)).astype(np.float32)
+    areas = np.array([900.0, 2500.0, 400.0], dtype=np.float32)
+    boxes = np.array([[10, 10, 30, 30], [0, 0, 50, 50], [40, 40, 20, 20]], dtype=np.float32)
+    sigmas32 = COCO_SIGMAS.astype(np.float32)
+    var = (sigmas32.astype(np.float64) * 2) ** 2
+    expected = np.zeros((4, 3))
+    for j in range(3):
+        xg, yg, vg = (gt[j, :, c].astype(np.float64) for c in range(3))
+        x0, y0, w, h = boxes[j].astype(np.float64)
+        for i in range(4):
+            xd, yd = dt[i, :, 0].astype(np.float64), dt[i, :, 1].astype(np.float64)
+            if (vg > 0).sum() > 0:
+                dx, dy = xd - xg, yd - yg
+            else:
+                dx = np.maximum(0, (x0 - w) - xd) + np.maximum(0, xd - (x0 + 2 * w))
+                dy = np.maximum(0, (y0 - h) - yd) + np.maximum(0, yd - (y0 + 2 * h))
+            e = (dx ** 2 + dy ** 2) / var / (float(areas[j]) + np.spacing(1)) / 2
+            if (vg > 0).sum() > 0:
+                e = e[vg > 0]
+            expected[i, j] = np.sum(np.exp(-e)) / e.shape[0]
+    got = compute_oks(dt, gt, areas, boxes, sigmas=sigmas32)
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=0)
+    pre = GtKeypoints(gt, areas, boxes)
+    np.testing.assert_array_equal(compute_oks(dt, pre, None, sigmas=sigmas32), got)
+
+
+@pytest.mark.parametrize("vis_thr", [None, 0.3])
+def test_oks_nms_threshold_default_and_ties_on_poses_at_every_distance(vis_thr):
+    """One person predicted with growing error: OKS with the best pose falls from ~1 to ~0, so every
+    threshold, the default (0.9) and the variances decide something; equal scores keep the lower index.
+    Joint scores include the visibility threshold itself, poses sharing one visible joint and none."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(100, 300, (17, 2))
+    vis = rng.choice([0.1, 0.3, 0.9], size=(40, 17))
+    vis[5] = 0.1
+    vis[5, 0] = 0.9  # shares at most joint 0 with the others
+    vis[6] = 0.1  # no joint above the threshold
+    kpts = np.array([np.c_[base + rng.normal(0, s, (17, 2)), v] for s, v in zip(np.linspace(0.5, 25, 40), vis)])
+    areas = rng.uniform(3000, 5000, 40)
+    scores = rng.uniform(0.1, 1.0, 40)
+    kept = {}
+    for thr in (0.3, 0.5, 0.7, 0.9):
+        kept[thr] = oks_nms(kpts, scores, areas, thr, vis_thr=vis_thr)
+        assert kept[thr].dtype == np.int64
+        assert kept[thr].tolist() == _official_oks_nms(kpts, scores, areas, thr, COCO_SIGMAS, vis_thr), thr
+    assert len({tuple(k) for k in kept.values()}) == 4, "each threshold keeps a different set"
+    assert oks_nms(kpts, scores, areas, vis_thr=vis_thr).tolist() == kept[0.9].tolist()
+    tied = rng.integers(1, 4, 40) / 4.0  # three score levels: ties everywhere
+    assert (oks_nms(kpts, tied, areas, 0.5, vis_thr=vis_thr).tolist()
+            == _official_oks_nms(kpts, tied, areas, 0.5, COCO_SIGMAS, vis_thr))

@@ -14,6 +14,7 @@ import torch
 from vitpose_scale.config import Config, ConfigError, DataConfig, load_config
 from vitpose_scale.data import coco as coco_module
 from vitpose_scale.data.coco import DROP_REASONS, TopDownCocoDataset, build_datasets, load_coco
+from vitpose_scale.data.transforms import box_to_center_scale, sample_rng
 
 SIZE = (64, 48)
 W, H = 100, 80  # every hand-made image
@@ -385,3 +386,52 @@ def test_ensure_synthetic_defaults_to_seed_0(tmp_path):
     generate_synthetic_coco(tmp_path / "b", 3, 2, seed=0)
     for rel in ("annotations/person_keypoints_train.json", "annotations/person_keypoints_val.json"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+def _dataset(coco_sample, tmp_path, dets=None, **cfg):
+    det_file = None
+    if dets is not None:
+        det_file = tmp_path / "dets.json"
+        det_file.write_text(json.dumps(dets))
+    return TopDownCocoDataset(coco_sample, "test_coco.json", ".", DataConfig(**cfg), SIZE, train=False,
+                              det_file=det_file)
+
+
+def test_coco_detections_keep_persons_at_or_above_the_threshold_and_count_the_rest(coco_sample, tmp_path):
+    dets = [{"image_id": 785, "category_id": 1, "bbox": [10, 20, 30, 80], "score": 0.9},
+            {"image_id": 785, "category_id": 1, "bbox": [0, 0, 50, 50], "score": 0.5},   # == threshold: kept
+            {"image_id": 40083, "category_id": 1, "bbox": [5, 5, 40, 40], "score": 0.49},  # below: dropped
+            {"image_id": 40083, "bbox": [1, 2, 3, 4], "score": 0.7},                       # no category: a person
+            {"image_id": 40083, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.99}]    # not a person
+    ds = _dataset(coco_sample, tmp_path, dets, det_score_thr=0.5, bbox_padding=1.1)
+    assert ds.load_report == "4 person detections, 3 kept, 1 with score < 0.5 dropped"
+    assert [r["bbox_score"] for r in ds.records] == [0.9, 0.5, 0.7]
+    first = ds.records[0]
+    center, scale = box_to_center_scale([10, 20, 30, 80], 48 / 64, 1.1)
+    np.testing.assert_array_equal(first["center"], center)
+    np.testing.assert_array_equal(first["scale"], scale)
+    assert first["size"] == (425, 640) and first["ann_id"] == -1 and first["file_name"] == "000000000785.jpg"
+    assert first["joints"].shape == (17, 3) and first["joints"].dtype == np.float32 and not first["joints"].any()
+
+
+def test_coco_detection_file_errors_say_what_is_wrong(coco_sample, tmp_path):
+    with pytest.raises(ValueError, match=r"dets\.json: detection for image_id 123, which is not in .*test_coco\.json; "
+                                         r"expected detections for that annotation file's images"):
+        _dataset(coco_sample, tmp_path, [{"image_id": 123, "category_id": 1, "bbox": [0, 0, 9, 9], "score": 1.0}])
+    with pytest.raises(ValueError, match=r"dets\.json: expected a COCO results list of \{image_id, category_id, "
+                                         r"bbox, score\} dicts"):
+        _dataset(coco_sample, tmp_path, {"image_id": 785})
+
+
+def test_coco_image_of_another_size_names_both_sizes(coco_sample, tmp_path):
+    ds = _dataset(coco_sample, tmp_path)
+    rec = dict(ds.records[0], size=(100, 200))
+    with pytest.raises(ValueError, match=r" is 640x425 pixels; the annotation file says 200x100, so its boxes"):
+        ds.read_image(rec)
+
+
+def test_coco_augmentation_draws_follow_seed_epoch_index_and_stream(coco_sample, tmp_path):
+    ds = TopDownCocoDataset(coco_sample, "test_coco.json", ".", DataConfig(), SIZE, train=True, seed=5, stream=2)
+    ds.set_epoch(3)
+    assert ds.augmentation_rng(4).random() == sample_rng(5, 3, 4, 2).random()
+    assert _dataset(coco_sample, tmp_path).augmentation_rng(4) is None  # evaluation: no augmentation

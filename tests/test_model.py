@@ -1,10 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from vitpose_scale.config import ModelConfig
+from vitpose_scale.config import ModelConfig, load_config
 from vitpose_scale.models.pose import build_pose_model, count_parameters
-from vitpose_scale.models.vit import resize_pos_embed
+from vitpose_scale.models.vit import ViT, resize_pos_embed
 
 OFFICIAL_BACKBONE_PARAMS_M = {"S": 21.7, "B": 85.8, "L": 303.3, "H": 630.9}
 
@@ -245,3 +246,110 @@ def test_every_shipped_config_builds_with_hand_counted_parameters_and_grid(path)
         decoder = d + (m.embed_dim * d + d) + patches * d + depth * (2 * 2 * d + 12 * d * d + 9 * d) + 2 * d \
             + (d * p * p * 3 + p * p * 3)
         assert count_parameters(mae) == encoder + decoder
+
+
+def _cfg(*sets):
+    return load_config(ROOT / "configs" / "demo.yaml", list(sets))
+
+
+def _vit(depth=4, drop_path=0.3, embed_dim=64, mlp_ratio=4.0):
+    torch.manual_seed(0)
+    return ViT(embed_dim=embed_dim, depth=depth, num_heads=4, mlp_ratio=mlp_ratio, drop_path=drop_path, grid=(4, 3))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 12])
+def test_vit_drop_path_rates_are_the_official_linspace(depth):
+    """Official ViTPose: ``dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]``."""
+    vit = _vit(depth=depth, drop_path=0.3)
+    official = [x.item() for x in torch.linspace(0, 0.3, depth)]
+    assert len(vit.blocks) == depth
+    rates = [0.0 if isinstance(b.drop_path, nn.Identity) else b.drop_path.drop_prob for b in vit.blocks]
+    assert rates == pytest.approx(official, rel=1e-6, abs=1e-12)
+    assert isinstance(vit.blocks[0].drop_path, nn.Identity)  # rate 0: no DropPath module at all
+
+
+def test_vit_qkv_bias_and_attention_kernel_follow_the_config(monkeypatch):
+    """model.qkv_bias=false removes exactly depth x 3 x dim parameters; model.attention=plain never
+    calls torch's fused kernel (the numbers are equal, so only the call tells them apart)."""
+    with_bias = build_pose_model(_cfg().model)
+    without = build_pose_model(_cfg("model.qkv_bias=false").model)
+    m = _cfg().model
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    vit = with_bias.backbone  # the preset's depth and width
+    assert count(with_bias) - count(without) == vit.depth * 3 * vit.embed_dim > 0
+    assert all(b.attn.qkv.bias is None for b in without.backbone.blocks)
+
+    def fused(*args, **kwargs):
+        raise AssertionError("sdpa called although model.attention=plain")
+
+    plain = build_pose_model(_cfg("model.attention=plain").model).eval()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", fused)
+    with torch.no_grad():
+        plain(torch.randn(1, 3, *m.image_size))
+    sdpa = build_pose_model(_cfg("model.attention=sdpa").model).eval()
+    with pytest.raises(AssertionError, match="sdpa called"), torch.no_grad():
+        sdpa(torch.randn(1, 3, *m.image_size))
+
+
+def test_vit_layer_norms_use_eps_1e_6_and_the_mlp_width_is_the_rounded_ratio():
+    vit = _vit(embed_dim=64, mlp_ratio=2.66)
+    norms = [vit.last_norm] + [n for b in vit.blocks for n in (b.norm1, b.norm2)]
+    assert all(n.eps == 1e-6 for n in norms)
+    assert vit.blocks[0].mlp.fc1.out_features == 170  # round(64 * 2.66) = round(170.24)
+    conv = vit.patch_embed.proj
+    assert (conv.kernel_size, conv.stride, conv.padding) == ((16, 16), (16, 16), (2, 2))
+
+
+def test_vit_initial_weights_follow_the_official_init():
+    """trunc_normal(std 0.02) for Linear weights and pos_embed, zero biases, LayerNorm (1, 0)."""
+    vit = _vit(embed_dim=128, drop_path=0.0)
+    linears = [m for m in vit.modules() if isinstance(m, nn.Linear)]
+    weights = torch.cat([m.weight.detach().flatten() for m in linears])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.03)
+    assert weights.abs().max().item() < 0.02 * 6  # the +-2 cut is 100 std away: nothing near it
+    assert all(torch.count_nonzero(m.bias) == 0 for m in linears if m.bias is not None)
+    assert vit.pos_embed.detach().std().item() == pytest.approx(0.02, rel=0.05)
+    for m in vit.modules():
+        if isinstance(m, nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.count_nonzero(m.bias) == 0
+
+
+def _saved_tensor_count(vit, x):
+    count = 0
+
+    def pack(t):
+        nonlocal count
+        count += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        vit(x).sum()
+    return count
+
+
+def test_vit_checkpoints_blocks_only_when_asked():
+    """Checkpointing keeps the block internals out of the autograd graph; off, they are all saved."""
+    x = torch.randn(1, 3, 64, 48)
+    plain = _vit(depth=2, drop_path=0.0)
+    checkpointed = ViT(embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0, drop_path=0.0, grid=(4, 3),
+                       activation_checkpointing=True)  # through the constructor, as the config does
+    saved_plain, saved_checkpointed = _saved_tensor_count(plain, x), _saved_tensor_count(checkpointed, x)
+    # each block saves at least its two LayerNorm inputs, attention and MLP activations when not checkpointed
+    assert saved_plain >= saved_checkpointed + 4 * len(plain.blocks)
+
+
+def test_vit_checkpointing_gives_block_gradients_with_a_frozen_embedding():
+    """Block inputs that do not require grad (frozen patch_embed/pos_embed) still give block gradients:
+    the non-reentrant checkpoint (docs/reference.md §6); a reentrant one would leave them None."""
+    x = torch.randn(1, 3, 64, 48)
+    grads = []
+    for ac in (False, True):
+        vit = _vit(depth=2, drop_path=0.0)
+        vit.activation_checkpointing = ac
+        vit.patch_embed.requires_grad_(False)
+        vit.pos_embed.requires_grad_(False)
+        vit(x).square().sum().backward()
+        grads.append([p.grad for p in vit.blocks.parameters()])
+    assert all(g is not None for g in grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

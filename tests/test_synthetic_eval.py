@@ -299,7 +299,6 @@ def test_result_boxes_are_their_peoples_boxes():
 
 
 def test_every_fraction_parameter_and_the_id_offsets_are_honoured():
-    # (moved from test_mutation_gaps.py: one home for the generator's promises)
     n = 400
     gt, results = make_eval_set(n, seed=3, crowd_frac=0.25, empty_frac=0.2, zero_vis_frac=0.2, many_det_frac=0.1,
                                 tie_frac=0.3, fp_rate=1.0, image_id_start=1000, ann_id_start=50)

@@ -1,4 +1,5 @@
-"""UDP affine, flip folding, augmentation ranges and heatmap targets."""
+"""UDP affine, flip folding, augmentation ranges and heatmap targets; crop_box, normalize_batch, the
+official box and half-body rules, the sample generator keys and TopDownTransform's outputs."""
 import dataclasses
 import math
 
@@ -7,12 +8,13 @@ import pytest
 
 from vitpose_scale.config import DataConfig
 from vitpose_scale.data.transforms import (
-    TopDownTransform, box_to_center_scale, flip_joints, get_warp_matrix, half_body_center_scale,
-    invert_affine, random_scale_rotation, sample_rng, transform_points, udp_crop_matrix, udp_heatmap_targets,
-    warp_image)
+    TopDownTransform, box_to_center_scale, crop_box, flip_joints, get_warp_matrix, half_body_center_scale,
+    invert_affine, normalize_batch, random_scale_rotation, sample_rng, transform_points, udp_crop_matrix,
+    udp_heatmap_targets, warp_image)
 from vitpose_scale.keypoints import get_spec
 
 COCO_FLIP_PAIRS = get_spec("coco").flip_pairs
+COCO_UPPER_BODY_IDS = get_spec("coco").upper_body_ids
 
 
 def _transform(train=True, image_size=(256, 192), **cfg):
@@ -339,3 +341,184 @@ def test_streams_give_independent_draws():
         assert abs(np.corrcoef(a[:, col], b[:, col])[0, 1]) < 0.1
     # Stream 0 keeps the earlier (seed, epoch, index) key: existing runs resume unchanged.
     assert np.array_equal(sample_rng(0, 3, 7).random(3), np.random.default_rng([0, 3, 7]).random(3))
+
+
+def test_transforms_crop_box_is_the_udp_box_to_crop_map_on_a_ramp():
+    """On the ramp img[y, x] = x + 100 y bilinear sampling is exact, so each crop pixel (u, v) must read
+    the source point c + (u - (W - 1) / 2) * s_w / (W - 1) (UDP: the box spans W - 1 crop pixel
+    intervals); cv2 samples at 1/32 px, hence the tolerance."""
+    ys, xs = np.mgrid[0:60, 0:80].astype(np.float32)
+    img = xs + 100.0 * ys
+    out_h, out_w = 25, 33
+    # identity: the box is the whole image measured in pixel intervals
+    same = crop_box(img, (39.5, 29.5), (79.0, 59.0), (60, 80))
+    np.testing.assert_allclose(same, img, atol=1e-3)
+    center, size = (20.0, 30.0), (16.0, 36.0)
+    crop = crop_box(img, center, size, (out_h, out_w))
+    assert crop.shape == (out_h, out_w)
+    v, u = np.mgrid[0:out_h, 0:out_w].astype(np.float64)
+    src_x = center[0] + (u - (out_w - 1) / 2) * size[0] / (out_w - 1)
+    src_y = center[1] + (v - (out_h - 1) / 2) * size[1] / (out_h - 1)
+    np.testing.assert_allclose(crop, src_x + 100.0 * src_y, atol=(1.0 + 100.0) / 32)
+
+
+def test_transforms_normalize_batch_runs_on_the_given_device_and_names_a_wrong_dtype():
+    import torch
+
+    crops = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    out = normalize_batch(crops, device="meta")  # the meta device: any device other than the input's
+    assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == crops.shape
+    assert normalize_batch(crops).device.type == "cpu"
+    with pytest.raises(TypeError, match="torch.int32.*uint8"):
+        normalize_batch(crops.to(torch.int32))
+
+
+def test_transforms_sample_streams_are_the_documented_keys():
+    """Stream 0 keeps the three-number key of earlier versions (same draws as before); stream i appends i."""
+    assert sample_rng(7, 2, 11).random() == np.random.default_rng([7, 2, 11]).random()
+    assert sample_rng(7, 2, 11, stream=3).random() == np.random.default_rng([7, 2, 11, 3]).random()
+
+
+def test_transforms_box_to_center_scale_is_the_official_xywh2cs():
+    """Official _xywh2cs (in pixels): centre x + w/2, y + h/2; the short side grown to the aspect ratio;
+    times 1.25. Extra numbers after the box (a detection score) are ignored."""
+    center, scale = box_to_center_scale([10, 20, 30, 80, 0.9], 0.75)  # narrow: the width grows to 60
+    np.testing.assert_array_equal(center, [25.0, 60.0])
+    np.testing.assert_array_equal(scale, [75.0, 100.0])
+    center, scale = box_to_center_scale((0, 4, 90, 60), 0.75, padding=1.0)  # wide: the height grows to 120
+    np.testing.assert_array_equal(center, [45.0, 34.0])
+    np.testing.assert_array_equal(scale, [90.0, 120.0])
+    assert center.dtype == scale.dtype == np.float32
+
+
+class _Normal:
+    """A generator whose standard_normal() returns a chosen value (the half-body coin)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def standard_normal(self):
+        return self.value
+
+
+def _half_body(visible_upper, visible_lower, draw, visibility=1):
+    """17 COCO joints on a grid; the first ``visible_upper`` upper-body joints (0-10) and the first
+    ``visible_lower`` lower-body ones (11-16) labelled with ``visibility``."""
+    joints = np.array([[3.0 * j, 5.0 * j + (j % 3)] for j in range(17)])
+    visible = np.zeros(17)
+    upper = [j for j in range(17) if j in COCO_UPPER_BODY_IDS]
+    lower = [j for j in range(17) if j not in COCO_UPPER_BODY_IDS]
+    visible[upper[:visible_upper]] = visibility
+    visible[lower[:visible_lower]] = visibility
+    return half_body_center_scale(joints, visible, COCO_UPPER_BODY_IDS, 0.75, _Normal(draw)), joints, upper, lower
+
+
+def _box_of(points):
+    """The official half-body box: mean centre, min/max extent grown to 3:4, times 1.5."""
+    lt, rb = points.min(axis=0), points.max(axis=0)
+    w, h = rb - lt
+    w, h = (w, w / 0.75) if w > 0.75 * h else (h * 0.75, h)
+    return points.mean(axis=0), np.array([w, h]) * 1.5
+
+
+@pytest.mark.parametrize("n_upper, n_lower, draw, half", [
+    (3, 3, 0.4, "upper"),   # draw < 0.5 and more than 2 upper joints: the upper body
+    (2, 3, 0.4, "lower"),   # only 2 upper joints: the lower body (it has more than 2)
+    (3, 3, 0.5, "lower"),   # draw not < 0.5: the lower body
+    (2, 2, 0.5, "upper"),   # lower body has only 2: back to the upper body (2 joints suffice)
+    (1, 2, 0.5, None),      # fewer than 2 joints in the half chosen: no half-body box
+])
+def test_transforms_half_body_choice_is_the_official_rule(n_upper, n_lower, draw, half):
+    """Official HalfBodyTransform: upper if randn() < 0.5 and len(upper) > 2, else lower if len(lower) > 2,
+    else upper; fewer than 2 joints -> none. Joints labelled but occluded (v = 1) count."""
+    got, joints, upper, lower = _half_body(n_upper, n_lower, draw, visibility=1)
+    if half is None:
+        assert got is None
+        return
+    sel = upper[:n_upper] if half == "upper" else lower[:n_lower]
+    center, scale = _box_of(joints[sel].astype(np.float32))
+    np.testing.assert_allclose(got[0], center, rtol=1e-6)
+    np.testing.assert_allclose(got[1], scale, rtol=1e-6)
+    assert got[0].dtype == got[1].dtype == np.float32
+
+
+def test_transforms_udp_target_defaults_to_sigma_2_and_keeps_a_window_ending_at_the_border():
+    """Default sigma 2: the value one heatmap pixel from an integer centre is exp(-1/8). A joint whose
+    window ends exactly at row 0 (br_y == 0, i.e. int(mu_y + 0.5) = -7) keeps weight 1 with an empty
+    target, as the reference's `br[1] < 0` test does; one row further up it is dropped."""
+    image_hw, heatmap_hw = (257, 193), (65, 49)  # stride exactly 4
+    target, weight = udp_heatmap_targets(np.array([[80.0, 120.0]]), np.array([2]), image_hw, heatmap_hw)
+    assert target.dtype == weight.dtype == np.float32 and weight.shape == (1, 1)
+    assert target[0, 30, 20] == 1.0
+    assert target[0, 30, 21] == pytest.approx(math.exp(-1 / 8), rel=1e-6)
+    assert target[0, 32, 20] == pytest.approx(math.exp(-4 / 8), rel=1e-6)
+    joints = np.array([[80.0, -8.0 * 4], [80.0, -9.0 * 4]])  # mu_y = -8 -> br_y = 0; mu_y = -9 -> br_y = -1
+    target, weight = udp_heatmap_targets(joints, np.array([1, 1]), image_hw, heatmap_hw)
+    assert weight[:, 0].tolist() == [1.0, 0.0]
+    assert not target.any()
+
+
+def _deterministic_transform(**cfg_overrides):
+    """A 64x48 training transform without random scale, rotation, flip or half body unless overridden."""
+    return _transform(image_size=(64, 48), **{"flip_prob": 0.0, "half_body_prob": 0.0, "scale_factor": 0.0,
+                                              "rot_factor": 0.0, **cfg_overrides})
+
+
+def _person(width=90, height=70):
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    joints = np.concatenate([rng.uniform([20, 10], [70, 60], (17, 2)), np.full((17, 1), 2.0)], axis=1)
+    return img, joints, np.array([44.0, 35.0], dtype=np.float32), np.array([48.0, 64.0], dtype=np.float32)
+
+
+def test_transforms_a_flipped_sample_is_the_sample_of_the_mirrored_image():
+    """flip_prob 1 must give what flip_prob 0 gives on the mirrored picture (x -> W - 1 - x, left and
+    right joints swapped, centre mirrored): an independent statement of the flip."""
+    img, joints, center, scale = _person()
+    width = img.shape[1]
+    flipped = _deterministic_transform(flip_prob=1.0)(img, joints, center, scale, sample_rng(0, 0, 0))
+    mirrored_joints = joints.copy()
+    mirrored_joints[:, 0] = width - 1 - mirrored_joints[:, 0]
+    for a, b in COCO_FLIP_PAIRS:
+        mirrored_joints[[a, b]] = mirrored_joints[[b, a]]
+    mirrored_center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
+    plain = _deterministic_transform()(np.ascontiguousarray(img[:, ::-1]), mirrored_joints, mirrored_center,
+                                       scale, sample_rng(0, 0, 0))
+    assert flipped["flipped"] and not plain["flipped"]
+    np.testing.assert_allclose(flipped["joints"], plain["joints"], atol=1e-4)
+    np.testing.assert_allclose(flipped["center"], plain["center"])
+    assert np.abs(flipped["img"].astype(int) - plain["img"].astype(int)).max() <= 1  # cv2's 1/32-px sampling
+    np.testing.assert_allclose(flipped["target"], plain["target"], atol=1e-4)
+
+
+@pytest.mark.parametrize("labelled, half_body", [(8, False), (9, True)])
+def test_transforms_half_body_needs_more_than_the_minimum_of_labelled_joints(labelled, half_body):
+    """Official: half body only when sum(visible) > num_joints_half_body (8); unlabelled joints (v = 0) do
+    not count, occluded ones (v = 1) do. The half-body box moves the centre off the person box's."""
+    img, joints, center, scale = _person()
+    joints[:, 2] = 0.0
+    joints[:labelled, 2] = 1.0
+    transform = _deterministic_transform(half_body_prob=1.0, half_body_min_joints=8)
+    out = transform(img, joints, center, scale, sample_rng(0, 0, 1))
+    assert (not np.allclose(out["center"], center)) == half_body
+
+
+def test_transforms_outputs_have_the_documented_types_and_leave_the_inputs_alone():
+    img, joints, center, scale = _person()
+    joints64, center64, scale64 = joints.astype(np.float64), center.astype(np.float64), scale.astype(np.float64)
+    before = (joints64.copy(), center64.copy(), scale64.copy())
+    out = _deterministic_transform(flip_prob=1.0, sigma=3.0)(img, joints64, center64, scale64, sample_rng(1, 0, 0))
+    for name in ("joints", "center", "scale", "target", "target_weight"):
+        assert out[name].dtype == np.float32, name
+    assert out["joints"].shape == (17, 3) and (out["joints"][:, 2] == 2.0).all()  # the visibility column
+    assert out["img"].dtype == np.uint8 and out["img"].shape == (3, 64, 48)
+    for a, b in zip(before, (joints64, center64, scale64)):
+        np.testing.assert_array_equal(a, b)
+
+    # the targets are drawn with the config's sigma (3), not the function's default (2)
+    def drawn(sigma):
+        return udp_heatmap_targets(out["joints"][:, :2], out["joints"][:, 2], (64, 48), (16, 12), sigma)[0]
+
+    assert np.array_equal(out["target"], drawn(3.0)) and not np.allclose(out["target"], drawn(2.0))
+    with pytest.raises(ValueError, match="needs its sample's generator"):
+        _deterministic_transform()(img, joints, center, scale, None)
