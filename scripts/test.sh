@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: set up, then the test suite (README "Two commands" has the measured time).
 #   bash scripts/test.sh            the default suite (everything not marked slow)
-#   bash scripts/test.sh --slow     only the slow checks (listed in the README)
+#   bash scripts/test.sh --slow     only the slow checks (listed in docs/testing.md)
 #   bash scripts/test.sh --all      both
 set -euo pipefail
 cd "$(dirname "$0")/.."

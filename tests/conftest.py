@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long checks, run with `pytest -m slow` (see README)")
+    config.addinivalue_line("markers", "slow: long checks, run with `pytest -m slow` (docs/testing.md)")
     config.addinivalue_line("markers", "distributed: spawns several processes (gloo / deepspeed launcher)")
 
 

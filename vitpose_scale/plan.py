@@ -617,7 +617,7 @@ def hardware_from_args(args) -> Hardware:
                     nvme=args.nvme_path is not None)
 
 
-# The README's "what fits where" table: presets x GPU budgets (`vitpose-scale plan --readme-table`).
+# docs/full_scale.md's "what fits where" table: presets x GPU budgets (`vitpose-scale plan --readme-table`).
 README_CONFIGS = [("B", "configs/vitpose_b_256x192.yaml"), ("L", "configs/vitpose_l_256x192.yaml"),
                   ("H", "configs/vitpose_h_256x192.yaml"), ("G", "configs/vitpose_g_576x432.yaml")]
 # (GPUs, a key of GPUS)
@@ -702,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="also write every fitting setting to this JSON file")
     parser.add_argument("--write", default=None, help="write the recommended setting as a config file")
     parser.add_argument("--readme-table", action="store_true",
-                        help="print the README table: B/L/H/G on 1x24, 8x40, 8x80, 64x80 GB")
+                        help="print the docs/full_scale.md table: B/L/H/G on 1x24, 8x40, 8x80, 64x80 GB")
     return parser
 
 
