@@ -478,7 +478,7 @@ def test_a_frozen_rank_ends_the_job_with_who_was_last_heard(tmp_path, data):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    assert f"rank 0: no training step completed for" in output, output[-3000:]
+    assert "rank 0: no training step completed for" in output, output[-3000:]
     assert "last heard: rank 0: step" in output and "; rank 1: step" in output, output[-3000:]
     assert "exiting 5" in output and "Thread" in output  # faulthandler's dump of rank 0's threads
     # the bound, the watchdog's poll and torchrun's SIGTERM-then-SIGKILL of the frozen rank (30 s)

@@ -54,3 +54,13 @@ def test_saved_config_reloads_equal(tmp_path):
     cfg.save(tmp_path / "c.yaml")
     again = load_config(tmp_path / "c.yaml")
     assert again == cfg and again.train.output_dir == "2024"
+
+
+@pytest.mark.parametrize("key, says", [("use_udp", "always uses UDP"), ("dark", "eval.decode chooses")])
+def test_a_removed_key_is_named_with_what_replaced_it(tmp_path, key, says):
+    from vitpose_scale.config import ConfigError, load_config
+
+    path = tmp_path / "old.yaml"
+    path.write_text(f"model: {{preset: tiny}}\neval:\n  {key}: false\n")
+    with pytest.raises(ConfigError, match=f"eval.{key}: removed .*{says}.*delete the line"):
+        load_config(path)

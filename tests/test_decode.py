@@ -11,8 +11,8 @@ from vitpose_scale.config import DataConfig, EvalConfig
 from vitpose_scale.data.coco import TopDownCocoDataset
 from vitpose_scale.data.loader import build_eval_loader
 from vitpose_scale.data.transforms import get_warp_matrix, transform_points
-from vitpose_scale.eval.decode import (average_flip, dark_refine, decode_heatmaps, flip_heatmaps, get_max_preds,
-                                       heatmap_to_image)
+from vitpose_scale.eval.decode import (_gaussian_blur, average_flip, dark_refine, decode_heatmaps, flip_heatmaps,
+                                       get_max_preds, heatmap_to_image)
 from vitpose_scale.eval.postprocess import postprocess_people, predict_dataset, rescore, to_coco_results
 from vitpose_scale.keypoints import get_spec
 
@@ -44,12 +44,12 @@ def test_decode_maps_back_to_image_with_rotation():
     stride = np.array([191 / 47, 255 / 63])
     mus = transform_points(pts, m) / stride
     hm = np.stack([_gaussian(*hm_size, mu) for mu in mus])[None]
-    kp, maxvals = decode_heatmaps(hm, center[None], scale[None], np.array([rot]), image_size, dark=True)
+    kp, maxvals = decode_heatmaps(hm, center[None], scale[None], np.array([rot]), image_size, method="dark")
     px_per_hm = scale / np.array([47, 63])  # image pixels per heatmap pixel
     assert np.all(np.abs(kp[0] - pts) < 0.05 * px_per_hm)
     assert maxvals.shape == (1, 3, 1) and np.all(maxvals > 0.9)
     # Without DARK the error is bounded by half a heatmap pixel (after rotation, by its diagonal).
-    kp0, _ = decode_heatmaps(hm, center[None], scale[None], np.array([rot]), image_size, dark=False)
+    kp0, _ = decode_heatmaps(hm, center[None], scale[None], np.array([rot]), image_size, method="argmax")
     assert np.all(np.linalg.norm(kp0[0] - pts, axis=1) <= np.linalg.norm(px_per_hm) / 2 + 1e-3)
 
 
@@ -73,7 +73,7 @@ def test_flip_test_of_symmetric_input_is_symmetric():
     # With UDP the mirror axis is shared by crop and heatmap: no shift, exact symmetry.
     assert np.allclose(flip_heatmaps(avg, COCO_FLIP_PAIRS), avg, atol=1e-6)
     center, scale = np.array([[400.0, 300.0]]), np.array([[192.0, 256.0]])
-    kp, _ = decode_heatmaps(avg, center, scale, image_size=(256, 192), dark=True)
+    kp, _ = decode_heatmaps(avg, center, scale, image_size=(256, 192), method="dark")
     for left, right in COCO_FLIP_PAIRS:  # mirror pairs about the box centre
         assert kp[0, left, 0] + kp[0, right, 0] == pytest.approx(2 * center[0, 0], abs=1e-3)
         assert kp[0, left, 1] == pytest.approx(kp[0, right, 1], abs=1e-3)
@@ -278,8 +278,8 @@ def test_decode_config_is_checked_and_old_configs_still_load():
     from vitpose_scale.config import ConfigError, from_dict
 
     assert from_dict({}).eval.decode == "udp_dark"
-    assert from_dict({"eval": {"dark": True}}).eval.decode == "dark"  # a run's config.yaml from before
-    assert from_dict({"eval": {"dark": False}}).eval.decode == "argmax"
+    # a run's config.yaml from before the two keys went: their values of today's behaviour load
+    assert from_dict({"eval": {"dark": None, "use_udp": True}}).eval.decode == "udp_dark"
     with pytest.raises(ConfigError, match="eval.decode"):
         from_dict({"eval": {"decode": "dakr"}})
     with pytest.raises(ConfigError, match="eval.blur_kernel"):
@@ -342,11 +342,102 @@ def test_the_blur_kernel_reaches_the_refinement(method, refine):
     assert np.abs(k3 - k17).max() > 1e-3
 
 
-def test_the_legacy_dark_flag_selects_dark_or_argmax():
-    rng = np.random.default_rng(8)
-    maps = _official_test_maps(rng, 2, 17, 64, 48, border=False)
-    c, s = np.full((2, 2), 150.0), np.full((2, 2), 100.0)
-    for flag, method in ((True, "dark"), (False, "argmax")):
-        a, _ = decode_heatmaps(maps, c, s, method="udp_dark", dark=flag)
-        b, _ = decode_heatmaps(maps, c, s, method=method)
-        np.testing.assert_array_equal(a, b)
+def _gaussian_map(cx, cy, h=16, w=12, sigma=1.5):
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))[None, None]
+
+
+def test_decode_dark_refines_only_two_pixels_away_from_the_border():
+    """Official DARK (_taylor): refine only when 1 < px < W - 2 and 1 < py < H - 2 (the second
+    differences reach two pixels out); at the border the argmax stays as it is."""
+    for peak, moves in (((1.3, 8.0), False), ((8.0, 1.3), False), ((2.3, 8.0), True), ((8.0, 2.3), True),
+                        ((9.3, 8.0), True), ((10.3, 8.0), False), ((6.0, 13.3), True), ((6.0, 14.3), False)):
+        hm = _gaussian_map(*peak)
+        argmax = np.array([[[round(peak[0]), round(peak[1])]]], dtype=np.float32)
+        refined = dark_refine(hm, argmax)
+        assert (not np.array_equal(refined, argmax)) == moves, peak
+        if moves:  # toward the true peak (the blur's zero padding biases it near the far borders)
+            assert np.abs(refined[0, 0] - peak).max() < np.abs(argmax[0, 0] - peak).max(), peak
+        if peak in ((2.3, 8.0), (8.0, 2.3)):
+            np.testing.assert_allclose(refined[0, 0], peak, atol=0.05)
+
+
+def test_decode_blur_of_an_empty_heatmap_stays_zero():
+    out = _gaussian_blur(np.zeros((1, 2, 8, 6)), 11)
+    assert np.isfinite(out).all() and not out.any()
+
+
+def _opencv_gaussian_kernel(size):
+    """OpenCV's kernel for sigma 0: sigma = 0.3 ((size - 1) / 2 - 1) + 0.8, normalised to sum 1."""
+    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-x ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def test_decode_blur_is_the_official_zero_padded_gaussian_rescaled_to_the_peak():
+    """Official DARK blur: zero border of (k - 1) / 2, cv2.GaussianBlur(k, sigma 0), the original maximum
+    restored. Written out here as two 1-D convolutions."""
+    rng = np.random.default_rng(0)
+    maps = rng.random((1, 2, 12, 9))
+    g = _opencv_gaussian_kernel(11)  # (OpenCV uses fixed tables below size 9, the formula above)
+    for j in range(2):
+        padded = np.pad(maps[0, j], 5)
+        rows = np.stack([np.convolve(r, g, mode="valid") for r in padded])        # (22, 9)
+        both = np.stack([np.convolve(c, g, mode="valid") for c in rows.T]).T     # (12, 9)
+        expected = both * (maps[0, j].max() / both.max())
+        np.testing.assert_allclose(_gaussian_blur(maps, 11)[0, j], expected, rtol=1e-6, atol=1e-9)
+
+
+def _log_quadratic_map(cx, cy, a=0.30, b=0.12, c=0.15, h=20, w=16):
+    """exp(-(a dx^2 + 2 c dx dy + b dy^2)): a rotated, anisotropic Gaussian whose log is exactly quadratic."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    dx, dy = xs - cx, ys - cy
+    return np.exp(-(a * dx ** 2 + 2 * c * dx * dy + b * dy ** 2))[None, None]
+
+
+def test_decode_dark_step_lands_on_the_centre_of_a_rotated_gaussian():
+    """On a blurred Gaussian the log stays quadratic, so one Newton step with the full Hessian (cross
+    term included) reaches the centre; the result is float32 (N, K, 2)."""
+    hm = _log_quadratic_map(7.35, 9.6)
+    refined = dark_refine(hm, np.array([[[7.0, 10.0]]], dtype=np.float32))
+    assert refined.dtype == np.float32 and refined.shape == (1, 1, 2)
+    np.testing.assert_allclose(refined[0, 0], [7.35, 9.6], atol=0.02)
+
+
+def test_decode_dark_leaves_flat_and_saddle_maps_at_the_argmax():
+    flat = np.full((1, 1, 16, 12), 0.5)
+    saddle = _log_quadratic_map(6.0, 8.0, a=0.2, b=-0.05, c=0.0)  # a maximum along x, a minimum along y
+    for hm, at in ((flat, [5.0, 7.0]), (saddle, [6.0, 8.3])):
+        start = np.array([[at]], dtype=np.float32)
+        np.testing.assert_array_equal(dark_refine(hm, start), start)
+
+
+def _people_of_one_image():
+    """Three people in image 7: two near-duplicates (OKS ~ 1) and a distant one; keypoint scores chosen
+    so that the rescoring threshold matters."""
+    base = np.stack([np.linspace(100, 160, 17), np.linspace(50, 250, 17)], axis=1)
+    conf_a = np.full(17, 0.9)
+    conf_b = np.where(np.arange(17) < 9, 0.8, 0.1)   # 8 joints at 0.1: below a 0.2 threshold
+    conf_c = np.full(17, 0.5)
+    people = []
+    for xy, conf, box in ((base, conf_a, 0.9), (base + 0.5, conf_b, 0.95), (base + 300, conf_c, 0.6)):
+        people.append({"image_id": 7, "keypoints": np.concatenate([xy, conf[:, None]], axis=1),
+                       "area": 96.0 * 128.0, "bbox_score": box})
+    return people
+
+
+def test_postprocess_rescores_with_the_threshold_and_suppresses_duplicates_by_oks():
+    """Official: score = box score x mean of the keypoint scores above rescore_thr; OKS-NMS (greedy by
+    score) drops a person whose OKS with a kept one exceeds nms_thr; nms_thr None or >= 1 keeps all."""
+    people = _people_of_one_image()
+    kept = postprocess_people(people, rescore_thr=0.2, nms_thr=0.9)
+    scores = {round(r["keypoints"][0], 3): r["score"] for r in kept}
+    # a: 0.9 * 0.9 = 0.81; b (duplicate of a): 0.95 * 0.8 = 0.76 -> suppressed; c: 0.6 * 0.5 = 0.30
+    assert sorted(scores.values(), reverse=True) == pytest.approx([0.81, 0.30])
+    assert [r["image_id"] for r in kept] == [7, 7]
+    low_thr = postprocess_people(people, rescore_thr=0.05, nms_thr=None)  # b's mean now includes 0.1s
+    assert sorted(r["score"] for r in low_thr) == pytest.approx(sorted([0.81, 0.95 * (9 * 0.8 + 8 * 0.1) / 17, 0.30]))
+    assert len(postprocess_people(people, 0.2, 1.0)) == 3 and len(postprocess_people(people, 0.2, 0.9)) == 2
+    # COCO sigmas by default; huge sigmas make even the distant person a duplicate
+    assert len(postprocess_people(people, 0.2, 0.9, sigmas=[50.0] * 17)) == 1

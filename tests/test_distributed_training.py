@@ -274,7 +274,9 @@ def test_batchnorm_statistics_are_averaged_over_ranks_and_kept_by_consolidation(
     out = tmp_path / "classic"
     train(2, out, synthetic_root, "model.head=classic", "model.drop_path=0.0", "train.max_steps=3")
     latest = ckpt.latest_checkpoint(out / "checkpoints")
-    per_rank = [ckpt.safe_load(f)["module"] for f in sorted(latest.glob("*model_states.pt"))]
+    from vitpose_scale.models.interop import safe_load
+
+    per_rank = [safe_load(f, ckpt._allowed_classes())["module"] for f in sorted(latest.glob("*model_states.pt"))]
     assert len(per_rank) == 2
     bn = [k for k in per_rank[0] if "running_mean" in k or "running_var" in k]
     assert bn

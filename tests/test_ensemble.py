@@ -1,14 +1,24 @@
 """Heatmap ensembles: one member is the model, identical members are one, different members average."""
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 from vitpose_scale.config import from_dict
 from vitpose_scale.eval.decode import decode_heatmaps
-from vitpose_scale.eval.ensemble import EnsembleMember, HeatmapEnsemble, resize_heatmaps
+from vitpose_scale.eval.ensemble import (
+    EnsembleMember,
+    HeatmapEnsemble,
+    MultiSizeDataset,
+    resize_heatmaps,
+    size_key,
+)
 from vitpose_scale.evaluate import build_eval_set, evaluate_checkpoints
-from vitpose_scale.models.interop import export_official, load_official
+from vitpose_scale.models.interop import export_official
 from vitpose_scale.models.pose import build_pose_model
+from vitpose_scale.models.weights import load_weights
 
 
 def _cfg(coco_sample, image_size=(64, 48), **eval_keys):
@@ -50,7 +60,7 @@ def test_one_member_ensemble_equals_the_model(coco_sample, checkpoints):
 
     cfg = _cfg(coco_sample)
     model = build_pose_model(cfg.model)
-    load_official(model, checkpoints["a"])
+    load_weights(model, checkpoints["a"])
     model.eval()
     dataset, ann, _ = build_eval_set(cfg)
     stats, results = evaluate_model(lambda x: model(x).float(), dataset, ann, cfg, 0, 1, progress=False)
@@ -174,3 +184,55 @@ def test_ensemble_arguments_are_checked(coco_sample, checkpoints):
         evaluate_checkpoints(cfg, [checkpoints["a"], checkpoints["b"]], model_configs=[checkpoints["a_cfg"]])
     with pytest.raises(ValueError, match="weights"):
         HeatmapEnsemble([EnsembleMember(lambda x: x, (64, 48), -1.0)], (16, 12), (64, 48))
+
+
+def test_model_config_takes_set_style_overrides_per_member(coco_sample, checkpoints):
+    """`--model-config b.yaml model.image_size=[128,96]`: one member's config file with overrides,
+    parsed by the eval command's own parser; a word that is not KEY=VALUE is named."""
+    from vitpose_scale.config import ConfigError
+    from vitpose_scale.evaluate import build_parser, member_model_configs
+
+    cfg = _cfg(coco_sample)
+    args = build_parser().parse_args(["--config", "x.yaml", "--checkpoint", checkpoints["a"], "--checkpoint",
+                                      checkpoints["c"], "--model-config", checkpoints["a_cfg"],
+                                      "--model-config", checkpoints["a_cfg"], "model.image_size=[128,96]"])
+    first, second = member_model_configs(cfg, args.checkpoint, args.model_config)
+    assert tuple(first.image_size) == (64, 48) and tuple(second.image_size) == (128, 96)
+    with pytest.raises(ConfigError, match="'model.image_size' is not KEY=VALUE"):
+        member_model_configs(cfg, ["a"], [[checkpoints["a_cfg"], "model.image_size", "128"]])
+
+
+class _Boxes:
+    """A stand-in dataset: records with centre and scale, like TopDownCocoDataset's."""
+
+    def __init__(self, boxes, image_size=(256, 192)):
+        self.records = [{"center": np.array(b[:2], dtype=np.float32), "scale": np.array(b[2:], dtype=np.float32)}
+                        for b in boxes]
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return {"img": f"crop {i} at {self.image_size}", "index": i}
+
+
+def test_ensemble_multi_size_dataset_checks_its_members_and_stands_for_the_main_one():
+    boxes = [(1000, 20, 48, 64), (30, 40, 96, 128)]
+    main, other = _Boxes(boxes), _Boxes([(b[0] + 5e-4, *b[1:]) for b in boxes], (384, 288))
+    ds = MultiSizeDataset(main, {(384, 288): other})
+    assert ds.image_size == (256, 192) and ds.records is main.records  # attributes of the main dataset
+    assert len(ds) == 2 and ds[1] == {"img": "crop 1 at (256, 192)", "index": 1,
+                                      size_key((384, 288)): "crop 1 at (384, 288)"}
+    for clone in (copy.copy(ds), pickle.loads(pickle.dumps(ds))):  # DataLoader workers copy it
+        assert clone[0][size_key((384, 288))] == "crop 0 at (384, 288)"
+    with pytest.raises(ValueError, match=r"^ensemble input size \(384, 288\): 1 boxes, the main size has 2; "
+                                         r"expected the same detections/annotations$"):
+        MultiSizeDataset(main, {(384, 288): _Boxes(boxes[:1])})
+    shifted = _Boxes([(boxes[0][0] + 2e-3, *boxes[0][1:]), boxes[1]])  # 2e-3 px apart (an absolute tolerance)
+    with pytest.raises(ValueError, match=r"^ensemble input size \(384, 288\) gives other boxes than \(256, 192\): "
+                                         r"expected every member's input size to have the same aspect ratio"):
+        MultiSizeDataset(main, {(384, 288): shifted})
+    scaled = _Boxes([(*b[:2], b[2] * 1.01, b[3] * 1.01) for b in boxes])  # 1 % larger: not within 1e-3 px
+    with pytest.raises(ValueError, match="gives other boxes"):
+        MultiSizeDataset(main, {(384, 288): scaled})

@@ -1,8 +1,10 @@
 """`vitpose-scale eval` end to end: a briefly trained model, exported to the official format and
 evaluated again through the checkpoint path, gives the trainer's own evaluation to the last digit;
-distributed evaluation over uneven shards equals one rank exactly."""
+distributed evaluation over uneven shards equals one rank exactly. The runner (eval/runner.py) on its own:
+every rank forwards as often as the longest shard, and the configured rescoring and OKS-NMS thresholds."""
 import datetime
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -11,11 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 
 from launch_env import launcher_env  # noqa: E402
-from vitpose_scale.config import from_dict
+from vitpose_scale.config import Config, DataConfig, from_dict
+from vitpose_scale.data.loader import ShardSampler
 from vitpose_scale.engine.metrics import read_jsonl
 from vitpose_scale.eval.coco_eval import STAT_NAMES, format_stats
+from vitpose_scale.eval.postprocess import postprocess_people
+from vitpose_scale.eval.runner import evaluate_model, predict_people
+from vitpose_scale.evaluate import build_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -71,6 +79,26 @@ def test_eval_command_reproduces_the_trainers_evaluation_from_the_exported_check
     assert len(trainer_results) == 12
 
 
+def test_every_weight_layout_evaluates_alike_including_the_training_checkpoint_directory(trained_run, tmp_path):
+    """One reader for every command: the run's checkpoints/step_N directory (ZeRO/plain training
+    state), final.pth and its safetensors export give the same people (the final step's weights)."""
+    from vitpose_scale.evaluate import evaluate_checkpoints
+    from vitpose_scale.export import export_safetensors
+    from vitpose_scale.models.weights import load_weights
+    from vitpose_scale.models.pose import build_pose_model
+
+    cfg = from_dict(yaml.safe_load((trained_run / "config.yaml").read_text()))
+    model = build_pose_model(cfg.model)
+    load_weights(model, trained_run / "final.pth")
+    safetensors = export_safetensors(model, tmp_path / "final.safetensors")
+    step_dir = trained_run / "checkpoints" / f"step_{STEPS:08d}"
+    assert step_dir.is_dir()
+    outcomes = {str(p): evaluate_checkpoints(cfg, [str(p)]) for p in (trained_run / "final.pth", step_dir, safetensors)}
+    first = outcomes[str(trained_run / "final.pth")]
+    for outcome in outcomes.values():
+        assert outcome.stats == first.stats and outcome.results == first.results
+
+
 # ------------------------------------------------------------ distributed --
 def _free_port() -> int:
     with socket.socket() as s:
@@ -85,7 +113,7 @@ def _evaluate_on(rank, world, port, cfg_dict, checkpoint, out_dir):
 
     from vitpose_scale.evaluate import build_eval_set, evaluate_checkpoints
     from vitpose_scale.eval.runner import evaluate_model
-    from vitpose_scale.models.interop import load_official
+    from vitpose_scale.models.weights import load_weights
     from vitpose_scale.models.pose import build_pose_model
 
     torch.set_num_threads(1)
@@ -96,7 +124,7 @@ def _evaluate_on(rank, world, port, cfg_dict, checkpoint, out_dir):
     try:
         cfg = from_dict(cfg_dict)
         model = build_pose_model(cfg.model)
-        load_official(model, checkpoint)
+        load_weights(model, checkpoint)
         model.eval()
 
         def collective_forward(images):
@@ -149,3 +177,60 @@ def test_eval_command_reports_a_missing_checkpoint_in_one_line_exit_4(trained_ru
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("checkpoint error: checkpoint") and "nope.pth" in err[0]
     assert not torch.distributed.is_initialized()  # the group is gone again
+
+
+def _runner_cfg(coco_sample, **eval_settings):
+    cfg = Config()
+    cfg.model.image_size = [64, 48]
+    cfg.data = DataConfig(root=str(coco_sample), val_ann="test_coco.json", val_images=".", num_workers=0)
+    for key, value in eval_settings.items():
+        setattr(cfg.eval, key, value)
+    return cfg
+
+
+def _heatmaps_from_the_crop(images):
+    """A deterministic stand-in for a model whose maps depend on the crop (a real model could not
+    be told apart by the runner): the grey crop, pooled to the heatmap size, per joint scaled."""
+    grey = images.float().mean(1, keepdim=True)
+    maps = F.interpolate(grey, size=(images.shape[2] // 4, images.shape[3] // 4), mode="area")
+    return maps.expand(-1, 17, -1, -1) * torch.linspace(0.5, 1.5, 17).view(1, 17, 1, 1)
+
+
+@pytest.mark.parametrize("flip_test", [True, False])
+def test_runner_every_rank_forwards_as_often_as_the_longest_shard(coco_sample, flip_test):
+    """Sharded models make each forward a collective: a shorter shard pads with zero dummies."""
+    cfg = _runner_cfg(coco_sample, flip_test=flip_test, batch_size=2)
+    dataset, _, _ = build_eval_set(cfg)
+    world = 5
+    per_batch = 2 if flip_test else 1
+    expected = math.ceil(math.ceil(len(dataset) / world) / 2) * per_batch
+    shard_sizes = [len(list(ShardSampler(len(dataset), rank, world))) for rank in range(world)]
+    assert len(set(shard_sizes)) == 2, "the test needs uneven shards"
+    for rank, size in enumerate(shard_sizes):
+        calls = []
+
+        def forward(images):
+            calls.append(images.clone())
+            return _heatmaps_from_the_crop(images)
+
+        people = predict_people(forward, dataset, cfg, rank, world, progress=False)
+        assert len(people) == size
+        real = math.ceil(size / 2) * per_batch
+        assert len(calls) == expected, (rank, size)
+        for dummy in calls[real:]:
+            assert dummy.shape == (1, 3, 64, 48) and not dummy.any()
+        assert all(c.any() for c in calls[:real])
+
+
+def test_runner_uses_the_configured_rescoring_and_oks_nms_thresholds(coco_sample):
+    cfg = _runner_cfg(coco_sample, oks_nms_thr=0.3, rescore_thr=0.4)
+    cfg.data.det_file = "test_coco_det_AP_H_56.json"
+    dataset, ann, _ = build_eval_set(cfg)
+    people = predict_people(_heatmaps_from_the_crop, dataset, cfg, 0, 1, progress=False)
+    stats, results = evaluate_model(_heatmaps_from_the_crop, dataset, ann, cfg, 0, 1, progress=False)
+    assert results == postprocess_people(people, 0.4, 0.3)
+    assert results != postprocess_people(people, 0.4, 0.9), "the NMS threshold must matter on this set"
+    assert results != postprocess_people(people, 0.2, 0.3), "the rescoring threshold must matter on this set"
+    assert list(stats) == list(STAT_NAMES) and all(isinstance(v, float) for v in stats.values())
+    no_gt_stats, same = evaluate_model(_heatmaps_from_the_crop, dataset, None, cfg, 0, 1, progress=False)
+    assert no_gt_stats is None and same == results

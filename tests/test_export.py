@@ -11,7 +11,8 @@ import torch
 from vitpose_scale.cli import main as cli
 from vitpose_scale.config import load_config
 from vitpose_scale.engine.distributed import DistInfo
-from vitpose_scale.export import ONNX_OPSET, load_weights
+from vitpose_scale.export import ONNX_OPSET
+from vitpose_scale.models.weights import load_weights
 from vitpose_scale.keypoints import get_spec
 from vitpose_scale.models.interop import export_official
 from vitpose_scale.models.pose import build_pose_model
@@ -58,7 +59,7 @@ def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(r
     run, cfg, ours = run_dir
     out = tmp_path / "hf"
     assert cli(["export", "--checkpoint", str(run / "best.pth"), "--format", "hf", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     config = json.loads((out / "config.json").read_text())
     assert [config["id2label"][str(i)] for i in range(17)] == list(get_spec("coco").names)
     assert config["id2label"]["0"] == "nose" and [15, 13] in config["edges"] and len(config["edges"]) == 19
@@ -87,13 +88,14 @@ def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(r
 
 def test_hf_export_refuses_a_head_transformers_cannot_hold(tmp_path, capsys):
     pytest.importorskip("transformers")
-    cfg = load_config(ROOT / "configs" / "demo.yaml")  # the demo's 64-channel classic head
+    sets = ["model.head_channels=320", "model.depth=1", "model.image_size=[64,48]"]
+    cfg = load_config(ROOT / "configs" / "demo.yaml", sets)  # wider than transformers' 256 (narrower is padded)
     export_official(build_pose_model(cfg.model), tmp_path / "w.pth")
     # The model config, not the checkpoint, is what the format cannot hold: a config error, exit 2.
     assert cli(["export", "--checkpoint", str(tmp_path / "w.pth"), "--config", str(ROOT / "configs" / "demo.yaml"),
-                "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+                *[a for kv in sets for a in ("--set", kv)], "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.match(r"config error: model\.head_channels: 64.*expected 256", err[0])
+    assert len(err) == 1 and re.match(r"config error: model\.head_channels: 320.*expected at most 256", err[0])
 
 
 def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(run_dir, tmp_path):

@@ -32,7 +32,10 @@ def infer_out(coco_sample, tmp_path_factory):
 def test_infer_writes_png_and_json(infer_out, coco_sample):
     image = cv2.imread(str(coco_sample / "000000000785.jpg"))
     drawn = cv2.imread(str(infer_out))
-    assert drawn is not None and drawn.shape == image.shape
+    # the drawing is the image under a title band (the model, the image, how many people)
+    assert drawn is not None and drawn.shape[1:] == image.shape[1:] and drawn.shape[0] > image.shape[0]
+    band = drawn.shape[0] - image.shape[0]
+    assert (drawn[:band] < 128).any() and (drawn[:band] == 255).mean() > 0.5  # dark text on white
     dets = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
     expected = sum(1 for d in dets if d["image_id"] == 785 and d["score"] >= DET_THR)
     results = json.loads(infer_out.with_suffix(".json").read_text())

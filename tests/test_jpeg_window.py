@@ -1,5 +1,4 @@
 """Partial JPEG decoding (data.window_decode): the pixels a crop reads are those of a whole decode."""
-import copy
 import io
 import os
 import struct

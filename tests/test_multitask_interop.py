@@ -15,14 +15,20 @@ from torch import nn
 
 from vitpose_scale.cli import main as cli
 from vitpose_scale.config import ModelConfig, load_config
-from vitpose_scale.export import load_weights
 from vitpose_scale.keypoints import get_spec
-from vitpose_scale.models.interop import (CheckpointError, detect_checkpoint_format, export_official,
-                                          from_hf_state_dict, hf_config, load_official, load_state_dict_strict,
-                                          to_hf_state_dict)
+from vitpose_scale.models.interop import (
+    CheckpointError,
+    detect_checkpoint_format,
+    export_official,
+    from_hf_state_dict,
+    hf_config,
+    load_state_dict_strict,
+    to_hf_state_dict,
+)
 from vitpose_scale.models.pose import build_pose_model
 from vitpose_scale.models.split import split_state_dict
 from vitpose_scale.models.vit import routes
+from vitpose_scale.models.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_REPO = Path(os.environ.get("VITPOSE_OFFICIAL_REPO", "/work/.mirror/ViTAE-Transformer+ViTPose/repo"))
@@ -255,7 +261,7 @@ def test_tiny_multitask_checkpoint_round_trips_with_every_value(tmp_path, moe):
     sets = RUN_SETS if moe else [s for s in RUN_SETS if not s.startswith(("model.backbone", "model.num_experts",
                                                                           "model.part_features"))]
     dst = build_pose_model(load_config(None, sets).model).eval()
-    load_official(dst, tmp_path / "multi.pth")
+    load_weights(dst, tmp_path / "multi.pth")
     for key, value in src.state_dict().items():
         assert torch.equal(dst.state_dict()[key], value), key
     index = torch.tensor([0, 2, 1])
@@ -356,7 +362,7 @@ def test_split_command_writes_a_strict_plain_checkpoint_and_refuses_unknown_data
     assert set(raw) == {"meta", "state_dict"}
     assert raw["meta"]["dataset"] == "aic" and raw["meta"]["dataset_index"] == 1 and raw["meta"]["step"] == 3
     plain = build_pose_model(ModelConfig(**TINY, num_keypoints=14)).eval()
-    load_official(plain, out)
+    load_weights(plain, out)
     x = _images(2, seed=4)
     with torch.no_grad():
         _close(plain(x), model(x, torch.full((2,), 1))[:, :14])

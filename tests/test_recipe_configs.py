@@ -22,7 +22,7 @@ OFFICIAL_SHARED = {
     "optim.step_epochs": [170, 200], "optim.step_gamma": 0.1, "train.epochs": 210, "train.batch_size": 512,
     "data.sigma": 2.0, "data.flip_prob": 0.5, "data.half_body_prob": 0.3, "data.half_body_min_joints": 8,
     "data.scale_factor": 0.5, "data.rot_factor": 40.0, "data.det_score_thr": 0.0,
-    "eval.flip_test": True, "eval.use_udp": True, "eval.decode": "udp_dark", "eval.blur_kernel": 11,
+    "eval.flip_test": True, "eval.decode": "udp_dark", "eval.blur_kernel": 11,
     "eval.oks_nms_thr": 0.9, "eval.rescore_thr": 0.2,
     "model.patch_size": 16, "model.qkv_bias": True, "model.head": "classic", "model.head_channels": 256,
 }

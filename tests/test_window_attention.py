@@ -113,7 +113,8 @@ def test_a_window_covering_the_grid_is_full_attention(impl):
 
 
 def test_state_dict_unchanged_and_an_official_checkpoint_loads(tmp_path):
-    from vitpose_scale.models.interop import export_official, load_official
+    from vitpose_scale.models.interop import export_official
+    from vitpose_scale.models.weights import load_weights
 
     sets = ["model.preset=tiny", "model.image_size=[64,48]", "model.patch_stride=8"]
     full = build_pose_model(load_config(None, sets).model)
@@ -121,7 +122,7 @@ def test_state_dict_unchanged_and_an_official_checkpoint_loads(tmp_path):
                                                           "pool: 2}"]).model)
     assert {k: v.shape for k, v in full.state_dict().items()} == {k: v.shape for k, v in windowed.state_dict().items()}
     export_official(full, tmp_path / "official.pth")
-    load_official(windowed, tmp_path / "official.pth")  # strict: every key, no extra one
+    load_weights(windowed, tmp_path / "official.pth")  # strict: every key, no extra one
     for (key, a), b in zip(full.state_dict().items(), windowed.state_dict().values()):
         assert torch.equal(a, b), key
 

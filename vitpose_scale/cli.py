@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from vitpose_scale.errors import CheckpointError, InputError  # noqa: F401 - the commands raise these
+
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """--config, repeatable --set, and the --local_rank that the deepspeed launcher passes."""
@@ -19,10 +21,6 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DIVERGED, EXIT_CHECKPOINT, EXIT_PREEMPTED = 0, 1, 2, 3, 4, 143
 
 
-class InputError(ValueError):
-    """A command's input (an image, a boxes file, an output path) cannot be used; exit 2."""
-
-
 def one_line(exc: BaseException) -> str:
     """An error's message on one line: some library messages (torch.load's) span several."""
     return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
@@ -34,7 +32,6 @@ def run_reporting_errors(command, *args) -> int:
     written: OSError), 4 for a checkpoint that is missing, damaged, unsafe or of another model
     (CheckpointError). Anything else is a bug: its traceback, exit 1."""
     from vitpose_scale.config import ConfigError
-    from vitpose_scale.models.interop import CheckpointError
 
     try:
         return command(*args)
@@ -154,10 +151,10 @@ def pretrain_main(argv: list[str] | None = None) -> int:
 
 
 def convert_main(argv: list[str] | None = None) -> int:
-    return run_reporting_errors(_convert, argv)
+    return run_reporting_errors(_convert, _convert_parser().parse_args(argv))
 
 
-def _convert(argv: list[str] | None) -> int:
+def _convert_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitpose-scale convert",
         description="consolidate a training checkpoint (ZeRO shards or FSDP) into one fp32 official-format file, "
@@ -166,35 +163,18 @@ def _convert(argv: list[str] | None) -> int:
                         help="runs/X/checkpoints/step_N, an official .pth, or a HF .safetensors/.bin")
     parser.add_argument("--out", required=True)
     parser.add_argument("--to", choices=["official", "hf"], default="official")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vitpose_scale.models import interop
+    from vitpose_scale.models.weights import read_state
 
     src = Path(args.checkpoint)
-    if src.is_dir():
-        from vitpose_scale.engine.checkpoint import CheckpointError, consolidate
-
-        try:
-            state = consolidate(src)
-        except (CheckpointError, FileNotFoundError) as exc:
-            print(f"checkpoint error: {one_line(exc)}", file=sys.stderr)
-            return EXIT_CHECKPOINT
-        import json
-
-        from vitpose_scale.config import from_dict
-
-        run = json.loads((src / "meta.json").read_text())
-        meta = {"source": str(src), "step": run.get("step")}
-        if "config" in run:  # the grid the weights were trained at (MAE transfer and resizing read it)
-            meta["pos_embed_grid"] = list(from_dict(run["config"]).model.grid)
-    else:
-        raw = interop.safe_load(src)
-        state = interop.extract_state_dict(raw, str(src))
-        meta = {"source": str(src), **(raw.get("meta") if isinstance(raw.get("meta"), dict) else {})}
-        if any(k.startswith("backbone.encoder.") for k in state):
-            state = interop.from_hf_state_dict(state)
+    state, meta = read_state(src)  # any layout; a training checkpoint directory is consolidated
+    meta = {**{k: v for k, v in meta.items() if k != "format"}, "source": str(src)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.to == "hf":
@@ -208,10 +188,10 @@ def _convert(argv: list[str] | None) -> int:
 
 
 def split_main(argv: list[str] | None = None) -> int:
-    return run_reporting_errors(_split, argv)
+    return run_reporting_errors(_split, _split_parser().parse_args(argv))
 
 
-def _split(argv: list[str] | None) -> int:
+def _split_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitpose-scale split",
         description="one dataset's plain ViTPose (official layout) out of a multi-task ViTPose+/++ checkpoint, as "
@@ -224,12 +204,14 @@ def _split(argv: list[str] | None) -> int:
     parser.add_argument("--config", help="the run's config (default: config.yaml next to the checkpoint); "
                                          "needed for a NAME")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _split(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vitpose_scale.config import ConfigError, task_names
-    from vitpose_scale.export import config_for_checkpoint, read_state
+    from vitpose_scale.models.weights import config_for_checkpoint, read_state
     from vitpose_scale.models import interop
     from vitpose_scale.models.split import resolve_dataset, split_state_dict
 
@@ -302,6 +284,7 @@ COMMANDS = {
               "vitpose_scale.cli:split_main"),
     "params": ("parameter count and FLOPs table of the presets", "vitpose_scale.cli:params_main"),
     "plan": ("memory per rank, FLOPs and time of a config at a given number of GPUs", "vitpose_scale.plan:main"),
+    "plot": ("training curves (loss, AP, lr) of a run directory as a PNG", "vitpose_scale.plot:main"),
     "make-synthetic": ("generate the synthetic-people COCO data set", "vitpose_scale.data.synthetic:main"),
     "prepare-images": ("copy an image folder with JPEGs that decode per crop window (lossless)",
                        "vitpose_scale.data.prepare_images:main"),

@@ -33,7 +33,7 @@ EXTRA_TRAIN_KEYS = ("root", "ann", "images")
 EXTRA_TRAIN_OPTIONAL = ("keypoint_map", "ratio")
 
 
-# Backbone shapes of the official model zoo (REFERENCE.md §1). The G preset
+# Backbone shapes of the official model zoo (docs/reference.md §1). The G preset
 # follows the published ViT-g/14 shape (width 1408, depth 40, MLP 6144,
 # 16 heads): ViTAE-G's exact dimensions were never released, and ViT-g is the
 # documented plain-ViT shape of about 1 B parameters (1.01 B here).
@@ -63,7 +63,7 @@ class ModelConfig:
     image_size: list[int] = field(default_factory=lambda: [256, 192])  # (height, width)
     patch_size: int = 16
     patch_stride: int = 16  # 8 = overlapping "finer feature" patches
-    patch_padding: int | None = None  # null: 2 for stride 16, 4 for stride 8 (REFERENCE §1)
+    patch_padding: int | None = None  # null: 2 for stride 16, 4 for stride 8 (docs/reference.md §1)
     pretrain_grid: list[int] | None = None  # pos_embed grid of the checkpoint; null: this model's grid
     qkv_bias: bool = True
     attention: str = "sdpa"  # plain | sdpa | triton
@@ -144,7 +144,7 @@ class DataConfig:
     rot_prob: float = 0.6
     num_workers: int = 2
     # Decode only the window of each JPEG the crop reads (same pixels, less CPU); needs a C
-    # compiler and libjpeg-dev once, otherwise whole images are decoded (docs/performance.md).
+    # compiler and libjpeg-dev once, otherwise whole images are decoded (docs/datasets.md, "Decoding less").
     window_decode: bool = True
     # Shuffle images instead of people: the people of one image come one after another and share
     # one JPEG decode (COCO: 2.6 people per image). Each person is still seen once per epoch with
@@ -218,12 +218,10 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 64  # per rank
     flip_test: bool = True
-    use_udp: bool = True
     # udp_dark: the official ViTPose decode (blur, log, unbounded Newton step); dark: our bounded
     # DARK; argmax: no refinement (eval/decode.py). blur_kernel 11 <=> sigma 2, the target's sigma.
     decode: str = "udp_dark"
     blur_kernel: int = 11
-    dark: bool | None = None  # older configs: true -> decode "dark", false -> "argmax"
     oks_nms_thr: float = 0.9
     rescore_thr: float = 0.2
 
@@ -243,7 +241,7 @@ class DistillConfig:
 
 @dataclass
 class MAEConfig:
-    """MAE pretraining (REFERENCE §4); the encoder is `model` (its preset, patch size, image_size)."""
+    """MAE pretraining (docs/reference.md §4); the encoder is `model` (its preset, patch size, image_size)."""
     mask_ratio: float = 0.75
     decoder_dim: int = 512
     decoder_depth: int = 8
@@ -340,11 +338,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys that older configs (and every older run's config.yaml) still carry: the value that is today's
+# behaviour is accepted and dropped, any other is refused with what replaced the key.
+REMOVED_KEYS = {
+    "eval.use_udp": (True, "training always uses UDP targets, so decoding always inverts the UDP affine"),
+    "eval.dark": (None, "eval.decode chooses the refinement: udp_dark (official), dark or argmax"),
+}
+
+
 def _build(cls: type, data: dict, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: got {data!r}, expected a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    for key in unknown:
+        if f"{prefix}{key}" in REMOVED_KEYS:
+            kept, why = REMOVED_KEYS[prefix + key]
+            if data[key] != kept:
+                raise ConfigError(f"{prefix}{key}: removed ({why}): delete the line")
+    data = {k: v for k, v in data.items() if f"{prefix}{k}" not in REMOVED_KEYS}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]!s}: expected one of {sorted(names)}")
@@ -742,8 +755,6 @@ def validate(cfg: Config) -> Config:
                           "extra_train[].ratio), whose quotas draw people, not images: expected false there")
     _choice("data.kind", cfg.data.kind, ("coco", "synthetic"))
     _choice("mae.source", cfg.mae.source, ("folder", "person_crops"))
-    if cfg.eval.dark is not None:
-        cfg.eval.decode = "dark" if cfg.eval.dark else "argmax"
     _choice("eval.decode", cfg.eval.decode, ("udp_dark", "dark", "argmax"))
     if cfg.eval.blur_kernel < 3 or cfg.eval.blur_kernel % 2 == 0:
         raise ConfigError(f"eval.blur_kernel: got {cfg.eval.blur_kernel}, expected an odd size >= 3 (11 for sigma 2)")

@@ -18,11 +18,13 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from vitpose_scale.cli import EXIT_CHECKPOINT, EXIT_CONFIG, add_config_args, load_config_or_report, one_line
 from vitpose_scale.config import Config, ConfigError, ModelConfig
+
+if TYPE_CHECKING:  # torch loads when evaluation runs: `eval --help` stays instant
+    import torch
 
 DEFAULT_ALG_NAME = "vitposescale"
 
@@ -94,28 +96,30 @@ def build_eval_set(cfg: Config, image_sizes: list[tuple[int, int]] | None = None
 
 
 # ---------------------------------------------------------------- models --
-def member_model_configs(cfg: Config, checkpoints: list[str], model_configs: list[str] | None) -> list[ModelConfig]:
-    """The model section for each checkpoint: its --model-config file's, or --config's."""
+def member_model_configs(cfg: Config, checkpoints: list[str],
+                         model_configs: list[str | list[str]] | None) -> list[ModelConfig]:
+    """The model section for each checkpoint: its --model-config file's (a path, or [path, KEY=VALUE,
+    ...] with --set-style overrides), or --config's."""
     from vitpose_scale.config import load_config
 
     if model_configs and len(model_configs) != len(checkpoints):
         raise ConfigError(f"--model-config: given {len(model_configs)} times for {len(checkpoints)} checkpoints; "
                           f"expected none (all use --config's model) or one per --checkpoint, in order")
-    return [load_config(c).model for c in model_configs] if model_configs else [cfg.model] * len(checkpoints)
+    if not model_configs:
+        return [cfg.model] * len(checkpoints)
+    parts = [[c] if isinstance(c, str) else list(c) for c in model_configs]
+    for p in parts:
+        bad = [o for o in p[1:] if "=" not in o]
+        if bad:
+            raise ConfigError(f"--model-config {' '.join(p)}: {bad[0]!r} is not KEY=VALUE; expected a YAML path "
+                              f"followed by --set-style overrides, e.g. --model-config b.yaml model.attention=sdpa")
+    return [load_config(p[0], p[1:]).model for p in parts]
 
 
 def member_joints(model_cfg: ModelConfig, dataset: int | None) -> int:
     """The joints a member predicts: its head for `dataset` (multi-dataset models), else its one head."""
     heads = model_cfg.head_keypoints or [model_cfg.num_keypoints]
     return heads[dataset or 0] if len(heads) > 1 else model_cfg.num_keypoints
-
-
-def _is_single_dataset(checkpoint: str) -> bool:
-    """A plain one-head checkpoint (e.g. `vitpose-scale split` output): no experts, no associate heads."""
-    from vitpose_scale.models.interop import extract_state_dict, safe_load
-
-    keys = extract_state_dict(safe_load(checkpoint), checkpoint)
-    return not any(".mlp.experts." in k or k.startswith("associate_keypoint_heads.") for k in keys)
 
 
 def load_member(model_cfg: ModelConfig, checkpoint: str, device: torch.device, precision: str,
@@ -127,18 +131,22 @@ def load_member(model_cfg: ModelConfig, checkpoint: str, device: torch.device, p
     plain model of that dataset."""
     import dataclasses
 
+    import torch
+
     from vitpose_scale.engine.parallel import DTYPES
-    from vitpose_scale.models.interop import load_official
+    from vitpose_scale.models.interop import dataset_count
+    from vitpose_scale.models.weights import load_state, read_state
     from vitpose_scale.models.pose import build_pose_model
 
+    state, meta = read_state(checkpoint)  # read once: its keys decide the model, then its values load
     joints = member_joints(model_cfg, dataset)
     multi = max(len(model_cfg.head_keypoints or [1]), model_cfg.num_experts if model_cfg.backbone == "vit_moe" else 1)
-    if multi > 1 and _is_single_dataset(checkpoint):
+    if multi > 1 and dataset_count(state) < 2:  # a plain one-head file (`vitpose-scale split` output)
         model_cfg = dataclasses.replace(model_cfg, backbone="vit", num_experts=1, part_features=None,
                                         head_keypoints=None, num_keypoints=joints)
         multi = 1
     model = build_pose_model(model_cfg)
-    load_official(model, checkpoint)
+    load_state(model, state, meta, str(checkpoint))
     dtype = torch.float32 if device.type == "cpu" else DTYPES[precision]
     model = model.to(device, dtype).eval()
     if multi > 1:
@@ -164,6 +172,8 @@ def build_ensemble(cfg: Config, checkpoints: list[str], model_configs: list[str]
     if weights and len(weights) != len(checkpoints):
         raise ConfigError(f"--weight: given {len(weights)} times for {len(checkpoints)} checkpoints; expected none "
                           f"(equal weights) or one per --checkpoint, in order")
+    import torch
+
     device = torch.device(device)
     members = []
     for i, (path, mcfg) in enumerate(zip(checkpoints, member_model_configs(cfg, checkpoints, model_configs))):
@@ -226,10 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitpose-scale eval", description=__doc__.split("\n\n")[0])
     add_config_args(parser)
     parser.add_argument("--checkpoint", action="append", required=True,
-                        help="official-format .pth (best.pth, final.pth, convert output); repeat for an ensemble")
-    parser.add_argument("--model-config", action="append", default=None,
-                        help="YAML whose model section fits the checkpoint of the same position (default: --config's "
-                             "model); repeat once per --checkpoint")
+                        help="official .pth (best.pth, final.pth, an official release), a training checkpoint "
+                             "directory (checkpoints/step_N), a Hugging Face directory or .safetensors; repeat for "
+                             "an ensemble")
+    parser.add_argument("--model-config", action="append", nargs="+", default=None, metavar=("YAML", "KEY=VALUE"),
+                        help="YAML whose model section fits the checkpoint of the same position, optionally followed "
+                             "by --set-style overrides (--model-config b.yaml model.attention=sdpa); default: "
+                             "--config's model; repeat once per --checkpoint")
     parser.add_argument("--weight", action="append", type=float, default=None,
                         help="ensemble weight of the checkpoint of the same position (default: equal weights)")
     parser.add_argument("--out", default=None, help="folder for results.json, stats.json, predictions.png "
@@ -288,11 +301,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no ground truth to score: {outcome.ann_file} has images but no annotations (test-dev); "
                   f"the results are for the COCO evaluation server (zip the file and upload it)")
         results_path.write_text(json.dumps(outcome.results))
-        from vitpose_scale.visualize import save_predictions_figure
+        from vitpose_scale.eval.scoring import primary
+        from vitpose_scale.visualize import checkpoints_title, record_boxes, save_predictions_figure
 
+        # The title names the model(s), checkpoint(s) and AP; each skeleton gets the box it was predicted in.
+        title = checkpoints_title(args.checkpoint, member_model_configs(cfg, args.checkpoint, args.model_config),
+                                  outcome.stats if outcome.has_ground_truth else None,
+                                  primary(outcome.dataset.keypoints), args.weight)
         png = save_predictions_figure(outcome.dataset.img_dir, outcome.results, list(outcome.dataset.images.values()),
                                       out / "predictions.png", max_images=4,
-                                      keypoints=outcome.dataset.keypoints)
+                                      keypoints=outcome.dataset.keypoints, title=title,
+                                      boxes=record_boxes(outcome.dataset.records, cfg.data.bbox_padding))
         written = f"{results_path}" + (f", {out / 'stats.json'}" if outcome.has_ground_truth else "")
         print(f"wrote {written} and {png}")
     shutdown()

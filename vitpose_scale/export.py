@@ -5,17 +5,21 @@ training checkpoint directory step_N):
 
   hf           a directory `transformers.VitPoseForPoseEstimation.from_pretrained` loads:
                config.json (shape, image size, keypoint names in id2label, skeleton in
-               `edges`) + model.safetensors; of a multi-task model (ViTPose+/++): the backbone
+               `edges`; a classic head narrower than transformers' 256 channels is zero-padded
+               to it, exactly, its width in `head_channels`) + model.safetensors +
+               preprocessor_config.json (`AutoImageProcessor`: the input size and our
+               normalisation); the directory is its own config (`models.weights.hf_run_config`); of a
+               multi-task model (ViTPose+/++): the backbone
                with its experts and one dataset's head (--dataset, default the first), the
                index to pass as `dataset_index` in config.json and README.md
-  onnx         one .onnx file, input `images` (batch, 3, H, W) with a dynamic batch, output
+  onnx         one self-contained .onnx file (weights over ONNX_SINGLE_FILE_BYTES: in <out>.data
+               next to it), input `images` (batch, 3, H, W) with a dynamic batch, output
                `heatmaps` (batch, K, H/4, W/4); see ONNX_OPSET and ONNX_ATTENTION; of a
                multi-task model: one dataset's split plain model (--dataset required)
   safetensors  the official ViTPose key layout as a .safetensors file (no pickle); every
                dataset of a multi-task model
 
-`load_weights` reads all of them (and official .pth files) into a model: used by
-`vitpose-scale infer` and by `train.init_from`.
+`models/weights.py` reads all of them back (and official .pth files, training checkpoints).
 """
 from __future__ import annotations
 
@@ -25,13 +29,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from vitpose_scale.config import Config, ConfigError, ModelConfig, from_dict, load_config, task_configs
-from vitpose_scale.keypoints import get_spec
-from vitpose_scale.models import interop
-from vitpose_scale.models.split import resolve_dataset, select_head, split_state_dict
+from vitpose_scale.config import Config, ConfigError, ModelConfig, task_configs
+
+if TYPE_CHECKING:  # torch and the model code load when a function runs: `export --help` stays instant
+    import torch
+    from torch import nn
 
 # Opset 18: every current runtime runs it (onnxruntime >= 1.14, TensorRT >= 8.6); the torch.export
 # route's native opset (20) only adds a fused Gelu op.
@@ -39,84 +43,15 @@ ONNX_OPSET = 18
 # The official ViTPose math (q k^T softmax, then v) as explicit MatMul/Softmax nodes: no runtime
 # needs a fused attention op, and the Triton kernel cannot be traced.
 ONNX_ATTENTION = "plain"
-HF_WEIGHTS = "model.safetensors"
-
-
-# ------------------------------------------------------------------ loading --
-def is_hf_directory(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
-
-
-def _is_hf_layout(state: dict) -> bool:
-    return any(k.startswith(("backbone.encoder.", "backbone.embeddings.")) for k in state)
-
-
-def read_hf_directory(path: str | Path) -> dict[str, torch.Tensor]:
-    """The weights of a Hugging Face VitPose directory, renamed to our (official) layout."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if (path / HF_WEIGHTS).is_file():
-        state = load_file(str(path / HF_WEIGHTS))
-    elif index.is_file():  # sharded: the index maps every tensor to its shard
-        state = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(str(path / shard)))
-    elif (path / "pytorch_model.bin").is_file():
-        state = interop.extract_state_dict(interop.safe_load(path / "pytorch_model.bin"), str(path))
-    else:
-        raise interop.CheckpointError(f"{path}: a Hugging Face directory needs {HF_WEIGHTS}, "
-                                      f"model.safetensors.index.json or pytorch_model.bin next to config.json")
-    return interop.from_hf_state_dict(state)
-
-
-def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict in the official layout, meta) from any supported checkpoint:
-    a training checkpoint directory (step_N), a Hugging Face directory, an official .pth,
-    or a .safetensors file in either layout."""
-    from safetensors import SafetensorError
-
-    path = Path(path)
-    if is_hf_directory(path):
-        try:
-            return read_hf_directory(path), {"format": "hf"}
-        except (SafetensorError, OSError, ValueError, KeyError) as exc:
-            if isinstance(exc, interop.CheckpointError):
-                raise
-            raise interop.CheckpointError(f"{path}: cannot be read as a Hugging Face directory ({exc}): "
-                                          f"damaged or incomplete") from exc
-    if path.is_dir():
-        if not (path / "meta.json").is_file():
-            raise interop.CheckpointError(f"{path}: a directory must be a training checkpoint (meta.json) or a "
-                                          f"Hugging Face directory (config.json)")
-        from vitpose_scale.engine.checkpoint import consolidate
-
-        try:
-            return consolidate(path), {"format": "training checkpoint"}
-        except FileNotFoundError as exc:  # a file of the checkpoint is missing: damaged, as convert says
-            raise interop.CheckpointError(f"{path}: {exc}") from exc
-    raw = interop.safe_load(path)
-    state = interop.extract_state_dict(raw, str(path))
-    meta = dict(raw.get("meta") or {}) if isinstance(raw.get("meta"), dict) else {}
-    if _is_hf_layout(state):
-        return interop.from_hf_state_dict(state), {**meta, "format": "hf"}
-    return state, {**meta, "format": "safetensors" if path.suffix == ".safetensors" else "official"}
-
-
-def load_weights(model: nn.Module, path: str | Path, keypoint_sets: list[str] | None = None) -> str:
-    """Load any supported checkpoint into `model` strictly (pos_embed resized when the input size
-    differs); returns the format's name. `keypoint_sets` (each dataset's) names the set in a
-    head mismatch."""
-    state, meta = read_state(path)
-    grid = tuple(meta["pos_embed_grid"]) if meta.get("pos_embed_grid") else None
-    interop.load_state_dict_strict(model, interop.adapt_state_dict(state, model, grid), str(path),
-                                   keypoint_sets=keypoint_sets)
-    return meta["format"]
+# Above this many bytes of weights the ONNX export writes them to a separate file: a protobuf cannot
+# exceed 2 GiB, and the margin (torch.onnx's own threshold) leaves room for the graph.
+ONNX_SINGLE_FILE_BYTES = 1536 * 1024 * 1024
 
 
 # ---------------------------------------------------------------- writing --
 def _fp32_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    import torch
+
     return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
             for k, v in model.state_dict().items()}
 
@@ -131,6 +66,11 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints
     (`task_configs`) and config.json and README.md say which `dataset_index` to pass."""
     from safetensors.torch import save_file
 
+    from vitpose_scale.keypoints import get_spec
+    from vitpose_scale.models import interop
+    from vitpose_scale.models.split import select_head
+    from vitpose_scale.models.weights import HF_WEIGHTS
+
     m = cfg.resolved()
     hidden = int(round(m.embed_dim * m.mlp_ratio))
     # transformers' VitPose hard-codes these; a model outside them has no HF equivalent.
@@ -143,9 +83,10 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints
     if m.knowledge_token:  # the student's frozen token joins every block: HF's VitPose has no place for it
         raise ConfigError("model.knowledge_token: the Hugging Face VitPose has no extra token: expected a model "
                           "without one (export onnx or safetensors instead)")
-    if m.head == "classic" and m.head_channels != 256:
-        raise ConfigError(f"model.head_channels: {m.head_channels}; the Hugging Face classic decoder "
-                                      f"has 256 channels: expected 256 (or model.head=simple)")
+    if m.head == "classic" and m.head_channels > interop.HF_CLASSIC_CHANNELS:
+        raise ConfigError(f"model.head_channels: {m.head_channels}; the Hugging Face classic decoder has "
+                          f"{interop.HF_CLASSIC_CHANNELS} channels: expected at most {interop.HF_CLASSIC_CHANNELS} "
+                          f"(or model.head=simple)")
     if m.patch_padding != 2:
         raise ConfigError(f"model.patch_padding: {m.patch_padding}; the Hugging Face patch embedding "
                                       f"pads by 2: expected 2")
@@ -163,10 +104,16 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, keypoints
     if dataset is not None:
         state = select_head(state, dataset)
         hf.dataset_index, hf.dataset_name = dataset, dataset_name or spec.name
+    if m.head == "classic" and m.head_channels < interop.HF_CLASSIC_CHANNELS:
+        # Zero-padded to transformers' fixed width: the same heatmaps (the demo's 64-channel head is 5x cheaper
+        # to train than a 256-channel one); config.json keeps the real width for `read_hf_directory`.
+        state = interop.widen_classic_head(state)
+        hf.head_channels = m.head_channels
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
     save_file(interop.to_hf_state_dict(state), str(out / HF_WEIGHTS), metadata={"format": "pt"})
+    interop.hf_image_processor(cfg).save_pretrained(str(out))
     if dataset is not None:
         # The experts are chosen per call, not stored: a wrong dataset_index silently runs another expert.
         use = (f"pass `dataset_index=torch.full((batch,), {dataset})` to `VitPoseForPoseEstimation`: its "
@@ -192,11 +139,23 @@ def export_safetensors(model: nn.Module, out_path: str | Path) -> Path:
     return out
 
 
+def onnx_files(path: str | Path) -> list[Path]:
+    """The files an ONNX export consists of: the .onnx, and its external-data file when it has one."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")  # the name torch.onnx gives the weights file
+    return [path] + ([data] if data.is_file() else [])
+
+
 def export_onnx(model: nn.Module, cfg: ModelConfig, out_path: str | Path) -> Path:
     """ONNX through torch.export (torch.onnx's default route; the TorchScript route is deprecated),
-    opset ONNX_OPSET, attention ONNX_ATTENTION, dynamic batch."""
+    opset ONNX_OPSET, attention ONNX_ATTENTION, dynamic batch. One self-contained file unless the
+    weights exceed ONNX_SINGLE_FILE_BYTES; then they go to `<out>.data` next to it (`onnx_files`)."""
+    import torch
+
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # A weights file left by an earlier (bigger) export would be listed and copied with this one.
+    out.with_name(out.name + ".data").unlink(missing_ok=True)
     model = model.float().eval()
     attns = model.backbone.attention_modules()
     impls = [attn.impl for attn in attns]
@@ -205,39 +164,20 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, out_path: str | Path) -> Pat
     example = torch.zeros(2, 3, *cfg.image_size)
     try:
         with torch.no_grad():
-            torch.onnx.export(model, (example,), str(out), dynamo=True, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=["heatmaps"],
-                              dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, verbose=False)
+            program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=ONNX_OPSET,
+                                        input_names=["images"], output_names=["heatmaps"],
+                                        dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, verbose=False)
     finally:
         for attn, impl in zip(attns, impls):
             attn.impl = impl
+    weights = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                  if v.const_value is not None)
+    # torch.onnx's own default (external_data=True) always splits: a copied .onnx alone then fails to load.
+    program.save(str(out), external_data=weights > ONNX_SINGLE_FILE_BYTES)
     return out
 
 
 # -------------------------------------------------------------------- CLI --
-def config_for_checkpoint(checkpoint: str | Path, config: str | None, overrides: list[str]) -> Config:
-    """--config, else the run's config: meta.json of a step_N directory, or config.yaml next to
-    the file (runs/X/best.pth) or two levels up (runs/X/checkpoints/step_N)."""
-    if config:
-        return load_config(config, overrides)
-    ckpt = Path(checkpoint)
-    meta = ckpt / "meta.json"
-    if meta.is_file():
-        try:
-            run = json.loads(meta.read_text())
-        except ValueError as exc:
-            raise interop.CheckpointError(f"{meta}: not JSON ({exc}): the checkpoint is damaged") from None
-        if isinstance(run, dict) and isinstance(run.get("config"), dict):
-            from vitpose_scale.config import apply_overrides
-
-            return from_dict(apply_overrides(run["config"], overrides))
-    for candidate in (ckpt.parent / "config.yaml", ckpt.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            return load_config(candidate, overrides)
-    raise FileNotFoundError(f"--checkpoint {ckpt}: no --config given and no config.yaml next to it or in its run "
-                            f"directory: pass --config with the model section the weights were trained with")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitpose-scale export", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True,
@@ -260,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from vitpose_scale.errors import CheckpointError
     from vitpose_scale.models.pose import build_pose_model
+    from vitpose_scale.models.split import resolve_dataset
+    from vitpose_scale.models.weights import config_for_checkpoint, load_weights
 
     if not Path(args.checkpoint).exists():  # before looking for its config: that is not the problem
-        raise interop.CheckpointError(f"checkpoint {args.checkpoint} does not exist")
+        raise CheckpointError(f"checkpoint {args.checkpoint} does not exist")
     cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
     model = build_pose_model(cfg.model).eval()
     tasks = task_configs(cfg)
@@ -280,7 +223,9 @@ def _main(args: argparse.Namespace) -> int:
             out = export_onnx(model, cfg.model, args.out)
         else:
             out = export_safetensors(model, args.out)
-    print(f"wrote {out} ({args.format}) from {args.checkpoint} ({source}, "
+    files = onnx_files(out) if args.format == "onnx" else [Path(out)]
+    together = ": keep the two files together" if len(files) > 1 else ""
+    print(f"wrote {' and '.join(map(str, files))} ({args.format}{together}) from {args.checkpoint} ({source}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters){note}")
     return 0
 
@@ -289,6 +234,7 @@ def _export_dataset(model: nn.Module, cfg: Config, tasks: list, args: argparse.N
     """A multi-task model (ViTPose+/++): hf holds the backbone and one head, onnx one dataset's
     split plain model, safetensors every dataset."""
     from vitpose_scale.cli import InputError
+    from vitpose_scale.models.split import resolve_dataset
 
     names = [name for name, _ in tasks] if cfg.data.tasks else []
     count = model.num_datasets
@@ -322,7 +268,9 @@ def plain_config(cfg: ModelConfig) -> ModelConfig:
 def split_model(model: nn.Module, cfg: ModelConfig, index: int) -> nn.Module:
     """Dataset `index` of a multi-task model as a plain ViTPose (`split_state_dict`), loaded strictly;
     `cfg` is that dataset's model config."""
+    from vitpose_scale.models import interop
     from vitpose_scale.models.pose import build_pose_model
+    from vitpose_scale.models.split import split_state_dict
 
     plain = build_pose_model(plain_config(cfg)).eval()
     interop.load_state_dict_strict(plain, split_state_dict(_fp32_state(model), index), f"dataset {index} split")

@@ -1,9 +1,10 @@
-"""`vitpose-scale infer`: top-down pose estimation on one image or a folder of images.
+"""`vitpose-scale infer`: top-down pose estimation on an image, a folder of images or a video.
 
-Person boxes (a detection file, or the whole image) -> UDP crops at the
-config's input size -> model (+ flip test) -> eval.decode (udp_dark | dark | argmax) to image
-pixels -> skeleton drawings and COCO keypoint results (one JSON for a folder).
-Weights: an official .pth, a Hugging Face VitPose directory or a .safetensors file.
+Person boxes (a detection file, a person detector, or the whole image) -> the Python API
+(vitpose_scale/api.py: UDP crops, model + flip test, the evaluator's decode) -> skeleton
+drawings and COCO keypoint results (a video: the drawn video and every frame's people).
+Weights: a run directory, an official .pth, a training checkpoint, a Hugging Face VitPose
+directory or a .safetensors file; the model's config is found next to them.
 """
 from __future__ import annotations
 
@@ -12,21 +13,12 @@ import functools
 import json
 import re
 import sys
-import warnings
+import time
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
-from vitpose_scale.cli import InputError
-from vitpose_scale.config import Config
-from vitpose_scale.data.transforms import box_to_center_scale, crop_box, normalize_image
-from vitpose_scale.eval.decode import decode_heatmaps
-from vitpose_scale.eval.postprocess import predict_batch, rescore, to_coco_results
-from vitpose_scale.keypoints import get_spec
-from vitpose_scale.models.pose import build_pose_model
-from vitpose_scale.visualize import draw_skeletons
+from vitpose_scale.errors import InputError
 
 
 def image_id_from_name(path: str | Path) -> int | None:
@@ -91,138 +83,63 @@ def load_boxes(path: str | Path, image_path: str | Path, det_thr: float = 0.0) -
     return boxes[np.argsort(-boxes[:, 4], kind="stable")]
 
 
-@torch.no_grad()
-def run_inference(model: torch.nn.Module, image_bgr: np.ndarray, boxes, cfg: Config,
-                  flip: bool = True) -> list[np.ndarray]:
-    """Keypoints (K, 3) [x, y, score] in image pixels for each (x, y, w, h, ...) box.
+def run_inference(model, image_bgr: np.ndarray, boxes, cfg, flip: bool = True) -> list[np.ndarray]:
+    """Keypoints (K, 3) [x, y, score] in image pixels for each (x, y, w, h, ...) box of one image
+    (`api.estimate` for one image)."""
+    from vitpose_scale.api import estimate
 
-    Uses the model's current device and dtype; crops with the UDP affine at
-    ``cfg.model.image_size`` and the config's box padding, decodes as the
-    evaluator does (``cfg.eval.use_udp``, ``cfg.eval.decode``, ``cfg.eval.blur_kernel``).
-    """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if boxes.size == 0:
-        return []
-    boxes = np.atleast_2d(boxes)
-    in_h, in_w = cfg.model.image_size
-    image_rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)  # the model was trained on RGB
-    centers, scales, crops = [], [], []
-    for box in boxes:
-        c, s = box_to_center_scale(box[:4], in_w / in_h, cfg.data.bbox_padding)
-        crops.append(normalize_image(crop_box(image_rgb, c, s, (in_h, in_w))))
-        centers.append(c)
-        scales.append(s)
-    param = next(model.parameters())
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(param.device, param.dtype)).float()
-
-    heatmaps = []
-    batch = max(1, cfg.eval.batch_size)
-    for i in range(0, len(crops), batch):
-        imgs = torch.from_numpy(np.stack(crops[i:i + batch]))
-        heatmaps.append(predict_batch(forward, imgs, flip, get_spec(cfg.data.keypoint_set).flip_pairs))
-    heatmaps = np.concatenate(heatmaps)
-    # The evaluator's decode (eval/postprocess.predict_dataset): eval.decode with eval.blur_kernel.
-    coords, maxvals = decode_heatmaps(heatmaps, np.stack(centers), np.stack(scales), None, image_size=(in_h, in_w),
-                                      use_udp=cfg.eval.use_udp, method=cfg.eval.decode, kernel=cfg.eval.blur_kernel)
-    # A keypoint lies in the crop its heatmap covers (center +- scale/2 with UDP, no rotation). udp_dark's
-    # Newton step is unbounded (as the official one): on a flat or saddle-shaped map (untrained model, occluded
-    # joint) it can land far outside, so drawings and results are kept to the crop; the evaluator does not
-    # clip, as the official code, and the two agree wherever the step stays inside the crop.
-    lo = np.stack(centers)[:, None, :] - 0.5 * np.stack(scales)[:, None, :]
-    hi = np.stack(centers)[:, None, :] + 0.5 * np.stack(scales)[:, None, :]
-    coords = np.clip(coords, lo, hi)
-    return [np.concatenate([coords[n], maxvals[n]], axis=1).astype(np.float64) for n in range(len(coords))]
+    return estimate(model, cfg, [image_bgr], [boxes], flip)[0]
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Boxes kept for drawing people: a detector's (or a detection file's) low-score boxes are mostly not
+# people. Evaluation keeps every box instead (data.det_score_thr 0.0, the official protocol: AP rewards
+# recall and rescoring ranks weak boxes last); pass --det-thr 0 to get evaluation's results.json.
+DEFAULT_DET_THR = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vitpose_scale.cli import add_config_args
-
     p = argparse.ArgumentParser(prog="vitpose-scale infer", description=__doc__.splitlines()[0])
-    add_config_args(p)  # --config (its model section must match the checkpoint) and repeatable --set
-    p.add_argument("--checkpoint", help="official .pth (ours or the official release), a Hugging Face VitPose "
-                                        "directory (vitpose-scale export --format hf) or a .safetensors file")
+    p.add_argument("--checkpoint", help="a run directory (its best.pth), an official .pth, runs/X/checkpoints/"
+                                        "step_N, a Hugging Face VitPose directory or a .safetensors file; without "
+                                        "it the model has random weights (needs --config)")
+    p.add_argument("--config", help="the model's config (default: the run's config.yaml next to the checkpoint, or "
+                                    "a Hugging Face directory's config.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set eval.decode=dark (repeatable)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="one image file")
     src.add_argument("--images", help="a folder of images (jpg, jpeg, png, bmp, webp)")
-    p.add_argument("--boxes", "--detections", dest="boxes",
-                   help="COCO detection JSON (image_id = the number in each file name) or, for one image, a JSON "
-                        "list of [x, y, w, h]; default: the whole image")
-    p.add_argument("--det-thr", type=float, default=0.5, help="minimum detection score for --boxes (default 0.5)")
-    p.add_argument("--out", help="--image: output PNG (default: <image stem>_pose.png; OUT.json next to it); "
-                                 "--images: output folder for results.json and one <stem>_pose.png per image "
-                                 "(default: <folder>_pose)")
+    src.add_argument("--video", help="a video file (anything OpenCV decodes: mp4, avi, mov, mkv, ...)")
+    boxes = p.add_mutually_exclusive_group()
+    boxes.add_argument("--boxes", "--detections", dest="boxes",
+                       help="COCO detection JSON (image_id = the number in each file name) or, for one image, a "
+                            "JSON list of [x, y, w, h]")
+    boxes.add_argument("--detector",
+                       help="person detector: a local transformers object-detection directory (RT-DETR, as the "
+                            "Hugging Face VitPose guide), a hub id in your cache (PekingU/rtdetr_r50vd_coco_o365), "
+                            "or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn_v2); default: no "
+                            "detector, the whole image is one person")
+    p.add_argument("--detector-checkpoint", help="torchvision detectors: a state-dict file (default: torchvision's "
+                                                 "COCO weights from your torch hub cache)")
+    p.add_argument("--det-thr", type=float, default=DEFAULT_DET_THR,
+                   help=f"minimum person box score, --boxes and --detector (default {DEFAULT_DET_THR}: people to "
+                        f"draw; evaluation keeps every box, pass 0 to match its results)")
+    p.add_argument("--det-nms", type=float, default=0.7, help="--detector: IoU above which overlapping person "
+                                                              "boxes are merged (default 0.7)")
+    p.add_argument("--out", help="--image: output PNG (default <stem>_pose.png; OUT.json next to it); --images: "
+                                 "output folder (default <folder>_pose); --video: output video (default "
+                                 "<stem>_pose.mp4; OUT.json next to it)")
     p.add_argument("--score-thr", type=float, default=0.3, help="minimum keypoint score to draw (default 0.3)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="flip-test averaging (default: the config's eval.flip_test)")
     p.add_argument("--dataset", default=None,
                    help="multi-task models (ViTPose+/++): the dataset whose head and experts predict, by name or "
                         "index (default: the first); its keypoint set is drawn")
+    p.add_argument("--batch-size", type=int, default=8, help="--video: frames per detector and model batch "
+                                                             "(default 8)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     return p
-
-
-def _read_image(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:  # e.g. a video: OpenCV reads no frame from it here
-        raise InputError(f"image {path} could not be decoded by OpenCV: expected an image file "
-                         f"({', '.join(IMAGE_SUFFIXES)}); for a video, extract its frames first")
-    return image
-
-
-def predict_image(model, cfg: Config, image_path: Path, image_id: int, boxes_file: str | None, det_thr: float,
-                  flip: bool, score_thr: float) -> tuple[list[dict], np.ndarray]:
-    """COCO keypoint results of one image (one per person box) and the image with the skeletons drawn."""
-    image = _read_image(image_path)
-    img_h, img_w = image.shape[:2]
-    if boxes_file:
-        boxes = load_boxes(boxes_file, image_path, det_thr)
-        if len(boxes) == 0:
-            print(f"warning: no person boxes for {image_path.name} in {boxes_file} with score >= {det_thr}",
-                  file=sys.stderr)
-    else:
-        boxes = np.array([[0.0, 0.0, img_w, img_h, 1.0]])
-    people = run_inference(model, image, boxes[:, :4], cfg, flip=flip)
-    scores = [rescore(kp[:, 2], box[4], cfg.eval.rescore_thr) for kp, box in zip(people, boxes)]
-    results = to_coco_results([image_id] * len(people), np.asarray(people).reshape(len(people), -1, 3), scores)
-    for r, box in zip(results, boxes):
-        r["bbox"] = [float(v) for v in box[:4]]
-
-    print(f"{image_path.name}: {img_w}x{img_h}, {len(people)} {'person' if len(people) == 1 else 'people'} "
-          f"(flip test {'on' if flip else 'off'})")
-    for n, (kp, box, score) in enumerate(zip(people, boxes, scores)):
-        good = kp[:, 2] >= score_thr
-        print(f"  person {n}: box [{box[0]:.0f}, {box[1]:.0f}, {box[2]:.0f}, {box[3]:.0f}] det {box[4]:.3f} "
-              f"score {score:.3f}, {int(good.sum())}/{len(kp)} keypoints >= {score_thr} "
-              f"(mean keypoint score {kp[:, 2].mean():.3f})")
-    return results, draw_skeletons(image, people, cfg.data.keypoint_set, score_thr=score_thr, boxes=boxes)
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise InputError(f"--out {path}: could not write it (expected a writable .png/.jpg path)")
-
-
-def load_model(cfg: Config, checkpoint: str | None, device: torch.device) -> torch.nn.Module:
-    """The config's model with the checkpoint's weights (any format `export.load_weights` reads)."""
-    from vitpose_scale.export import load_weights
-
-    torch.manual_seed(cfg.train.seed)  # random-weight runs (no checkpoint) stay reproducible
-    model = build_pose_model(cfg.model)
-    if checkpoint:
-        load_weights(model, checkpoint)
-    else:
-        msg = "no --checkpoint given: the model has RANDOM weights and its keypoints are meaningless"
-        warnings.warn(msg, stacklevel=3)
-        print(f"WARNING: {msg}", file=sys.stderr)
-    return model.to(device).eval()  # eval: BatchNorm running stats, no drop path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,62 +149,172 @@ def main(argv: list[str] | None = None) -> int:
     return run_reporting_errors(_main, build_parser().parse_args(argv))
 
 
+def _image_list(args: argparse.Namespace) -> list[Path]:
+    from vitpose_scale.api import read_image
+
+    if args.image:
+        read_image(args.image)  # a missing or undecodable image fails before the model is built
+        return [Path(args.image)]
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images {folder} is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    return paths
+
+
 def _main(args: argparse.Namespace) -> int:
-    from vitpose_scale.cli import load_config_or_report
+    from vitpose_scale.api import PoseEstimator
 
-    cfg = load_config_or_report(args)
-    if cfg is None:
-        return 2
-    if args.image:
-        paths = [Path(args.image)]
-        _read_image(paths[0])  # a missing image fails before the model is built
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: expected 1 or more frames")
+    if args.config:  # a bad config or override is named before anything is read
+        from vitpose_scale.config import load_config
+
+        load_config(args.config, args.set)
+    if args.video:
+        from vitpose_scale.video import FOURCC_BY_SUFFIX, VideoReader
+
+        VideoReader(args.video).close()  # a missing or corrupt video fails before the model is built
+        if args.out and Path(args.out).suffix.lower() not in FOURCC_BY_SUFFIX:
+            raise InputError(f"--out {args.out}: expected a {' or '.join(FOURCC_BY_SUFFIX)} path for --video")
     else:
-        folder = Path(args.images)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--images {folder} is not a folder")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise FileNotFoundError(f"--images {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files")
-    from vitpose_scale.evaluate import select_dataset
-
-    index, task_cfg = select_dataset(cfg, args.dataset)  # a multi-task model: one dataset's head and joints
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(cfg, args.checkpoint, device)
-    if index is not None and model.num_datasets > 1:
-        from vitpose_scale.models.pose import DatasetView
-
-        model = DatasetView(model, index)
-        print(f"dataset {args.dataset or task_cfg.data.keypoint_set} (index {index}): "
-              f"{task_cfg.data.keypoint_set} keypoints")
-    cfg = task_cfg
-    flip = cfg.eval.flip_test if args.flip is None else args.flip
-
-    if args.image:
-        image_path = paths[0]
-        image_id = image_id_from_name(image_path) or 0
-        results, drawn = predict_image(model, cfg, image_path, image_id, args.boxes, args.det_thr, flip,
-                                       args.score_thr)
-        out_png = Path(args.out) if args.out else Path(f"{image_path.stem}_pose.png")
-        _write_png(out_png, drawn)
-        out_json = out_png.with_suffix(".json")
-        out_json.write_text(json.dumps(results))
-        print(f"wrote {out_png} and {out_json}")
-        return 0
-
-    out_dir = Path(args.out) if args.out else folder.with_name(folder.name + "_pose")
+        paths = _image_list(args)
+    if args.checkpoint is None and args.config is None:
+        raise InputError("--checkpoint: expected the weights (a run directory, .pth, HF directory or .safetensors), "
+                         "or --config for a model with random weights")
+    pose = PoseEstimator.load(args.checkpoint, args.config, args.set, dataset=args.dataset, device=args.device,
+                              detector=args.detector, detector_checkpoint=args.detector_checkpoint,
+                              det_thr=args.det_thr, det_nms=args.det_nms, flip=args.flip)
+    if args.dataset is not None:
+        print(f"dataset {args.dataset}: {pose.cfg.data.keypoint_set} keypoints")
+    if pose.detector is not None:
+        print(f"person detector: {pose.detector.name} (score >= {args.det_thr}, NMS IoU {args.det_nms})")
+    if args.video:
+        return _infer_video(pose, args)
     results = []
+    out_dir = None
+    if args.images:
+        out_dir = Path(args.out) if args.out else Path(args.images).with_name(Path(args.images).name + "_pose")
     for n, image_path in enumerate(paths):
         image_id = image_id_from_name(image_path)
         if image_id is None:  # COCO results need an integer id: the file's position in the sorted folder
-            image_id = n
-        found, drawn = predict_image(model, cfg, image_path, image_id, args.boxes, args.det_thr, flip,
-                                     args.score_thr)
+            image_id = n if args.images else 0
+        found, drawn = _infer_image(pose, image_path, image_id, args)
         results += found
-        _write_png(out_dir / f"{image_path.stem}_pose.png", drawn)
-    (out_dir / "results.json").write_text(json.dumps(results))
-    print(f"wrote {out_dir / 'results.json'} ({len(results)} people in {len(paths)} images) and "
-          f"{len(paths)} drawings in {out_dir}")
+        png = (Path(args.out) if args.out else Path(f"{image_path.stem}_pose.png")) if args.image \
+            else out_dir / f"{image_path.stem}_pose.png"
+        _write_png(png, drawn)
+    if args.image:
+        out_json = png.with_suffix(".json")
+        written = [png, out_json]
+    else:
+        out_json = out_dir / "results.json"
+        written = [out_json]
+    out_json.write_text(json.dumps(results))
+    if pose.detector is not None:  # the boxes as COCO detections: data.det_file of `vitpose-scale eval`
+        from vitpose_scale.detect import write_coco_detections
+
+        det_json = out_json.with_name(out_json.stem + "_detections.json") if args.image \
+            else out_dir / "detections.json"
+        write_coco_detections(det_json, _boxes_by_image(results))
+        written.append(det_json)
+    count = f" ({len(results)} people in {len(paths)} images) and {len(paths)} drawings in {out_dir}" \
+        if args.images else ""
+    print(f"wrote {', '.join(map(str, written))}{count}")
     return 0
+
+
+def _boxes_by_image(results: list[dict]) -> dict[int, np.ndarray]:
+    """image id -> (N, 5) x, y, w, h, score of the person boxes the results were predicted in."""
+    out: dict[int, list] = {}
+    for r in results:
+        out.setdefault(r["image_id"], []).append([*r["bbox"], r["box_score"]])
+    return {i: np.asarray(b, dtype=np.float64) for i, b in out.items()}
+
+
+def _infer_image(pose, image_path: Path, image_id: int, args: argparse.Namespace) -> tuple[list[dict], np.ndarray]:
+    """COCO keypoint results of one image (one per person box) and the drawing."""
+    from vitpose_scale.api import read_image
+    from vitpose_scale.eval.postprocess import to_coco_results
+
+    image = read_image(image_path)
+    img_h, img_w = image.shape[:2]
+    boxes = None
+    if args.boxes:
+        boxes = load_boxes(args.boxes, image_path, args.det_thr)
+        if len(boxes) == 0:
+            print(f"note: no person boxes for {image_path.name} in {args.boxes} with score >= {args.det_thr}",
+                  file=sys.stderr)
+    people = pose.predict([image], None if boxes is None else [boxes])[0]
+    results = to_coco_results([image_id] * len(people), [p.as_array() for p in people],
+                              [p.score for p in people]) if people else []
+    for r, p in zip(results, people):
+        r["bbox"], r["box_score"] = [float(v) for v in p.box], p.box_score
+    print(f"{image_path.name}: {img_w}x{img_h}, {_count(people)} (flip test {'on' if pose.flip else 'off'})")
+    if not people:
+        print(f"note: no person found in {image_path.name}"
+              + (f" (detector score >= {args.det_thr})" if pose.detector is not None else ""), file=sys.stderr)
+    for n, p in enumerate(people):
+        good = p.scores >= args.score_thr
+        print(f"  person {n}: box [{p.box[0]:.0f}, {p.box[1]:.0f}, {p.box[2]:.0f}, {p.box[3]:.0f}] det "
+              f"{p.box_score:.3f} score {p.score:.3f}, {int(good.sum())}/{len(good)} keypoints >= {args.score_thr} "
+              f"(mean keypoint score {p.scores.mean():.3f})")
+    title = f"{pose.name} on {image_path.name}: {_count(people) if people else 'no person found'}"
+    return results, pose.draw(image, people, score_thr=args.score_thr, title=title)
+
+
+def _count(people) -> str:
+    return f"{len(people)} {'person' if len(people) == 1 else 'people'}"
+
+
+def _infer_video(pose, args: argparse.Namespace) -> int:
+    """Detection + pose per frame in batches; the drawn video (frames under a title band) and a JSON
+    of every frame's people."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    from vitpose_scale.video import VideoReader, VideoWriter
+
+    src = Path(args.video)
+    out = Path(args.out) if args.out else Path(f"{src.stem}_pose.mp4")
+    frames_json, total_people, done = [], 0, 0
+    with ExitStack() as stack:
+        reader = stack.enter_context(VideoReader(src))
+        writer = None  # opened at the first drawing's size (the frame plus its title band)
+        start = time.perf_counter()
+        bar = stack.enter_context(tqdm(total=reader.frame_count or None, unit="frame", desc=src.name, disable=None))
+        for batch in reader.batches(args.batch_size):
+            for frame, people in zip(batch, pose.predict(batch)):
+                title = f"{pose.name}: frame {done}, {_count(people) if people else 'no person found'}"
+                drawn = pose.draw(frame, people, score_thr=args.score_thr, title=title)
+                if writer is None:
+                    writer = stack.enter_context(VideoWriter(out, reader.fps, drawn.shape[1], drawn.shape[0]))
+                writer.write(drawn)
+                frames_json.append({"frame": done, "people": [
+                    {"box": [float(v) for v in p.box], "box_score": p.box_score, "score": p.score,
+                     "keypoints": [[float(v) for v in row] for row in p.as_array()]} for p in people]})
+                total_people += len(people)
+                done += 1
+            bar.update(len(batch))
+        seconds = time.perf_counter() - start
+    meta = {"video": str(src), "fps": reader.fps, "width": reader.width, "height": reader.height,
+            "keypoints": pose.keypoint_names, "frames": frames_json}
+    out_json = out.with_suffix(".json")
+    out_json.write_text(json.dumps(meta))
+    print(f"{done} frames in {seconds:.1f} s ({done / max(seconds, 1e-9):.2f} frames/s), {total_people} people; "
+          f"wrote {out} and {out_json}")
+    return 0
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise InputError(f"--out {path}: could not write it (expected a writable .png/.jpg path)")
 
 
 if __name__ == "__main__":

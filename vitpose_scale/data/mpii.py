@@ -111,7 +111,7 @@ class TopDownMpiiDataset(TopDownCocoDataset):
 
     def _read_entries(self, src_k: int) -> list[dict]:
         path = self.ann_file
-        expected = (f"expected mmpose's MPII json: a list of {{image, center, scale"
+        expected = ("expected mmpose's MPII json: a list of {image, center, scale"
                     + (", joints, joints_vis" if self.train else "") + "}} entries")
         if not path.is_file():
             raise FileNotFoundError(f"annotation file {path} does not exist; {expected}")

@@ -1,4 +1,4 @@
-"""Unlabeled image sets for MAE pretraining (REFERENCE §4).
+"""Unlabeled image sets for MAE pretraining (docs/reference.md §4).
 
 * :class:`ImageFolderDataset` - every .jpg/.jpeg/.png under a folder (e.g. the
   ImageNet train tree), RandomResizedCrop-like: area scale (0.2, 1), log-uniform

@@ -29,7 +29,6 @@ import math
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from vitpose_scale.keypoints import KeypointSpec, get_spec
@@ -52,21 +51,25 @@ class _Canvas:
         self.mask = np.zeros(img.shape[:2], dtype=np.uint8)
 
     def line(self, a, b, color, thick):
+        import cv2  # here, not at the top: `make-synthetic --help` stays light
         t = max(1, int(round(thick)))
         cv2.line(self.img, _p(a), _p(b), color, t, cv2.LINE_AA, _SHIFT)
         cv2.line(self.mask, _p(a), _p(b), 1, t, cv2.LINE_8, _SHIFT)
 
     def circle(self, c, r, color):
+        import cv2
         r = max(1, int(round(r * _ONE)))
         cv2.circle(self.img, _p(c), r, color, -1, cv2.LINE_AA, _SHIFT)
         cv2.circle(self.mask, _p(c), r, 1, -1, cv2.LINE_8, _SHIFT)
 
     def ellipse(self, c, axes, angle_deg, color):
+        import cv2
         ax = (max(1, int(round(axes[0] * _ONE))), max(1, int(round(axes[1] * _ONE))))
         cv2.ellipse(self.img, _p(c), ax, angle_deg, 0, 360, color, -1, cv2.LINE_AA, _SHIFT)
         cv2.ellipse(self.mask, _p(c), ax, angle_deg, 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
 
     def poly(self, pts, color):
+        import cv2
         arr = np.round(np.asarray(pts) * _ONE).astype(np.int32)[None]
         cv2.fillPoly(self.img, arr, color, cv2.LINE_AA, _SHIFT)
         cv2.fillPoly(self.mask, arr, 1, cv2.LINE_8, _SHIFT)
@@ -205,6 +208,7 @@ def _draw_person(cv: _Canvas, person: dict, to_img, scale: float, aspect: float,
 
 # ------------------------------------------------------------ scene --
 def _background(rng, h: int, w: int) -> np.ndarray:
+    import cv2
     gh, gw = rng.integers(2, 7, size=2)
     img = cv2.resize(rng.integers(0, 256, size=(gh, gw, 3)).astype(np.float32), (w, h),
                      interpolation=cv2.INTER_CUBIC)
@@ -257,6 +261,7 @@ def synthetic_points(spec: KeypointSpec) -> list[str | int]:
 def render_image(rng: np.random.Generator, size_range=(256, 320), keypoints: KeypointSpec | str = "coco"):
     """One image and its people: (img BGR uint8, list of (keypoints (K, 3), bbox xywh, area)) with the
     joints of the keypoint set ``keypoints`` (its joints must be points of the drawn figure)."""
+    import cv2
     points = synthetic_points(get_spec(keypoints))
     sizes = np.arange(size_range[0], size_range[1] + 1, 32)
     h, w = int(rng.choice(sizes)), int(rng.choice(sizes))
@@ -361,6 +366,7 @@ def synthetic_is_complete(root, num_train: int, num_val: int, seed: int = 0, ima
 
 def generate_split(root: Path, split: str, count: int, seed: int, image_size, progress: bool = True,
                    keypoints: str = "coco") -> dict:
+    import cv2
     from tqdm import tqdm
 
     split_id = {"train": 0, "val": 1}[split]

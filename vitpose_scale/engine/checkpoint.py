@@ -380,12 +380,6 @@ def _allowed_classes() -> list:
     return classes
 
 
-def safe_load(path: Path):
-    """torch.load with weights_only and DeepSpeed's few allowed classes."""
-    with torch.serialization.safe_globals(_allowed_classes()):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 # ------------------------------------------------------------ save/load --
 def _barrier() -> None:
     if dist.is_initialized():
@@ -514,7 +508,9 @@ def consolidate(directory: Path) -> dict[str, torch.Tensor]:
         state = get_fp32_state_dict_from_zero_checkpoint(str(directory.parent), tag=directory.name)
         # zero_to_fp32 keeps parameters only; buffers (BatchNorm statistics) come from the model-states file.
         for f in sorted(directory.glob("*model_states.pt")):
-            module = safe_load(f).get("module") or {}
+            from vitpose_scale.models.interop import safe_load
+
+            module = safe_load(f, _allowed_classes()).get("module") or {}
             for k, v in module.items():
                 if k not in state and ("running_" in k or k.endswith("num_batches_tracked")):
                     state.setdefault(k, v)

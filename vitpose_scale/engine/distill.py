@@ -37,7 +37,7 @@ class TokenTrainer(Trainer):
         super().check_paths()
 
     def build_model(self, fresh: bool):
-        from vitpose_scale.export import read_state
+        from vitpose_scale.models.weights import read_state
         from vitpose_scale.models.interop import CheckpointError, adapt_state_dict, load_state_dict_strict
         from vitpose_scale.models.pose import build_pose_model
 
@@ -120,7 +120,7 @@ class Teacher:
 
     def __init__(self, cfg: Config, device: torch.device, dtype: torch.dtype):
         from vitpose_scale.config import load_config
-        from vitpose_scale.export import load_weights
+        from vitpose_scale.models.weights import load_weights
         from vitpose_scale.models.pose import build_pose_model
 
         teacher_cfg = load_config(cfg.distill.teacher_config)

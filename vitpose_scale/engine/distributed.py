@@ -7,6 +7,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -195,6 +196,20 @@ def _agree_with_deepspeed(device: torch.device) -> None:
         real.set_accelerator(Accelerator())
 
 
+def first_build_note(op: str, environ=os.environ) -> str | None:
+    """One line saying that DeepSpeed is about to compile `op` (its CPU communication op,
+    deepspeed_shm_comm, on the first start: 1-4 minutes with no output), or None when a build is
+    already in the torch extensions cache (TORCH_EXTENSIONS_DIR, else torch's default root)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    # torch's default root holds one folder per Python/CUDA version (py311_cpu); TORCH_EXTENSIONS_DIR none
+    if any(root.glob(f"{op}/{op}.so")) or any(root.glob(f"*/{op}/{op}.so")):
+        return None
+    return (f"DeepSpeed compiles its {op} op once before the first step (1-4 minutes with no output); later "
+            f"starts reuse it from {root}")
+
+
 def init_distributed(use_deepspeed: bool, timeout_s: float = 1800) -> DistInfo:
     prepare_environment()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -213,6 +228,9 @@ def init_distributed(use_deepspeed: bool, timeout_s: float = 1800) -> DistInfo:
         if use_deepspeed:
             import deepspeed
 
+            note = first_build_note("deepspeed_shm_comm") if device.type == "cpu" and local_rank == 0 else None
+            if note:  # a silent compile of minutes looks like a hang
+                print(f"note: {note}", file=sys.stderr, flush=True)
             deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
             release_deepspeed_shared_memory()
         else:

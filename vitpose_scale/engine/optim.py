@@ -1,4 +1,4 @@
-"""Layer-wise lr decay parameter groups and the lr schedule (REFERENCE §3)."""
+"""Layer-wise lr decay parameter groups and the lr schedule (docs/reference.md §3)."""
 from __future__ import annotations
 
 import math
@@ -48,7 +48,7 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     for g in groups:
         g.pop("names")
-    # A plain torch AdamW: DeepSpeed wraps it for ZeRO, nothing needs compiling (REFERENCE §6).
+    # A plain torch AdamW: DeepSpeed wraps it for ZeRO, nothing needs compiling (docs/reference.md §6).
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                              weight_decay=cfg.optim.weight_decay)
 

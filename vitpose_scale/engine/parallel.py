@@ -1,7 +1,7 @@
 """The one place that wraps the model for distribution: DeepSpeed ZeRO 0-3 or torch FSDP2/DDP.
 
-Both wrappers give the trainer the same small interface, so the training loop
-never branches on the backend or the model size.
+All four wrappers (DeepSpeed, FSDP2, DDP, one process) give the trainer the same small interface,
+so the training loop never branches on the backend or the model size.
 """
 from __future__ import annotations
 

@@ -119,10 +119,3 @@ def build_loggers(cfg: Config, run_dir: Path, is_main: bool) -> list:
         loggers.append(WandbLogger(Path(run_dir), cfg.to_dict()))
     return loggers
 
-
-def open_metrics_log(cfg: Config, run_dir: str | Path, is_main: bool):
-    """metrics.jsonl in the run directory, fanned out to the configured trackers."""
-    from vitpose_scale.engine.metrics import MetricsLog
-
-    run_dir = Path(run_dir)
-    return MetricsLog(run_dir / "metrics.jsonl", is_main, build_loggers(cfg, run_dir, is_main))

@@ -156,16 +156,15 @@ def heatmap_to_image(coords: np.ndarray, center, scale, rotation, image_size_hw,
 
 
 def decode_heatmaps(heatmaps: np.ndarray, centers, scales, rotations=None, image_size=(256, 192),
-                    use_udp: bool = True, method: str = "udp_dark", kernel: int = 11, dark: bool | None = None):
+                    use_udp: bool = True, method: str = "udp_dark", kernel: int = 11):
     """Heatmaps (N, K, h, w) -> keypoints (N, K, 2) in original-image pixels and maxvals (N, K, 1).
 
     ``centers``/``scales`` (N, 2) are the crop boxes in pixels (padded size),
     ``rotations`` (N,) degrees (None: 0), ``image_size`` the network input (H, W),
     ``method`` one of :data:`DECODE_METHODS`, ``kernel`` the blur size of the
-    refinements. ``dark`` (older callers) overrides ``method``: True -> "dark", False -> "argmax".
+    refinements. ``use_udp`` False: the classic (biased) pixel mapping, for comparisons with
+    non-UDP code only (our models are trained on UDP crops).
     """
-    if dark is not None:
-        method = "dark" if dark else "argmax"
     if method not in DECODE_METHODS:
         raise ValueError(f"decode method {method!r}: expected one of {list(DECODE_METHODS)}")
     heatmaps = np.asarray(heatmaps, dtype=np.float32)

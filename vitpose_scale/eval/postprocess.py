@@ -86,24 +86,24 @@ def predict_dataset(model_forward, loader, eval_cfg, flip_pairs, progress: bool 
     ``imgs`` are handed over as the loader yields them (CPU); ``model_forward``
     moves them to its device and casts as it needs. ``model_forward`` may also be
     a :class:`~vitpose_scale.eval.ensemble.HeatmapEnsemble` (its averaged heatmaps are decoded). ``eval_cfg`` is an
-    :class:`EvalConfig` (flip_test, use_udp, decode, blur_kernel, rescore_thr, oks_nms_thr).
+    :class:`EvalConfig` (flip_test, decode, blur_kernel, rescore_thr, oks_nms_thr).
     Returns COCO result dicts for this loader's shard (``postprocess=True``) or
     the raw per-box people (``postprocess=False``, for gathering across ranks).
     """
     from tqdm import tqdm
 
-    from .ensemble import HeatmapEnsemble
-
     people = []
     for batch in tqdm(loader, desc="predict", disable=not progress, dynamic_ncols=True):
         imgs = batch["img"]
-        if isinstance(model_forward, HeatmapEnsemble):
+        # An object with predict(batch, flip_test, flip_pairs) (HeatmapEnsemble: members crop at their
+        # own sizes, so it takes the whole batch); no import of it here: ensemble.py imports this module.
+        if hasattr(model_forward, "predict"):
             heatmaps = model_forward.predict(batch, eval_cfg.flip_test, flip_pairs)
         else:
             heatmaps = predict_batch(model_forward, imgs, eval_cfg.flip_test, flip_pairs)
         coords, maxvals = decode_heatmaps(heatmaps, batch["center"], batch["scale"], batch.get("rotation"),
-                                          image_size=tuple(imgs.shape[-2:]), use_udp=eval_cfg.use_udp,
-                                          method=eval_cfg.decode, kernel=eval_cfg.blur_kernel)
+                                          image_size=tuple(imgs.shape[-2:]), method=eval_cfg.decode,
+                                          kernel=eval_cfg.blur_kernel)
         kps = np.concatenate([coords, maxvals], axis=2)
         scales = np.asarray(batch["scale"], dtype=np.float64)
         for n in range(len(kps)):

@@ -18,15 +18,15 @@ import torch
 from torch import nn
 
 from vitpose_scale.config import ModelConfig
+from vitpose_scale.errors import CheckpointError  # noqa: F401 - raised here, imported from here by callers
 from vitpose_scale.models.vit import resize_pos_embed
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable or does not fit the model."""
 
 
-def safe_load(path: str | Path) -> dict:
-    """Load a torch file without executing pickled code (tensors, dicts, lists, numbers, strings only)."""
+def safe_load(path: str | Path, allowed: list | tuple = ()) -> dict:
+    """Load a torch file without executing pickled code (tensors, dicts, lists, numbers, strings,
+    and the `allowed` classes only: DeepSpeed's few in its model-states files)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory: expected a file (.pth, .safetensors)")
@@ -37,14 +37,15 @@ def safe_load(path: str | Path) -> dict:
         from safetensors.torch import load_file
 
         try:
-            return {"state_dict": load_file(str(path))}
+            return {"state_dict": load_file(str(path)), "meta": _safetensors_meta(path)}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(exc)}): "
                                   f"damaged, truncated or not a safetensors file") from exc
     try:
         with warnings.catch_warnings():  # a plain pickle.dump file: a stderr line about its protocol
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(allowed)):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message is several lines, with advice to load unsafely; keep the refused global.
         refused = str(exc).split("WeightsUnpickler error:")[-1]
@@ -53,6 +54,23 @@ def safe_load(path: str | Path) -> dict:
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(exc)}): "
                               f"damaged, truncated or not a torch file") from exc
+
+
+def _safetensors_meta(path: Path) -> dict:
+    """The JSON values of a .safetensors header's metadata (our exports store pos_embed_grid there)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata() or {}
+    meta = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except ValueError:  # plain strings ("format": "pt")
+            meta[key] = value
+    return meta
 
 
 def _first_line(message) -> str:
@@ -254,8 +272,8 @@ def _multitask_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Ten
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "<checkpoint>",
                            prefixes: tuple[str, ...] | None = None, keypoint_sets: list[str] | None = None) -> None:
     """Load every key or fail: one line for a ViTPose+/++ structure mismatch (experts, heads, a head's
-    joints; `keypoint_sets` names each dataset's set for it), else the lists of missing and
-    unexpected keys (and shape mismatches)."""
+    joints; `keypoint_sets` names each dataset's set for it), one line for tensors of other shapes (the
+    first in the model's order, with both shapes), else the lists of missing and unexpected keys."""
     own = model.state_dict()
     if prefixes:
         own = {k: v for k, v in own.items() if k.startswith(prefixes)}
@@ -265,29 +283,27 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
         raise CheckpointError(targeted)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or mismatched:
+    # The model's order: the first tensor names the cause (pos_embed / patch_embed: the width; blocks: the
+    # MLP or heads; final_layer: the joints), where sorted names would start anywhere.
+    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if mismatched:
+        key = mismatched[0]
+        also = [f"{len(mismatched)} tensors differ in shape"] if len(mismatched) > 1 else []
+        also += [f"{len(missing)} missing"] * bool(missing) + [f"{len(unexpected)} unexpected"] * bool(unexpected)
+        raise CheckpointError(
+            f"{source}: {key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+            f"{' (' + ', '.join(also) + ')' if also else ''}: the model section of the config does not match the "
+            f"weights: use the run's config (config.yaml next to the checkpoint) or pass --config with the model the "
+            f"weights were trained with")
+    if missing or unexpected:
         parts = [f"{source} does not match the model:"]
         if missing:
             parts.append(f"  missing keys ({len(missing)}): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
         if unexpected:
             parts.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}"
                          f"{' ...' if len(unexpected) > 20 else ''}")
-        if mismatched:
-            parts.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:10])}")
         raise CheckpointError("\n".join(parts))
     model.load_state_dict(state, strict=not prefixes)
-
-
-def load_official(model: nn.Module, path: str | Path, source_grid: tuple[int, int] | None = None,
-                  keypoint_sets: list[str] | None = None) -> None:
-    """Load an official ViTPose(+/++) checkpoint (or an export of ours) strictly."""
-    raw = safe_load(path)
-    state = extract_state_dict(raw, str(path))
-    if source_grid is None:
-        source_grid = pos_embed_grid_from_meta(raw, str(path))
-    load_state_dict_strict(model, adapt_state_dict(state, model, source_grid), str(path), keypoint_sets=keypoint_sets)
 
 
 def save_official(state: dict[str, torch.Tensor], path: str | Path, meta: dict | None = None) -> None:
@@ -406,3 +422,124 @@ def hf_config(cfg: ModelConfig):
         out_indices=[m.depth], num_labels=m.num_keypoints, **experts)
     return VitPoseConfig(backbone_config=backbone, use_simple_decoder=m.head == "simple", num_labels=m.num_keypoints,
                          scale_factor=4)
+
+
+def hf_image_processor(cfg: ModelConfig):
+    """The transformers `VitPoseImageProcessor` that feeds this model as we do: crops of the model's
+    input size (its default, 256x192, would break every other size) normalised with our training's
+    ImageNet mean/std (`data.transforms.normalize_image`)."""
+    from transformers import VitPoseImageProcessor
+
+    from vitpose_scale.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    height, width = cfg.resolved().image_size
+    # Rounded back to the decimals the constants were written with, not float32's 0.48500001...
+    return VitPoseImageProcessor(size={"height": int(height), "width": int(width)},
+                                 image_mean=[round(float(v), 6) for v in IMAGENET_MEAN],
+                                 image_std=[round(float(v), 6) for v in IMAGENET_STD],
+                                 do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_affine_transform=True)
+
+
+def _hf_vitpose_config(path: str | Path):
+    """The transformers `VitPoseConfig` of a Hugging Face directory (every default filled in: config.json
+    stores only what differs from them)."""
+    from transformers import VitPoseConfig
+
+    path = Path(path)
+    try:
+        return VitPoseConfig.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path / 'config.json'}: not a Hugging Face VitPose config "
+                              f"({_first_line(exc)})") from exc
+
+
+def model_config_from_hf(path: str | Path) -> ModelConfig:
+    """The model section of a Hugging Face VitPose directory (the inverse of `hf_config`): what its
+    config.json says, so the directory needs no --config. Raises CheckpointError for a VitPose that
+    our model cannot compute (another MLP activation, layer-norm epsilon, patch shape or upsampling)."""
+    hf = _hf_vitpose_config(path)
+    b = hf.backbone_config
+    source = Path(path) / "config.json"
+    patch = list(b.patch_size) if isinstance(b.patch_size, (list, tuple)) else [b.patch_size] * 2
+    checks = [(b.hidden_act == "gelu", f"hidden_act {b.hidden_act!r}", "gelu"),
+              (math.isclose(b.layer_norm_eps, 1e-6), f"layer_norm_eps {b.layer_norm_eps}", "1e-06"),
+              (patch[0] == patch[1], f"patch_size {patch}", "square patches"),
+              (hf.scale_factor == 4, f"scale_factor {hf.scale_factor}", "4 (heatmaps at 1/4 of the input)"),
+              (list(b.out_indices or [b.num_hidden_layers]) == [b.num_hidden_layers],
+               f"out_indices {b.out_indices}", f"the last layer, [{b.num_hidden_layers}]")]
+    for ok, got, want in checks:
+        if not ok:
+            raise CheckpointError(f"{source}: {got}: this toolkit's ViTPose computes another model: expected {want}")
+    experts = b.num_experts > 1
+    return ModelConfig(
+        backbone="vit_moe" if experts else "vit", num_experts=b.num_experts if experts else 1,
+        part_features=b.part_features if experts else None, embed_dim=b.hidden_size, depth=b.num_hidden_layers,
+        num_heads=b.num_attention_heads, mlp_ratio=float(b.mlp_ratio), drop_path=0.0,
+        image_size=[int(v) for v in b.image_size], patch_size=patch[0], patch_stride=patch[0], patch_padding=2,
+        qkv_bias=bool(b.qkv_bias), head="simple" if hf.use_simple_decoder else "classic",
+        head_channels=int(getattr(hf, "head_channels", HF_CLASSIC_CHANNELS)),  # `export_hf` notes a narrower one
+        num_keypoints=hf.num_labels,
+        # one head next to experts: the model still needs to know it serves one dataset
+        head_keypoints=[hf.num_labels] if experts else None)
+
+
+def hf_keypoint_set(path: str | Path) -> str | None:
+    """The keypoint set of a Hugging Face VitPose directory: the shipped set whose joint names are its
+    id2label (`export_hf` writes them); for unnamed labels (transformers' LABEL_i) the one set with
+    that joint count (`spec_for_count`, COCO first); None when neither decides."""
+    from vitpose_scale.keypoints import available, get_spec, spec_for_count
+
+    hf = _hf_vitpose_config(path)
+    labels = dict(hf.id2label or {})
+    names = tuple(str(labels.get(i, labels.get(str(i), ""))) for i in range(hf.num_labels))
+    for name in ["coco"] + [n for n in available() if n != "coco"]:
+        if tuple(get_spec(name).names) == names:
+            return name
+    if not all(re.fullmatch(r"(LABEL_\d+)?", n) for n in names):
+        return None  # named joints of another set: their count alone would pick the wrong one
+    spec = spec_for_count(hf.num_labels)
+    return spec.name if spec is not None else None
+
+
+# transformers' VitPoseClassicDecoder hard-codes its width (deconv1/deconv2/batchnorm 256 channels).
+HF_CLASSIC_CHANNELS = 256
+# Our classic head's tensors (two deconvolutions, stride 16) and the dimensions that count its channels.
+_CLASSIC_HEAD_DIMS = {"keypoint_head.deconv_layers.0.weight": (1,), "keypoint_head.deconv_layers.3.weight": (0, 1),
+                      "keypoint_head.final_layer.weight": (1,),
+                      **{f"keypoint_head.deconv_layers.{i}.{name}": (0,) for i in (1, 4)
+                         for name in ("weight", "bias", "running_mean", "running_var")}}
+
+
+def widen_classic_head(state: dict[str, torch.Tensor], width: int = HF_CLASSIC_CHANNELS) -> dict[str, torch.Tensor]:
+    """A classic head of fewer channels as an exactly equal one of `width`: the added channels have
+    BatchNorm scale and shift 0, so they are 0 after it (and the ReLU) whatever comes in, and every
+    weight that reads them is 0. How a narrow head fits transformers' fixed 256 channels."""
+    out = dict(state)
+    for key, dims in _CLASSIC_HEAD_DIMS.items():
+        value = state[key]
+        for dim in dims:
+            pad = list(value.shape)
+            pad[dim] = width - value.shape[dim]
+            fill = torch.ones if key.endswith("running_var") else torch.zeros  # variance 1: no 0/0 in the padding
+            value = torch.cat([value, fill(pad, dtype=value.dtype)], dim=dim)
+        out[key] = value
+    return out
+
+
+def narrow_classic_head(state: dict[str, torch.Tensor], channels: int, source: str) -> dict[str, torch.Tensor]:
+    """The inverse of `widen_classic_head`: the first `channels` channels, after checking that the rest
+    are the inert padding (BatchNorm scale and shift 0); CheckpointError otherwise."""
+    for i in (1, 4):
+        for name in ("weight", "bias"):
+            key = f"keypoint_head.deconv_layers.{i}.{name}"
+            if state[key][channels:].abs().max() > 0:
+                raise CheckpointError(f"{source}: {key}: channels {channels}.. are not the zero padding of a "
+                                      f"{channels}-channel head (changed after export?): remove head_channels from "
+                                      f"config.json to load it as a {state[key].shape[0]}-channel head")
+    out = dict(state)
+    for key, dims in _CLASSIC_HEAD_DIMS.items():
+        index = [slice(None)] * state[key].dim()
+        for dim in dims:
+            index[dim] = slice(0, channels)
+        out[key] = state[key][tuple(index)].contiguous()
+    return out

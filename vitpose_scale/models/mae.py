@@ -1,4 +1,4 @@
-"""Masked autoencoder (MAE, He et al. 2021) around the ViTPose backbone, for pretraining (REFERENCE §4).
+"""Masked autoencoder (MAE, He et al. 2021) around the ViTPose backbone, for pretraining (docs/reference.md §4).
 
 The encoder is the pose model's own :class:`ViT` stored as ``backbone``, so its
 keys (``backbone.patch_embed.*``, ``backbone.pos_embed``, ``backbone.blocks.i.*``)
@@ -214,7 +214,7 @@ def build_mae(cfg) -> MaskedAutoencoder:
 
 
 def mae_forward_flops_per_image(cfg) -> float:
-    """Forward FLOPs (REFERENCE §6 formula): encoder on the visible tokens, decoder on all of them."""
+    """Forward FLOPs (docs/reference.md §6 formula): encoder on the visible tokens, decoder on all of them."""
     m = mae_encoder_config(cfg)
     a = cfg.mae
     tokens = (m.image_size[0] // m.patch_size) * (m.image_size[1] // m.patch_size)

@@ -1,4 +1,4 @@
-"""Initialise a pose model from a checkpoint file, whatever its layout (REFERENCE §4).
+"""Initialise a pose model from a checkpoint file, whatever its layout (docs/reference.md §4).
 
 :func:`load_init_weights` reads the file once, tells its layout from the keys
 (``interop.detect_checkpoint_format``) and loads it:

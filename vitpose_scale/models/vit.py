@@ -108,7 +108,7 @@ class ViT(nn.Module):
         self.num_experts = num_experts
         self.patch_embed = PatchEmbed(embed_dim, patch_size, patch_stride, patch_padding)
         # One extra token's worth of pos_embed, as in the MAE/official checkpoints: no cls
-        # token is used, its embedding is added to every patch (REFERENCE §1).
+        # token is used, its embedding is added to every patch (docs/reference.md §1).
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], embed_dim))
         mlp_hidden = int(round(embed_dim * mlp_ratio))
         # Linear 0..drop_path as the official torch.linspace(0, drop_path, depth) (0 for one block);
@@ -221,7 +221,7 @@ class ViT(nn.Module):
         for blk in self.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():
                 # Non-reentrant: correct gradients with ZeRO-3/FSDP hooks and
-                # inputs that do not require grad (REFERENCE §6).
+                # inputs that do not require grad (docs/reference.md §6).
                 x = checkpoint(blk, x, rows, grid=(hp, wp), use_reentrant=False)
             else:
                 x = blk(x, rows, grid=(hp, wp))
