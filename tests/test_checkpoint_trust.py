@@ -21,7 +21,7 @@ from launch_env import launcher_env
 from test_hardening import _Payload as _Touch  # unpickling it creates a marker file
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.engine import run_dir
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vitpose_scale.config import ModelConfig
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 from vitpose_scale.models.pose import build_pose_model
 
 from launch_env import launcher_env  # noqa: E402

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vitpose_scale.engine import checkpoint as ckpt
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 from launch_env import launcher_env  # noqa: E402
 
 pytestmark = pytest.mark.distributed

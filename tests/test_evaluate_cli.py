@@ -19,7 +19,7 @@ import yaml
 from launch_env import launcher_env  # noqa: E402
 from vitpose_scale.config import Config, DataConfig, from_dict
 from vitpose_scale.data.loader import ShardSampler
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 from vitpose_scale.eval.coco_eval import STAT_NAMES, format_stats
 from vitpose_scale.eval.postprocess import postprocess_people
 from vitpose_scale.eval.runner import evaluate_model, predict_people

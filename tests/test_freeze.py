@@ -173,7 +173,7 @@ def test_zero3_two_ranks_frozen_bitwise_saving_and_resume(tmp_path, synthetic_co
     model-state accounting, their fp32 gradient partition too (4 x 4 bytes): the planner's saving;
     a resume from the step-2 checkpoint repeats the uninterrupted run bitwise."""
     from vitpose_scale.engine import checkpoint as ckpt
-    from vitpose_scale.engine.metrics import read_jsonl
+    from vitpose_scale.jsonl import read_jsonl
 
     init = _init_file(tmp_path / "init.pth")
     cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29700 + hash(str(tmp_path)) % 1000),

@@ -15,7 +15,7 @@ import torch
 from launch_env import launcher_env
 from vitpose_scale.config import ConfigError, load_config
 from vitpose_scale.engine import checkpoint as ckpt
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

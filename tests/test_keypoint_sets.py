@@ -10,7 +10,7 @@ import pytest
 
 from launch_env import launcher_env
 from vitpose_scale.config import ConfigError, load_config
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 from vitpose_scale.keypoints import KeypointSetError, KeypointSpec, available, get_spec
 from vitpose_scale.keypoints.mmpose_info import DatasetInfoError, read_dataset_info
 

@@ -125,7 +125,7 @@ def test_person_crops_take_every_non_crowd_person_and_are_deterministic(coco_sam
 @pytest.mark.distributed
 def test_deepspeed_two_ranks_resume_exactly_and_the_export_initialises_a_pose_model(tmp_path):
     from vitpose_scale.engine.distributed import DistInfo
-    from vitpose_scale.engine.metrics import read_jsonl
+    from vitpose_scale.jsonl import read_jsonl
     from vitpose_scale.engine.trainer import _init_weights_from
     from vitpose_scale.models.pose import build_pose_model
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch_env import launcher_env
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from vitpose_scale.config import ModelConfig, load_config
 from vitpose_scale.data.loader import RatioConcatDataset, ratio_epoch_order
 from vitpose_scale.data.multitask import TaskDataset, multitask_loss
 from vitpose_scale.engine import checkpoint as ckpt
-from vitpose_scale.engine.metrics import read_jsonl
+from vitpose_scale.jsonl import read_jsonl
 from vitpose_scale.models.pose import build_pose_model
 from vitpose_scale.models.vit import routes
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from vitpose_scale.config import ConfigError, load_config
-from vitpose_scale.engine.metrics import MetricsLog, read_jsonl
+from vitpose_scale.engine.metrics import MetricsLog
+from vitpose_scale.jsonl import read_jsonl
 from vitpose_scale.engine.tracking import (TENSORBOARD_DIR, WANDB_ID_FILE, TensorBoardLogger, WandbLogger,
                                            check_loggers, scalars)
 

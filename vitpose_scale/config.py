@@ -737,11 +737,11 @@ def validate(cfg: Config) -> Config:
                           f"(got parallel.zero_stage {p.zero_stage}): expected zero_stage 3")
     if "nvme" in (p.offload_optimizer, p.offload_params) and not p.nvme_path:
         raise ConfigError("parallel.nvme_path: required for nvme offload: expected a directory on a fast local disk")
-    if p.grad_accum < 1:
-        raise ConfigError(f"parallel.grad_accum: got {p.grad_accum}, expected >= 1")
     if p.backend == "fsdp" and p.precision == "fp16":
         raise ConfigError("parallel.precision: fp16 is not supported with parallel.backend fsdp "
                           "(no loss scaling there): expected bf16 or fp32")
+    # The world size is known at start-up only (engine/parallel.check_engine_config checks batch_size against
+    # world_size x grad_accum then); this part fails at load, before anything is launched.
     if cfg.train.batch_size % p.grad_accum:
         raise ConfigError(
             f"train.batch_size: {cfg.train.batch_size} is not divisible by parallel.grad_accum "

@@ -239,12 +239,23 @@ def _load_transformers(spec: str, options: DetectorOptions, device) -> PersonDet
     except Exception as exc:
         raise InputError(f"detector {where}: no usable image processor (preprocessor_config.json): "
                          f"{one_line(exc)}") from None
+    import transformers
+
+    # transformers draws a progress bar and a load report per model: one command, one line of its own
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     try:
         model, info = AutoModelForObjectDetection.from_pretrained(source, local_files_only=local_only,
                                                                   output_loading_info=True)
     except Exception as exc:  # no weights file, weights of another shape
         raise InputError(f"detector {where}: its weights cannot be loaded into the {config.model_type} model of "
                          f"its config.json ({one_line(exc)})") from None
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
     if missing:
         # transformers would start these from random values: a detector that finds nothing useful.

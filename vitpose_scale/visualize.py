@@ -307,7 +307,7 @@ def run_title(run_dir, config_name: str | None = None) -> str:
     """'<config>: ViTPose-<preset> (<width>-d, <depth> blocks, HxW), <N> ranks <backend>, <steps> steps' from
     the run directory's config.yaml and the setup record of its metrics.jsonl."""
     from vitpose_scale.config import PRESETS
-    from vitpose_scale.engine.metrics import read_jsonl
+    from vitpose_scale.jsonl import read_jsonl
 
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir)
@@ -374,7 +374,7 @@ def plot_training_curves(metrics_jsonl_path, out_png, title: str | None = None, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vitpose_scale.engine.metrics import read_jsonl
+    from vitpose_scale.jsonl import read_jsonl
 
     rows = [r for r in read_jsonl(metrics_jsonl_path) if isinstance(r, dict) and "step" in r]
     loss_x, loss_y = _series(rows, "loss")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from vitpose_scale.jsonl import read_jsonl
+
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak accelerator memory, or on CPU the process's peak resident set."""
@@ -83,17 +85,6 @@ class MetricsLog:
         for logger in self.loggers:
             logger.close()
         self.loggers = []
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a metrics file; a line cut short by a killed run is skipped."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 class SavedActivationMeter:
