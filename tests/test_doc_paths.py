@@ -193,3 +193,29 @@ def test_nothing_cites_the_development_notes():
             for f in files if f.resolve() != this
             for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if bad.search(line)]
     assert not hits, "cite docs/reference.md instead:\n" + "\n".join(hits)
+
+
+def test_every_file_function_the_architecture_guide_names_is_defined_there():
+    """docs/architecture.md walks the code as `file.py:function` (or a class, `Class.method`, a constant):
+    each name must still be defined in that file, or the guide leads the next engineer astray."""
+    import ast
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    cited = set(re.findall(r"`?((?:[a-z_]+/)*[a-z_]+\.py):([A-Za-z_][A-Za-z_0-9.]*)", text))
+    assert len(cited) > 20  # the guide does cite this way
+    missing = []
+    for rel, name in sorted(cited):
+        path = ROOT / rel if (ROOT / rel).is_file() else PACKAGE / rel
+        assert path.is_file(), f"docs/architecture.md cites {rel}, which does not exist"
+        tree = ast.parse(path.read_text())
+        defined = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                   for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                   if isinstance(t, ast.Name)}  # module constants (BACKBONES, KEYPOINT_MAPS)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                defined.add(node.name)
+                if isinstance(node, ast.ClassDef):
+                    defined |= {f"{node.name}.{m.name}" for m in node.body if isinstance(m, ast.FunctionDef)}
+        if name.rstrip(".") not in defined:
+            missing.append(f"{rel}:{name}")
+    assert not missing, f"docs/architecture.md names functions that are not there: {missing}"
