@@ -22,21 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = ["model.head_channels=256", "model.activation_checkpointing=false"]
 
 from hf_loading import load_hf_quietly  # noqa: E402
-
-
-def _random_model(cfg, seed=0):
-    """Weights and BatchNorm statistics of order 1 (the init's 0.001-scale head would hide errors)."""
-    torch.manual_seed(seed)
-    model = build_pose_model(cfg.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_()
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
-    return model
+from random_models import random_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +31,7 @@ def run_dir(tmp_path_factory):
     cfg = load_config(ROOT / "configs" / "demo.yaml", SETS)
     run = tmp_path_factory.mktemp("run")
     cfg.save(run / "config.yaml")
-    model = _random_model(cfg)
+    model = random_model(cfg)
     export_official(model, run / "best.pth", meta={"step": 7})
     return run, cfg, model
 

@@ -23,21 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
 
 from hf_loading import load_hf_quietly  # noqa: E402
-
-
-def _random_model(cfg, seed=0):
-    """Weights and BatchNorm statistics of order 1 (the init's 0.001-scale head would hide errors)."""
-    torch.manual_seed(seed)
-    model = build_pose_model(cfg.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_()
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
-    return model
+from random_models import random_model  # noqa: E402
 
 
 def _sample_people(coco_sample):
@@ -170,7 +156,7 @@ def test_demo_model_exports_to_hf_and_onnx_with_equal_heatmaps(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     cfg = load_config(DEMO)
     assert (cfg.model.head, cfg.model.head_channels) == ("classic", 64)
-    model = _random_model(cfg)
+    model = random_model(cfg)
     x = torch.randn(2, 3, *cfg.model.image_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x)
@@ -219,7 +205,7 @@ def test_onnx_weights_go_to_a_second_file_only_above_the_limit_and_the_message_n
     cfg = load_config(DEMO, sets)
     run = tmp_path / "run"
     cfg.save(run / "config.yaml")
-    export_official(_random_model(cfg), run / "best.pth")
+    export_official(random_model(cfg), run / "best.pth")
     out = tmp_path / "m.onnx"
     monkeypatch.setattr(export, "ONNX_SINGLE_FILE_BYTES", 0)  # stands for a model over 1.5 GiB
     assert cli(["export", "--checkpoint", str(run / "best.pth"), "--format", "onnx", "--out", str(out)]) == 0
@@ -240,7 +226,7 @@ def test_onnx_weights_go_to_a_second_file_only_above_the_limit_and_the_message_n
 def test_a_hugging_face_directory_is_its_own_config(tmp_path, keypoint_set, sets):
     pytest.importorskip("transformers")
     cfg = load_config(DEMO, ["model.depth=2", "model.image_size=[128,96]", *sets])
-    model = _random_model(cfg)
+    model = random_model(cfg)
     out = export_hf(model, cfg.model, tmp_path / "run" / "hf", cfg.data.keypoint_set)
     # the run's config.yaml next to the directory says otherwise: the directory's config.json wins
     load_config(DEMO).save(tmp_path / "run" / "config.yaml")
@@ -278,7 +264,7 @@ def test_a_hugging_face_directory_is_its_own_config(tmp_path, keypoint_set, sets
 def test_export_reads_a_hugging_face_directory_without_config(tmp_path, capsys):
     pytest.importorskip("transformers")
     cfg = load_config(DEMO, ["model.depth=1", "model.image_size=[64,48]"])
-    hf = export_hf(_random_model(cfg), cfg.model, tmp_path / "hf")
+    hf = export_hf(random_model(cfg), cfg.model, tmp_path / "hf")
     assert cli(["export", "--checkpoint", str(hf), "--format", "safetensors", "--out", str(tmp_path / "w.st")]) == 0
     assert "(hf," in capsys.readouterr().out
 

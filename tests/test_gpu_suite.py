@@ -103,9 +103,13 @@ def test_the_verdict_fails_on_skipped_parts_nan_and_triton_errors():
 def test_the_budget_starts_after_set_up(monkeypatch, tmp_path):
     """A slow set-up (imports, process group, DeepSpeed) used to eat the budget: every part was then
     skipped ("time budget: -170 s left") and the suite exited 0. Now the budget starts after it; a
-    part skipped for time fails the suite. The suite's clock is faked: set-up takes 1000 s."""
+    part skipped for time fails the suite. The suite's clock is faked: set-up takes 1000 s. The set-up
+    itself is faked too (one CPU rank, no process group): the budget logic is under test, and the real
+    set-up runs in the --dry-run of tests/test_gpu_check.py and the slow --smoke test above."""
     import time
     import types
+
+    import torch
 
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu_suite
@@ -114,11 +118,10 @@ def test_the_budget_starts_after_set_up(monkeypatch, tmp_path):
     clock = {"offset": 0.0}
     monkeypatch.setattr(gpu_suite, "time", types.SimpleNamespace(
         monotonic=lambda: time.monotonic() + clock["offset"], perf_counter=time.perf_counter))
-    real = distributed.init_distributed
 
     def slow_init(use_deepspeed):
         clock["offset"] += 1000.0
-        return real(use_deepspeed)
+        return distributed.DistInfo(0, 1, 0, torch.device("cpu"))
 
     monkeypatch.setattr(distributed, "init_distributed", slow_init)
     out = tmp_path / "suite.json"

@@ -520,4 +520,4 @@ def test_score_results_takes_the_mat_or_the_annotation_file_and_a_path_or_list(t
     assert pckh_module.score_results(ann_dir / "mpii_val.json", tmp_path / "res.json", verbose=True) == expected
     assert capsys.readouterr().out.splitlines()[0].startswith("| Head | Shoulder |")
     assert scoring.evaluate(get_spec("mpii"), str(mat), str(tmp_path / "res.json")) == expected
-    assert scoring.gt_file(get_spec("mpii"), ann_dir / "mpii_val.json") == mat
+    assert pckh_module.gt_file_for(ann_dir / "mpii_val.json") == mat

@@ -350,14 +350,16 @@ def moe_run(tmp_path_factory):
     return run, cfg, model
 
 
-def test_split_command_writes_a_strict_plain_checkpoint_and_refuses_unknown_datasets(moe_run, tmp_path):
+def test_split_command_writes_a_strict_plain_checkpoint_and_refuses_unknown_datasets(moe_run, tmp_path, capsys):
+    """In this process: `vitpose-scale split` is cli.split_main (the console script and `python -m
+    vitpose_scale.cli split` both end there; tests/test_cli_help.py runs the entry points)."""
+    from vitpose_scale.cli import split_main
+
     run, cfg, model = moe_run
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "aic.pth"
-    r = subprocess.run([sys.executable, "-m", "vitpose_scale.cli", "split", "--checkpoint", str(run / "best.pth"),
-                        "--dataset", "aic", "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    assert "dataset aic (index 1), 14 joints" in r.stdout
+    capsys.readouterr()
+    assert split_main(["--checkpoint", str(run / "best.pth"), "--dataset", "aic", "--out", str(out)]) == 0
+    assert "dataset aic (index 1), 14 joints" in capsys.readouterr().out
     raw = torch.load(out, weights_only=True)
     assert set(raw) == {"meta", "state_dict"}
     assert raw["meta"]["dataset"] == "aic" and raw["meta"]["dataset_index"] == 1 and raw["meta"]["step"] == 3
@@ -367,11 +369,11 @@ def test_split_command_writes_a_strict_plain_checkpoint_and_refuses_unknown_data
     with torch.no_grad():
         _close(plain(x), model(x, torch.full((2,), 1))[:, :14])
 
-    r = subprocess.run([sys.executable, "-m", "vitpose_scale.cli", "split", "--checkpoint", str(run / "best.pth"),
-                        "--dataset", "crowdpose", "--out", str(tmp_path / "x.pth")], capture_output=True, text=True,
-                       env=env, cwd=ROOT)
-    err = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert cli(["split", "--checkpoint", str(run / "best.pth"), "--dataset", "crowdpose",
+                "--out", str(tmp_path / "x.pth")]) == 2
+    stderr = capsys.readouterr().err
+    err = stderr.strip().splitlines()
+    assert len(err) == 1, stderr
     assert err[0].startswith("error: --dataset crowdpose: not a dataset of this model (0=coco, 1=aic, 2=mpii)")
     assert not (tmp_path / "x.pth").exists()
 

@@ -11,7 +11,6 @@ Stats come back as a dict; :func:`primary` names the one that picks the best che
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -112,15 +111,6 @@ def score(spec: KeypointSpec, gt, results: list[dict], dataset=None) -> dict[str
 
         return pckh.score_dataset(gt, results, dataset)
     return evaluate(spec, gt, results)
-
-
-def gt_file(spec: KeypointSpec, val_ann: str | Path) -> Path:
-    """The file the set's ground truth is scored from (MPII: ``mpii_gt_val.mat`` beside the json)."""
-    if spec.evaluation["metric"] == "pckh":
-        from vitpose_scale.eval import pckh
-
-        return pckh.gt_file_for(val_ann)
-    return Path(val_ann)
 
 
 def report_lines(spec: KeypointSpec, stats: dict[str, float]) -> list[str]:

@@ -81,12 +81,6 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], grid: tuple
     load_state_dict_strict(model, state, source, prefixes=("backbone.",))
 
 
-def load_pretrained_backbone(model: nn.Module, path: str | Path) -> None:
-    """The backbone of a pretraining (MAE / ViT) checkpoint into `model`."""
-    raw = safe_load(path)
-    _load_backbone(model, extract_state_dict(raw, str(path)), pos_embed_grid_from_meta(raw, str(path)), str(path))
-
-
 def init_weights_from_state(model: nn.Module, state: dict[str, torch.Tensor], source: str,
                             grid: tuple[int, int] | None = None) -> str:
     """Load an already-read state_dict of any supported layout into `model` (see load_init_weights);
