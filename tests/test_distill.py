@@ -87,6 +87,20 @@ def _run(command, config, *sets, nproc=1, check=True):
     return proc
 
 
+def _run_here(command, config, *sets):
+    """`command` (train, distill-token) in this process, one rank, no process group (parallel.backend=none):
+    the same Trainer classes as the launchers' (vitpose_scale.cli), without a launch each."""
+    from vitpose_scale.config import load_config
+    from vitpose_scale.engine.distill import TokenTrainer
+    from vitpose_scale.engine.distributed import DistInfo
+    from vitpose_scale.engine.trainer import Trainer
+
+    cfg = load_config(config, list(sets))
+    assert cfg.parallel.backend == "none"
+    trainer_class = {"train": Trainer, "distill-token": TokenTrainer}[command]
+    trainer_class(cfg, DistInfo(0, 1, 0, torch.device("cpu"))).train()
+
+
 def _weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -96,7 +110,7 @@ def teacher(tmp_path_factory):
     """A trained tiny "large" teacher (BatchNorm in its head: running statistics that must not move)."""
     tmp = tmp_path_factory.mktemp("teacher")
     config = _config(tmp, tmp / "data", "teacher", depth=3)
-    _run("train", config)
+    _run_here("train", config)
     return config, tmp / "teacher" / "final.pth"
 
 
@@ -123,10 +137,10 @@ def _check_stage1(out: Path, teacher_weights: Path, config: Path):
 
 @pytest.fixture(scope="module")
 def stage1(teacher, tmp_path_factory):
-    """Stage 1 in one process: the run directory (final.pth, knowledge_token.pth)."""
+    """Stage 1 in one process (this one): the run directory (final.pth, knowledge_token.pth)."""
     config, weights = teacher
     out = tmp_path_factory.mktemp("stage1") / "token"
-    _run("distill-token", config, f"train.init_from={weights}", f"train.output_dir={out}")
+    _run_here("distill-token", config, f"train.init_from={weights}", f"train.output_dir={out}")
     return out
 
 
@@ -135,6 +149,7 @@ def test_stage1_trains_the_token_alone(teacher, stage1):
     _check_stage1(stage1, weights, config)
 
 
+@pytest.mark.slow  # 2-rank variant: stage 1 and stage 2 in one process (stage1, the test below) are the default
 @pytest.mark.distributed
 def test_stage1_and_stage2_with_output_distillation_under_zero3(teacher, tmp_path):
     config, weights = teacher
@@ -157,9 +172,10 @@ def test_stage1_and_stage2_with_output_distillation_under_zero3(teacher, tmp_pat
 
 
 def test_stage2_token_is_frozen_and_output_distillation_adds_the_teacher_term(teacher, stage1, tmp_path):
-    """One process: the token never changes; the first step's loss is the pose loss plus
+    """One process (this one): the token never changes; the first step's loss is the pose loss plus
     heatmap_weight x MSE(student, teacher) -- runs from the same weights and batch at weights 0, 2 and
-    4 differ by exactly w x the same positive MSE."""
+    4 differ by exactly w x the same positive MSE; the teacher is not in the trained model (no
+    optimizer state for it)."""
     config, weights = teacher
     token = stage1 / "knowledge_token.pth"
     base = ["model.depth=1", f"distill.token={token}", "train.max_steps=1", "model.drop_path=0.0"]
@@ -168,9 +184,16 @@ def test_stage2_token_is_frozen_and_output_distillation_adds_the_teacher_term(te
         out = tmp_path / f"w{w}"
         teacher_sets = [f"distill.teacher_config={config}", f"distill.teacher_checkpoint={weights}",
                         f"distill.heatmap_weight={w}"] if w else []
-        _run("train", config, *base, *teacher_sets, f"train.output_dir={out}")
+        _run_here("train", config, *base, *teacher_sets, f"train.output_dir={out}")
         first[w] = next(r["loss"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train")
-        assert torch.equal(_weights(out / "final.pth")["knowledge_token"], _weights(token)["knowledge_token"])
+        final = _weights(out / "final.pth")
+        assert torch.equal(final["knowledge_token"], _weights(token)["knowledge_token"])
+        if w:
+            setup = next(r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "setup")
+            own = sum(v.numel() for k, v in final.items() if "running" not in k and "num_batches" not in k)
+            assert setup["params_full"] == own
+            assert setup["teacher_params"] == sum(v.numel() for k, v in _weights(weights).items()
+                                                  if "running" not in k and "num_batches" not in k)
     mse = (first[2] - first[0]) / 2
     assert mse > 0
     assert first[4] - first[0] == pytest.approx(4 * mse, rel=1e-4)

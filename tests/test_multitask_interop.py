@@ -351,8 +351,9 @@ def moe_run(tmp_path_factory):
 
 
 def test_split_command_writes_a_strict_plain_checkpoint_and_refuses_unknown_datasets(moe_run, tmp_path, capsys):
-    """In this process: `vitpose-scale split` is cli.split_main (the console script and `python -m
-    vitpose_scale.cli split` both end there; tests/test_cli_help.py runs the entry points)."""
+    """In this process: `vitpose-scale split` and `python -m vitpose_scale.cli split` both end in
+    cli.split_main (a fresh process per command: tests/test_cli_help.py; `python -m vitpose_scale.cli`:
+    tests/test_coco_eval.py, tests/test_mpii.py)."""
     from vitpose_scale.cli import split_main
 
     run, cfg, model = moe_run
