@@ -2,7 +2,10 @@
 
 Payloads `touch` a marker file; every test asserts the marker is never created. Runs use the
 real launchers as subprocesses on the tiny model (backend `none` unless the behaviour is the
-backend's own).
+backend's own); runs that several tests can read are shared (module fixtures, copied before a
+test changes them), and checks that need no model (the resume config check, the search for an
+intact checkpoint, the run lock) call the trainer's own functions on a real run's files, with
+one end-to-end launch each for the exit code and the message.
 """
 import json
 import os
@@ -19,8 +22,10 @@ import torch
 
 from launch_env import launcher_env
 from test_hardening import _Payload as _Touch  # unpickling it creates a marker file
+from vitpose_scale.config import ConfigError, load_config
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.engine import run_dir
+from vitpose_scale.engine.resume_check import check_resume_config
 from vitpose_scale.jsonl import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +58,42 @@ def train_cmd(out, data, *extra, launcher=None):
 def run(out, data, *extra, launcher=None, timeout=300):
     return subprocess.run(train_cmd(out, data, *extra, launcher=launcher), cwd=ROOT, env=launcher_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def load_run_config(out, data, *extra):
+    """The config `run(out, data, *extra)` would train with, loaded in this process."""
+    return load_config(ROOT / "configs" / "demo.yaml", _args(out, data, *extra)[1::2])
+
+
+def find_resume(out, data, *extra):
+    """What the trainer's start-up search for a checkpoint returns (or raises) for that run, on one
+    process: the checks of the disk that need no model."""
+    from vitpose_scale.engine.distributed import DistInfo
+    from vitpose_scale.engine.trainer import Trainer
+
+    cfg = load_run_config(out, data, *extra)
+    trainer = Trainer.__new__(Trainer)  # the search only: no model, data or process group
+    trainer.cfg, trainer.info = cfg, DistInfo(0, 1, 0, torch.device("cpu"))
+    trainer.ckpt_root = Path(cfg.train.output_dir) / CKPT
+    return trainer._find_resume()
+
+
+@pytest.fixture(scope="module")
+def paused_run(tmp_path_factory, data):
+    """One run paused at step 6 (checkpoints at 3 and 6), shared read-only: each test that
+    changes it works on a copy (`copy_of`)."""
+    out = tmp_path_factory.mktemp("paused6") / "run"
+    proc = run(out, data, "train.stop_at=6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [d.name for d in ckpt.complete_checkpoints(out / CKPT)] == ["step_00000006", "step_00000003"]
+    assert not (out / ".lock").exists()  # the run released its directory at the end
+    return out
+
+
+def copy_of(run_dir_: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run_dir_, out)
+    return out
 
 
 def _stderr_lines(proc) -> list[str]:
@@ -180,20 +221,32 @@ def test_an_update_that_breaks_the_weights_is_never_checkpointed(tmp_path, data)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-@pytest.mark.distributed
-def test_nan_in_one_zero3_partition_stops_every_rank_before_the_checkpoint(tmp_path, data):
-    """ZeRO-3: only rank 1's partition goes bad (the fault hook writes a NaN there after step 4's
-    update); every rank stops before step 4's checkpoint, and the check skips the partitions'
-    uninitialised padding (no false alarm at steps 1-3)."""
+ZERO3_ARGS = ("parallel.backend=deepspeed", "parallel.zero3_persistence_threshold=0")
+
+
+@pytest.fixture(scope="module")
+def zero3_nan_run(tmp_path_factory, data):
+    """2 DeepSpeed ranks, ZeRO-3 with every weight partitioned, a checkpoint every step; rank 1's
+    partition turns NaN after step 4's update. Also the 2-rank checkpoint (step 3) that the
+    world-size conversion tests resume at 1 rank: read only."""
+    out = tmp_path_factory.mktemp("zero3_nan") / "run"
     proc = subprocess.run(
-        train_cmd(tmp_path, data, "parallel.backend=deepspeed", "parallel.zero3_persistence_threshold=0",
-                  "train.save_every=1", "train.max_steps=6",
+        train_cmd(out, data, *ZERO3_ARGS, "train.save_every=1", "train.max_steps=6",
                   launcher=[str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29761"]),
         cwd=ROOT, env={**launcher_env(), "VITPOSE_SCALE_FAULT": "rank=1,step=4,kind=nan_weights"},
         capture_output=True, text=True, timeout=600)
+    return out, proc
+
+
+@pytest.mark.distributed
+def test_nan_in_one_zero3_partition_stops_every_rank_before_the_checkpoint(zero3_nan_run):
+    """ZeRO-3: only rank 1's partition goes bad (the fault hook writes a NaN there after step 4's
+    update); every rank stops before step 4's checkpoint, and the check skips the partitions'
+    uninitialised padding (no false alarm at steps 1-3)."""
+    out, proc = zero3_nan_run
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "weights are NaN/inf after step 4: no checkpoint written" in proc.stderr, proc.stderr[-3000:]
-    assert [d.name for d in ckpt.complete_checkpoints(tmp_path / CKPT)] == [f"step_0000000{i}" for i in (3, 2, 1)]
+    assert [d.name for d in ckpt.complete_checkpoints(out / CKPT)] == [f"step_0000000{i}" for i in (3, 2, 1)]
 
 
 @pytest.mark.slow
@@ -210,42 +263,45 @@ def test_the_last_good_checkpoint_named_is_one_that_verifies(tmp_path, data):
 
 
 # ----------------------------- 6 and cluster item 2: damaged, keep_last, scratch --
-def test_a_damaged_newest_checkpoint_is_set_aside_and_keep_last_keeps_new_ones(tmp_path, data):
-    first = run(tmp_path, data, "train.stop_at=6", "train.keep_last=2")
-    assert first.returncode == 0, first.stderr[-3000:]
-    shard = ckpt.step_dir(tmp_path / CKPT, 6) / "model_and_optimizer.pt"
+def test_a_damaged_newest_checkpoint_is_set_aside_and_keep_last_keeps_new_ones(tmp_path, data, paused_run):
+    out = copy_of(paused_run, tmp_path)  # steps 3 and 6 kept, as keep_last=2 would have kept them
+    shard = ckpt.step_dir(out / CKPT, 6) / "model_and_optimizer.pt"
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 1
     shard.write_bytes(bytes(raw))
-    second = run(tmp_path, data, "train.keep_last=2")
+    second = run(out, data, "train.keep_last=2")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "renamed to damaged-step_00000006" in second.stderr
-    names = sorted(p.name for p in (tmp_path / CKPT).iterdir())
+    names = sorted(p.name for p in (out / CKPT).iterdir())
     assert names == ["damaged-step_00000006", "step_00000009", "step_00000012"], names
-    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("kind") == "train"]
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("kind") == "train"]
     assert steps == list(range(1, 13)), steps
 
 
-def test_no_intact_checkpoint_stops_instead_of_starting_again(tmp_path, data):
-    first = run(tmp_path, data, "train.stop_at=6")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_no_intact_checkpoint_stops_instead_of_starting_again(tmp_path, data, paused_run, capsys):
+    out = copy_of(paused_run, tmp_path)
     for step in (3, 6):
-        (ckpt.step_dir(tmp_path / CKPT, step) / "rng_rank0.pt").write_bytes(b"damaged")
-    second = run(tmp_path, data)
+        (ckpt.step_dir(out / CKPT, step) / "rng_rank0.pt").write_bytes(b"damaged")
+    second = run(out, data)
     assert second.returncode == 4, second.stderr[-3000:]
     lines = _stderr_lines(second)
     assert "no intact checkpoint" in lines[-1] and "step_00000003: rng_rank0.pt" in lines[-1], lines
     assert "step_00000006: rng_rank0.pt" in lines[-1] and "auto_or_scratch" in lines[-1]
-    assert not (tmp_path / "final.pth").exists()
-    again = run(tmp_path, data)  # a requeue after that exit: still no silent restart
-    assert again.returncode == 4 and "set aside earlier: damaged-step_00000003" in again.stderr, again.stderr[-2000:]
-    third = run(tmp_path, data, "train.resume=auto_or_scratch", "train.max_steps=3")
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "starting from scratch" in third.stderr and "resumed from" not in third.stdout
+    assert not (out / "final.pth").exists()
+    # What a start does next, by the trainer's own search on this process (the exit-4 path of a
+    # CheckpointError is the launch above): a requeue after that exit still does not restart silently,
+    with pytest.raises(ckpt.CheckpointError) as refused:
+        find_resume(out, data)
+    assert "no intact checkpoint" in str(refused.value), str(refused.value)
+    assert "set aside earlier: damaged-step_00000003" in str(refused.value), str(refused.value)
+    capsys.readouterr()
+    # and train.resume=auto_or_scratch starts from scratch, saying so.
+    assert find_resume(out, data, "train.resume=auto_or_scratch", "train.max_steps=3") is None
+    assert "starting from scratch" in capsys.readouterr().err
 
 
 # ---------------------------------------------- 7: one run per directory --
-def test_a_second_run_in_the_same_directory_is_refused_naming_the_holder(tmp_path, data):
+def test_a_second_run_in_the_same_directory_is_refused_naming_the_holder(tmp_path, data, capsys):
     cmd = train_cmd(tmp_path, data, "train.max_steps=100000", "train.epochs=100000", "train.save_every=100000")
     first = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
@@ -262,10 +318,15 @@ def test_a_second_run_in_the_same_directory_is_refused_naming_the_holder(tmp_pat
         assert first.poll() is None  # the holder trains on
         first.send_signal(signal.SIGKILL)  # dies without releasing: its lock is stale (dead pid, this host)
         first.wait(timeout=60)
-        third = run(tmp_path, data, "train.max_steps=3")
-        assert third.returncode == 0, third.stderr[-3000:]
-        assert f"taking over the lock of {tmp_path}: process {first.pid} on this host is gone" in third.stdout
-        assert not (tmp_path / ".lock").exists()  # released at the end
+        # The next start takes the stale lock over, saying whose it was (the trainer's claim, on this
+        # process; that a run releases its lock at the end: `paused_run`).
+        capsys.readouterr()
+        lock = run_dir.claim(tmp_path, 0, 1)
+        assert lock is not None and json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+        assert f"taking over the lock of {tmp_path}: process {first.pid} on this host is gone" in \
+            capsys.readouterr().out
+        lock.release()
+        assert not (tmp_path / ".lock").exists()
     finally:
         if first.poll() is None:
             first.kill()
@@ -306,19 +367,29 @@ CHANGES = [
 ]
 
 
-def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, data):
-    first = run(tmp_path, data, "train.stop_at=3")
-    assert first.returncode == 0, first.stderr[-3000:]
-    config = (tmp_path / "config.yaml").read_text()
+def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, data, paused_run):
+    """Each change against the checkpoint's meta.json by the trainer's check, in this process; one
+    of them end to end (the refusal's exit code, its one line, nothing rewritten)."""
+    out = copy_of(paused_run, tmp_path)
+    directory = ckpt.latest_checkpoint(out / CKPT)
+    meta = ckpt.read_meta(directory)
+    check_resume_config(meta, load_run_config(out, data), directory)  # the same config resumes
+    messages = []
     for change, keys in CHANGES:
-        second = run(tmp_path, data, *change)
-        assert second.returncode == 2, (change, second.stderr[-3000:])
-        lines = _stderr_lines(second)
-        assert len(lines) == 1 and "cannot resume from" in lines[0], (change, second.stderr[-3000:])
+        with pytest.raises(ConfigError) as refused:
+            check_resume_config(meta, load_run_config(out, data, *change), directory)
+        message = str(refused.value)
+        assert "\n" not in message and message.startswith(f"cannot resume from {directory}"), (change, message)
         for key in keys:
-            assert key in lines[0], lines[0]
-        assert "Traceback" not in second.stderr
-        assert (tmp_path / "config.yaml").read_text() == config  # the refused run rewrote nothing
+            assert key in message, message
+        messages.append(message)
+    config = (out / "config.yaml").read_text()
+    change, message = CHANGES[1][0], messages[1]
+    second = run(out, data, *change)
+    assert second.returncode == 2, (change, second.stderr[-3000:])
+    assert _stderr_lines(second) == [f"config error: {message}"], second.stderr[-3000:]
+    assert "Traceback" not in second.stderr
+    assert (out / "config.yaml").read_text() == config  # the refused run rewrote nothing
 
 
 @pytest.mark.slow
@@ -384,11 +455,11 @@ def test_disk_full_during_a_checkpoint_names_the_path_and_the_resume_starts(tmp_
 
 # ------------------ 2, 3 and cluster item 4: the world-size conversion ---
 @pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory, data):
-    out = tmp_path_factory.mktemp("ds2")
-    proc = run(out, data, "parallel.backend=deepspeed", "train.stop_at=3",
-               launcher=[str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29731"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def two_rank_run(zero3_nan_run):
+    """A 2-rank ZeRO-3 run with its newest intact checkpoint at step 3: the NaN run's (its weights
+    went bad only after step 4's update)."""
+    out, proc = zero3_nan_run
+    assert proc.returncode == 3 and ckpt.latest_checkpoint(out / CKPT).name == "step_00000003", proc.stderr[-3000:]
     return out
 
 
@@ -412,6 +483,8 @@ def test_a_conversion_on_disk_is_never_loaded(tmp_path, data, two_rank_run, left
     conversion left on disk (planted with code, interrupted, stale) is never read."""
     out = tmp_path / "run"
     shutil.copytree(two_rank_run, out)
+    for step in (1, 2):  # the NaN run's older checkpoints: only step 3 is resumed from
+        shutil.rmtree(ckpt.step_dir(out / CKPT, step))
     directory = ckpt.latest_checkpoint(out / CKPT)
     marker = tmp_path / "ran"
     if left_behind == "planted":
@@ -420,8 +493,9 @@ def test_a_conversion_on_disk_is_never_loaded(tmp_path, data, two_rank_run, left
         (directory.parent / (directory.name + "_universal") / "zero" / "backbone.pos_embed").mkdir(parents=True)
     else:
         (directory.parent / (directory.name + "_universal")).mkdir()
-    resumed = run(out, data, "parallel.backend=deepspeed", "train.stop_at=4",
-                  launcher=[str(BIN / "deepspeed"), "--num_gpus", "1", "--master_port", "29732"])
+    # one DeepSpeed rank, started as `python launch/train.py` (a group of one; the deepspeed runner
+    # would only add its own start-up)
+    resumed = run(out, data, *ZERO3_ARGS, "train.stop_at=4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "step_00000003 at step 3 (written by 2 ranks, now 1)" in resumed.stdout
     assert not marker.exists()
