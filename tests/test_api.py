@@ -237,3 +237,15 @@ def test_bad_video_and_detector_inputs_are_one_line_exit_2(run_dir, detectors, c
     assert main(["--checkpoint", str(run_dir[0]), *argv]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1, err
+
+
+def test_one_dataset_reader_for_every_command(run_dir):
+    """--dataset of eval/infer/the API is read as split/export read it: a single-task model takes its
+    own keypoint set or 0; anything else is one InputError naming what is there."""
+    from vitpose_scale.evaluate import select_dataset
+
+    cfg = run_dir[2]
+    assert select_dataset(cfg, None) == (None, cfg) == select_dataset(cfg, "coco") == select_dataset(cfg, "0")
+    for bad in ("aic", "1"):
+        with pytest.raises(InputError, match=rf"--dataset {bad}: .*0=coco"):
+            select_dataset(cfg, bad)

@@ -188,23 +188,17 @@ def build_ensemble(cfg: Config, checkpoints: list[str], model_configs: list[str]
 
 def select_dataset(cfg: Config, name: str | None) -> tuple[int | None, Config]:
     """(dataset index, that dataset's single-task config) for --dataset NAME|INDEX of a multi-task
-    config (data.tasks; default: the main dataset); (None, cfg) for a single-task one."""
+    config (data.tasks; default: the main dataset); (None, cfg) for a single-task one. Names and
+    indices are read by `models/split.resolve_dataset`, as `split` and `export` read them."""
     from vitpose_scale.config import task_configs, task_names
+    from vitpose_scale.models.split import resolve_dataset
 
     names = task_names(cfg)
     if not names:
         if name not in (None, cfg.data.keypoint_set):
-            raise ConfigError(f"--dataset {name}: this config trains one dataset ({cfg.data.keypoint_set}) "
-                              f"without data.tasks")
+            resolve_dataset(name, [cfg.data.keypoint_set], 1)  # "0" is this dataset; anything else: one line
         return None, cfg
-    if name is None:
-        index = 0
-    elif name in names:
-        index = names.index(name)
-    elif name.isdigit() and int(name) < len(names):
-        index = int(name)
-    else:
-        raise ConfigError(f"--dataset {name}: expected one of {names} (or an index below {len(names)})")
+    index = 0 if name is None else resolve_dataset(name, names, len(names))
     return index, task_configs(cfg)[index][1]
 
 
