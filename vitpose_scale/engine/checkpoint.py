@@ -222,8 +222,9 @@ def ensure_safe_pickles(directory: Path) -> None:
                                         f"({', '.join(refused)}); refusing to load it: it could run code")
 
 
-# torch.distributed.checkpoint's `.metadata` is a plain pickle that it loads with pickle.load:
-# only its own metadata dataclasses, torch sizes/dtypes and builtin containers may appear in it.
+# torch.distributed.checkpoint's `.metadata` is a plain pickle that torch's own reader unpickles
+# without any restriction; ours (safe_dcp_reader_and_planner) admits only its metadata dataclasses,
+# torch sizes/dtypes and builtin containers.
 # Exact (module, qualified name) pairs: protocol 4 resolves dotted names (module
 # `torch.distributed.checkpoint.metadata`, name `os.system` is os.system, since that module
 # imports os), so a prefix test or a dotted name would let any reachable callable through.
@@ -250,9 +251,8 @@ def _refused(path: Path, names) -> UnsafeCheckpointError:
 def safe_dcp_reader_and_planner(directory, whole: bool = False):
     """(storage_reader, planner) for ``torch.distributed.checkpoint.load`` that cannot run code.
 
-    torch's own reader unpickles ``.metadata`` with ``pickle.load`` and its planners load every
-    non-tensor entry (optimizer hyper-parameters) with ``torch.load(weights_only=False)``: ours
-    unpickle the metadata with a class allow-list (the one ``ensure_safe_dcp_metadata`` scans for)
+    torch's own reader unpickles ``.metadata`` without restriction and its planners load every
+    non-tensor entry (optimizer hyper-parameters) with weights-only turned off: ours unpickle the metadata with a class allow-list (the one ``ensure_safe_dcp_metadata`` scans for)
     and load those entries weights-only. ``whole``: load everything into an empty state dict
     (what ``dcp_to_torch_save`` does), else into the caller's state dict.
     """
