@@ -168,8 +168,9 @@ class PoseEstimator:
 
             det = load_detector(detector, detector_checkpoint,
                                 DetectorOptions(score_thr=det_thr, nms_iou=det_nms), device=dev)
-        preset = cfg.model.preset or "custom"
-        name = f"ViTPose-{preset} {weights.name if weights is not None else '(random weights)'}"
+        from vitpose_scale.visualize import model_name
+
+        name = f"{model_name(cfg.model)} {weights.name if weights is not None else '(random weights)'}"
         if index is not None and dataset is not None:
             name += f" [{dataset}]"
         return cls(model, task_cfg, det, flip, name)

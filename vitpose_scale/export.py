@@ -200,13 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from vitpose_scale.errors import CheckpointError
     from vitpose_scale.models.pose import build_pose_model
     from vitpose_scale.models.split import resolve_dataset
-    from vitpose_scale.models.weights import config_for_checkpoint, load_weights
+    from vitpose_scale.models.weights import config_for_checkpoint, load_weights, resolve_weights
 
-    if not Path(args.checkpoint).exists():  # before looking for its config: that is not the problem
-        raise CheckpointError(f"checkpoint {args.checkpoint} does not exist")
+    resolve_weights(args.checkpoint)  # a missing checkpoint is the problem, not its config
     cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides)
     model = build_pose_model(cfg.model).eval()
     tasks = task_configs(cfg)
