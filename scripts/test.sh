@@ -13,5 +13,7 @@ case "${1:-}" in
   --slow) marker=("-m" "slow"); shift ;;
   --all) marker=("-m" "slow or not slow"); shift ;;
 esac
-# pytest exits 5 when no test ran; set -e turns that into a failure.
-python -m pytest "${marker[@]}" "$@"
+# Two workers (pytest-xdist), each taking one test file at a time: a file's module fixtures (shared
+# training runs) are built once, and while one worker waits on a launch the other computes.
+# TEST_WORKERS=0 runs in this process. pytest exits 5 when no test ran; set -e makes that a failure.
+python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "${marker[@]}" "$@"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_env import launcher_env
+from launch_env import free_port, launcher_env
 from test_hardening import _Payload as _Touch  # unpickling it creates a marker file
 from vitpose_scale.config import ConfigError, load_config
 from vitpose_scale.engine import checkpoint as ckpt
@@ -232,7 +232,7 @@ def zero3_nan_run(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("zero3_nan") / "run"
     proc = subprocess.run(
         train_cmd(out, data, *ZERO3_ARGS, "train.save_every=1", "train.max_steps=6",
-                  launcher=[str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", "29761"]),
+                  launcher=[str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]),
         cwd=ROOT, env={**launcher_env(), "VITPOSE_SCALE_FAULT": "rank=1,step=4,kind=nan_weights"},
         capture_output=True, text=True, timeout=600)
     return out, proc
@@ -527,7 +527,7 @@ def test_a_frozen_rank_ends_the_job_with_who_was_last_heard(tmp_path, data):
     bound = 8
     cmd = train_cmd(tmp_path, data, "train.max_steps=100000", "train.epochs=100000", "train.save_every=100000",
                     f"train.stall_timeout_s={bound}",
-                    launcher=[str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29741"])
+                    launcher=[str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port())])
     proc = subprocess.Popen(cmd, cwd=ROOT, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     frozen = None
@@ -569,7 +569,7 @@ def test_a_rank_that_sees_another_output_dir_stops_the_run_naming_it(tmp_path, d
 
     out = tmp_path / "out"
     out.mkdir()
-    env = {**launcher_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29751", "WORLD_SIZE": "2"}
+    env = {**launcher_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     cmd = train_cmd(out, data, "train.max_steps=3")
     rank0 = subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": "0", "LOCAL_RANK": "0"}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)

@@ -34,7 +34,7 @@ def test_help_prints_without_importing_heavy_libraries(command):
 
 
 def test_first_deepspeed_start_says_it_compiles(tmp_path):
-    from vitpose_scale.engine.distributed import first_build_note
+    from vitpose_scale.engine.op_cache import first_build_note
 
     note = first_build_note("deepspeed_shm_comm", {"TORCH_EXTENSIONS_DIR": str(tmp_path)})
     assert note and "compiles" in note and str(tmp_path) in note and "\n" not in note

@@ -6,7 +6,6 @@ import io
 import json
 import math
 import os
-import socket
 import sys
 import tempfile
 
@@ -22,6 +21,8 @@ from vitpose_scale.eval.synthetic_eval import make_eval_set, results_from_detect
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+from launch_env import free_port  # noqa: E402
 
 
 def _pycocotools(gt, results):
@@ -356,10 +357,6 @@ def test_cli_bad_input_exit_code(coco_sample, tmp_path, capsys):
 # ------------------------------------------------------------ distributed
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank, world, port, gt, results, out_dir):
@@ -384,7 +381,7 @@ def test_two_rank_gloo_gather_equals_single_rank():
     single = KeypointEvaluator(gt).evaluate(results)
     assert gather_results(results) is results  # no process group: identity
     with tempfile.TemporaryDirectory() as d:
-        torch_mp.spawn(_rank_main, args=(2, _free_port(), gt, results, d), nprocs=2, join=True)
+        torch_mp.spawn(_rank_main, args=(2, free_port(), gt, results, d), nprocs=2, join=True)
         for rank in range(2):
             got = np.load(os.path.join(d, f"rank{rank}.npy"))
             assert got[10] == len(results)

@@ -16,7 +16,7 @@ from vitpose_scale.config import ModelConfig
 from vitpose_scale.jsonl import read_jsonl
 from vitpose_scale.models.pose import build_pose_model
 
-from launch_env import launcher_env  # noqa: E402
+from launch_env import free_port, launcher_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -77,8 +77,7 @@ def _run(command, config, *sets, nproc=1, check=True):
     for s in sets:
         args += ["--set", s]
     if nproc > 1:
-        port = 29500 + (hash(str(config) + str(sets)) % 2000)
-        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(port), *args]
+        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), *args]
     else:
         cmd = [sys.executable, *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=launcher_env(), capture_output=True, text=True, timeout=900)

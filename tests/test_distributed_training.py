@@ -17,7 +17,7 @@ import torch
 
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.jsonl import read_jsonl
-from launch_env import launcher_env  # noqa: E402
+from launch_env import free_port, launcher_env  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +44,16 @@ def _command(nproc: int, launcher: str, out: Path, data: Path, sets: list[str]) 
         return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_deepspeed_port(out)), *args]
     if launcher == "torchrun":
         return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
-                str(31500 + (hash(str(out)) % 2000)), *args]
+                str(free_port()), *args]
     return [sys.executable, *args]
 
 
+_PORTS: dict[str, int] = {}
+
+
 def _deepspeed_port(out: Path) -> int:
-    return 29500 + (hash(str(out)) % 2000)
+    """One free port per run directory: its shared-memory buffers are named after it."""
+    return _PORTS.setdefault(str(out), free_port())
 
 
 def shared_memory_buffers(out: Path) -> list[Path]:

@@ -41,7 +41,7 @@ def _images(cfg, n, seed=1):
 
 
 def test_hf_directory_loads_in_transformers_with_every_weight_and_equal_output(run_dir, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     run, cfg, ours = run_dir
     out = tmp_path / "hf"
     assert cli(["export", "--checkpoint", str(run / "best.pth"), "--format", "hf", "--out", str(out)]) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_env import launcher_env
+from launch_env import free_port, launcher_env
 from vitpose_scale import plan
 from vitpose_scale.config import ConfigError, load_config
 
@@ -176,7 +176,7 @@ def test_zero3_two_ranks_frozen_bitwise_saving_and_resume(tmp_path, synthetic_co
     from vitpose_scale.jsonl import read_jsonl
 
     init = _init_file(tmp_path / "init.pth")
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29700 + hash(str(tmp_path)) % 1000),
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            "tests/freeze_runner.py", str(tmp_path), str(synthetic_coco(16, 4)), str(tmp_path / "init.pth")]
     for s in RUN:
         cmd += ["--set", s]

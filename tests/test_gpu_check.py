@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from launch_env import launcher_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,6 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import gpu_check  # noqa: E402
 
 
+@pytest.mark.distributed  # the dry run trains under `deepspeed --num_gpus 1` and `--num_gpus 2`
 def test_dry_run_passes_every_check(tmp_path):
     out = tmp_path / "check.json"
     env = launcher_env()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_env import launcher_env
+from launch_env import free_port, launcher_env
 from vitpose_scale.config import ConfigError, check_run_paths, load_config
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.jsonl import read_jsonl
@@ -56,7 +56,7 @@ def weights(path):
 def test_one_failing_rank_ends_every_rank_fast_with_one_message(tmp_path, data, failing_rank):
     """Timed from the fault (its message on the shared pipe) to the last rank's exit: DeepSpeed's
     start-up, however slow on a loaded machine, is not part of the bound."""
-    port = str(29650 + failing_rank)
+    port = str(free_port())
     cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port, "launch/train.py", "--config",
            "configs/demo.yaml", *_sets(tmp_path, data, "parallel.backend=deepspeed", "train.max_steps=50")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**launcher_env(), "VITPOSE_SCALE_FAULT": f"rank={failing_rank},step=3"},
@@ -367,7 +367,7 @@ def _first_train_record(out: Path, timeout: float, proc) -> None:
 def test_signal_to_the_launcher_alone_checkpoints_and_stops_the_ranks(tmp_path, data, launcher, sig):
     import signal as signals
 
-    port = str({"deepspeed": 29670, "torchrun": 29680}[launcher] + {"SIGTERM": 0, "SIGUSR1": 5}[sig])
+    port = str(free_port())
     head = ([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port] if launcher == "deepspeed" else
             [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", port])
     backend = "deepspeed" if launcher == "deepspeed" else "none"

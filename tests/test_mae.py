@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vitpose_scale.config import load_config
 from vitpose_scale.models.mae import build_mae, patchify, unpatchify
-from launch_env import launcher_env  # noqa: E402
+from launch_env import free_port, launcher_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -134,7 +134,7 @@ def test_deepspeed_two_ranks_resume_exactly_and_the_export_initialises_a_pose_mo
             f"train.output_dir={out}", "train.batch_size=8", "train.max_steps=4", "train.save_every=2",
             "train.log_every=1", "optim.warmup_iters=2", "parallel.zero3_persistence_threshold=0",
             "mae.decoder_depth=1"]
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29500 + hash(str(out)) % 2000),
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            "launch/pretrain_mae.py", "--config", "configs/mae_demo.yaml"]
     for s in sets:
         cmd += ["--set", s]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launch_env import launcher_env
+from launch_env import free_port, launcher_env
 from vitpose_scale.jsonl import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -36,8 +36,9 @@ def _args(out, data, backend, *extra):
     return args
 
 
-def run_nodes(nodes: int, procs_per_node: int, out, data, backend, *extra, port: int):
+def run_nodes(nodes: int, procs_per_node: int, out, data, backend, *extra):
     """`nodes` torchrun launchers on this host, joined by a c10d rendezvous, as on a cluster."""
+    port = free_port()
     launchers = []
     for node in range(nodes):
         cmd = [str(BIN / "torchrun"), "--nnodes", str(nodes), "--node_rank", str(node),
@@ -58,9 +59,8 @@ def losses(out):
 
 @pytest.mark.parametrize("backend", ["deepspeed", "fsdp"])
 def test_two_nodes_equal_one_node_with_two_processes(tmp_path, data, backend):
-    port = 29710 if backend == "deepspeed" else 29720
-    run_nodes(1, 2, tmp_path / "one_node", data, backend, port=port)
-    run_nodes(2, 1, tmp_path / "two_nodes", data, backend, port=port + 1)
+    run_nodes(1, 2, tmp_path / "one_node", data, backend)
+    run_nodes(2, 1, tmp_path / "two_nodes", data, backend)
     ref, got = losses(tmp_path / "one_node"), losses(tmp_path / "two_nodes")
     assert sorted(got) == sorted(ref) == [1, 2, 3, 4, 5, 6]
     for step in ref:
@@ -70,17 +70,16 @@ def test_two_nodes_equal_one_node_with_two_processes(tmp_path, data, backend):
 
 @pytest.mark.parametrize("backend", ["deepspeed", "fsdp"])
 def test_checkpoints_move_between_node_counts(tmp_path, data, backend):
-    port = 29730 if backend == "deepspeed" else 29740
-    run_nodes(2, 1, tmp_path / "ref", data, backend, port=port)  # uninterrupted, 2 nodes
+    run_nodes(2, 1, tmp_path / "ref", data, backend)  # uninterrupted, 2 nodes
     ref = losses(tmp_path / "ref")
 
     shrink = tmp_path / "shrink"  # 2 nodes to step 3, then 1 node
-    run_nodes(2, 1, shrink, data, backend, "train.stop_at=3", port=port + 1)
-    text = run_nodes(1, 1, shrink, data, backend, port=port + 2)
+    run_nodes(2, 1, shrink, data, backend, "train.stop_at=3")
+    text = run_nodes(1, 1, shrink, data, backend)
     assert "written by 2 ranks, now 1" in text
     grow = tmp_path / "grow"  # 1 node to step 3, then 2 nodes
-    run_nodes(1, 1, grow, data, backend, "train.stop_at=3", port=port + 3)
-    text = run_nodes(2, 1, grow, data, backend, port=port + 4)
+    run_nodes(1, 1, grow, data, backend, "train.stop_at=3")
+    text = run_nodes(2, 1, grow, data, backend)
     assert "written by 1 ranks, now 2" in text
     for out in (shrink, grow):
         got = losses(out)

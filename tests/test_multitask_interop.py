@@ -397,7 +397,7 @@ def test_split_by_index_and_its_errors(moe_run, tmp_path, capsys):
 
 # -------------------------------------------------------------------- export --
 def test_hf_export_holds_one_dataset_with_its_head_names_and_index(moe_run, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     run, cfg, ours = moe_run
     assert cli(["export", "--checkpoint", str(run / "best.pth"), "--format", "hf", "--out", str(tmp_path / "d0")]) == 0
     config = json.loads((tmp_path / "d0" / "config.json").read_text())

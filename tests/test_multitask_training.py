@@ -19,7 +19,7 @@ from vitpose_scale.jsonl import read_jsonl
 from vitpose_scale.models.pose import build_pose_model
 from vitpose_scale.models.vit import routes
 
-from launch_env import launcher_env  # noqa: E402
+from launch_env import free_port, launcher_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -175,10 +175,9 @@ def _command(nproc, launcher, out, data, sets):
     for s in base + sets:
         args += ["--set", s]
     if launcher == "deepspeed":
-        port = 29500 + (hash(str(out)) % 2000)
-        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(port), *args]
+        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), *args]
     return [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
-            str(31500 + (hash(str(out)) % 2000)), *args]
+            str(free_port()), *args]
 
 
 def _train(nproc, out, data, *sets, launcher="deepspeed"):

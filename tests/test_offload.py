@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_env import launcher_env
+from launch_env import free_port, launcher_env
 from vitpose_scale.config import ConfigError, load_config
 from vitpose_scale.engine import checkpoint as ckpt
 from vitpose_scale.jsonl import read_jsonl
@@ -37,13 +37,13 @@ def data(synthetic_coco):
     return synthetic_coco(32, 4)
 
 
-def train(out, data, *extra, port=29800, steps=STEPS, nproc=2):
+def train(out, data, *extra, steps=STEPS, nproc=2):
     sets = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=32", "data.synthetic_val=4",
             "data.extra_train=[]", "train.batch_size=8", f"train.max_steps={steps}", "train.log_every=1",
             "train.eval_every=-1", "train.save_every=5", "model.depth=2", "model.head=simple",
             "model.image_size=[128,96]", "model.drop_path=0.0", "optim.warmup_iters=2",
             "parallel.zero3_persistence_threshold=0", *extra]
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port)] if nproc == 2 else [sys.executable]
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())] if nproc == 2 else [sys.executable]
     cmd += ["launch/train.py", "--config", "configs/demo.yaml"]
     for s in sets:
         cmd += ["--set", s]
@@ -59,14 +59,14 @@ def losses(out):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("no_offload")
-    train(out, data, port=29801)
+    train(out, data)
     return out
 
 
 @pytest.fixture(scope="module")
 def offloaded(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("offload")
-    train(out, data, "parallel.offload_optimizer=cpu", port=29802)
+    train(out, data, "parallel.offload_optimizer=cpu")
     return out
 
 
@@ -101,8 +101,8 @@ def test_optimizer_offload_follows_the_device_optimizer(reference, offloaded):
 @pytest.mark.distributed
 def test_optimizer_offload_follows_the_device_optimizer_over_50_steps(tmp_path, data):
     ref, got = tmp_path / "ref", tmp_path / "off"
-    train(ref, data, port=29806, steps=LONG_STEPS)
-    train(got, data, "parallel.offload_optimizer=cpu", port=29807, steps=LONG_STEPS)
+    train(ref, data, steps=LONG_STEPS)
+    train(got, data, "parallel.offload_optimizer=cpu", steps=LONG_STEPS)
     ref, got = losses(ref), losses(got)
     assert sorted(got) == sorted(ref) == list(range(1, LONG_STEPS + 1))
     _assert_follows(got, ref)
@@ -279,8 +279,8 @@ def test_the_step_comparison_catches_a_wrong_bias_correction_eps_or_decay(monkey
 @pytest.mark.distributed
 def test_optimizer_offload_resumes_bitwise_and_converts(offloaded, data, tmp_path):
     out = tmp_path / "paused"
-    train(out, data, "parallel.offload_optimizer=cpu", "train.stop_at=3", port=29803)
-    train(out, data, "parallel.offload_optimizer=cpu", port=29804)
+    train(out, data, "parallel.offload_optimizer=cpu", "train.stop_at=3")
+    train(out, data, "parallel.offload_optimizer=cpu")
     ref, got = losses(offloaded), losses(out)
     for step in range(4, STEPS + 1):
         assert got[step] == ref[step], step
@@ -301,7 +301,7 @@ def test_parameter_offload_and_a_user_deepspeed_json(reference, data, tmp_path):
     user.write_text(json.dumps({"zero_optimization": {"stage3_max_live_parameters": 123456},
                                 "steps_per_print": 1000}))
     proc = train(tmp_path / "out", data, "parallel.offload_params=cpu", "parallel.offload_optimizer=cpu",
-                 f"parallel.deepspeed_config={user}", port=29805)
+                 f"parallel.deepspeed_config={user}")
     assert "changed: steps_per_print, zero_optimization.stage3_max_live_parameters" in proc.stdout
     ref, got = losses(reference), losses(tmp_path / "out")
     assert sorted(got) == sorted(ref)

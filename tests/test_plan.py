@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from launch_env import launcher_env  # noqa: E402
+from launch_env import free_port, launcher_env  # noqa: E402
 from vitpose_scale import plan
 from vitpose_scale.config import load_config
 
@@ -154,7 +154,7 @@ def _trainer_accounting(out: Path, data: Path, sets: list[str]) -> dict:
     base = [f"train.output_dir={out}", f"data.root={data}", "data.synthetic_train=16", "data.synthetic_val=4",
             "data.extra_train=[]", "data.num_workers=0", "model.image_size=[64,48]", "train.max_steps=1",
             "train.log_every=1", "train.eval_every=-1", "train.save_every=100000"]
-    args = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(29300 + hash(str(out)) % 1000),
+    args = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
             "launch/train.py", "--config", "configs/demo.yaml"]
     for s in base + sets:
         args += ["--set", s]

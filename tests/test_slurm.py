@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from launch_env import free_port
+
 
 def _on_slurm(test):
     """The tests that submit to the local Slurm: slow, several processes."""
@@ -37,10 +39,6 @@ def _which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _install_slurm() -> str | None:
@@ -112,13 +110,13 @@ class LocalSlurm:
         # Several nodes on this host: one slurmd each, told apart by its port (slurmd -N picks the line).
         several = len(self.node_names) > 1
         node_lines = "\n".join(
-            f"NodeName={name}" + (f" NodeHostname={self.host} Port={_free_port()}" if several else "")
+            f"NodeName={name}" + (f" NodeHostname={self.host} Port={free_port()}" if several else "")
             + f" NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN" for name in self.node_names)
         self.conf.write_text(f"""\
 ClusterName=vitposetest
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -410,7 +408,7 @@ def deepspeed_launcher_run(tmp_path_factory, synthetic_data):
     from launch_env import launcher_env
 
     out = tmp_path_factory.mktemp("ds_launcher")
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            "launch/train.py", *_deepspeed_args(out, synthetic_data)]
     r = subprocess.run(cmd, check=False, cwd=ROOT, env=launcher_env(), capture_output=True, text=True,
                        timeout=600)

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from vitpose_scale.engine import op_cache
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
@@ -125,7 +119,9 @@ def prepare_environment() -> None:
     if "RANK" not in os.environ:  # plain `python launch/train.py`: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # Port 0: the store binds whatever port the OS gives it. A port picked beforehand can be
+        # taken by another process's connection before the store binds it (seen: EADDRINUSE).
+        os.environ.setdefault("MASTER_PORT", "0")
 
 
 @dataclass(frozen=True)
@@ -196,20 +192,6 @@ def _agree_with_deepspeed(device: torch.device) -> None:
         real.set_accelerator(Accelerator())
 
 
-def first_build_note(op: str, environ=os.environ) -> str | None:
-    """One line saying that DeepSpeed is about to compile `op` (its CPU communication op,
-    deepspeed_shm_comm, on the first start: 1-4 minutes with no output), or None when a build is
-    already in the torch extensions cache (TORCH_EXTENSIONS_DIR, else torch's default root)."""
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = Path(environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    # torch's default root holds one folder per Python/CUDA version (py311_cpu); TORCH_EXTENSIONS_DIR none
-    if any(root.glob(f"{op}/{op}.so")) or any(root.glob(f"*/{op}/{op}.so")):
-        return None
-    return (f"DeepSpeed compiles its {op} op once before the first step (1-4 minutes with no output); later "
-            f"starts reuse it from {root}")
-
-
 def init_distributed(use_deepspeed: bool, timeout_s: float = 1800) -> DistInfo:
     prepare_environment()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -228,7 +210,7 @@ def init_distributed(use_deepspeed: bool, timeout_s: float = 1800) -> DistInfo:
         if use_deepspeed:
             import deepspeed
 
-            note = first_build_note("deepspeed_shm_comm") if device.type == "cpu" and local_rank == 0 else None
+            note = op_cache.first_build_note("deepspeed_shm_comm") if device.type == "cpu" and local_rank == 0 else None
             if note:  # a silent compile of minutes looks like a hang
                 print(f"note: {note}", file=sys.stderr, flush=True)
             deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
