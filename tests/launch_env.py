@@ -22,7 +22,6 @@ def launcher_env() -> dict:
     return env
 
 
-
 _ports = itertools.count()
 
 
