@@ -13,7 +13,8 @@ setup(
         "tqdm>=4.66", "matplotlib>=3.8", "scipy>=1.11", "timm>=1.0", "deepspeed>=0.16", "submitit>=1.5", "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "mutmut>=3.8", "transformers>=4.48", "faster-coco-eval>=1.6"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "mutmut>=3.8", "transformers>=4.48",
+                "faster-coco-eval>=1.6"],
         "track": ["tensorboard>=2.16", "wandb>=0.22"],  # train.loggers
         "export": ["transformers>=4.48", "onnx>=1.18", "onnxruntime>=1.20", "onnxscript>=0.7"],  # vitpose-scale export
     },

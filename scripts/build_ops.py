@@ -18,9 +18,9 @@ OPS = {"deepspeed_shm_comm": "ShareMemCommBuilder", "cpu_adam": "CPUAdamBuilder"
 def main() -> int:
     if os.environ.get("DS_ACCELERATOR") != "cpu":
         return 0  # GPU machines build their own ops (or ship them prebuilt)
-    from vitpose_scale.engine.op_cache import first_build_note
+    from vitpose_scale.engine.op_cache import is_built
 
-    missing = [op for op in OPS if first_build_note(op) is not None]
+    missing = [op for op in OPS if not is_built(op)]
     if not missing:
         return 0
     print(f"== compiling DeepSpeed's CPU ops {', '.join(missing)} once (a few minutes; later starts reuse them)",

@@ -9,17 +9,13 @@ if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 10) else 1)
 fi
 stamp=.venv/.requirements.sha256
 want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
-build_ops() {  # DeepSpeed's CPU ops, compiled once into the project's cache (scripts/build_ops.py says why)
-  (source scripts/env.sh && python scripts/build_ops.py)
-}
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  build_ops
-  exit 0
+if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
+  echo "== setting up .venv with $("$PY" --version) (torch CUDA build, runs on CPU too; ~6 GB, a few minutes)"
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q --no-deps -e .
+  echo "$want" > "$stamp"
 fi
-echo "== setting up .venv with $("$PY" --version) (torch CUDA build, runs on CPU too; ~6 GB, a few minutes)"
-"$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.txt
-.venv/bin/python -m pip install -q --no-deps -e .
-echo "$want" > "$stamp"
-build_ops
+# DeepSpeed's CPU ops, compiled once into the project's cache (scripts/build_ops.py says why)
+(source scripts/env.sh && python scripts/build_ops.py)

@@ -4,6 +4,7 @@ Runs use the real launchers as subprocesses on the tiny model (one process with 
 `none` where the behaviour does not depend on the backend, 2 DeepSpeed ranks where it does).
 """
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -174,8 +175,6 @@ def deepspeed_run(tmp_path_factory, data):
 @pytest.mark.parametrize("victim", [pytest.param("rng_rank0.pt", marks=pytest.mark.slow),
                                     "zero_pp_rank_0_mp_rank_00_model_states.pt"])
 def test_pickled_code_is_refused_on_resume_and_convert(tmp_path, data, deepspeed_run, victim):
-    import shutil
-
     out = tmp_path / "run"
     shutil.copytree(deepspeed_run, out)
     directory = ckpt.latest_checkpoint(out / "checkpoints")
@@ -328,8 +327,6 @@ def test_keep_last_also_removes_universal_conversions(tmp_path):
 
 
 def test_resume_after_a_crash_logs_each_step_once(tmp_path, data, whole_run):
-    import shutil
-
     out = tmp_path / "run"
     shutil.copytree(whole_run(), out)
     # As if killed after step 12 was logged but before its checkpoint was complete.
@@ -400,8 +397,6 @@ def test_signal_to_the_launcher_alone_checkpoints_and_stops_the_ranks(tmp_path, 
 
 
 def test_convert_writes_the_official_file_with_its_grid_atomically(tmp_path, whole_run):
-    import shutil
-
     run_dir = tmp_path / "run"
     shutil.copytree(whole_run(), run_dir)
     out = tmp_path / "converted.pth"

@@ -43,7 +43,10 @@ def train(out, data, *extra, steps=STEPS, nproc=2):
             "train.eval_every=-1", "train.save_every=5", "model.depth=2", "model.head=simple",
             "model.image_size=[128,96]", "model.drop_path=0.0", "optim.warmup_iters=2",
             "parallel.zero3_persistence_threshold=0", *extra]
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())] if nproc == 2 else [sys.executable]
+    if nproc == 2:
+        cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+    else:
+        cmd = [sys.executable]
     cmd += ["launch/train.py", "--config", "configs/demo.yaml"]
     for s in sets:
         cmd += ["--set", s]

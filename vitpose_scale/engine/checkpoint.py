@@ -252,8 +252,9 @@ def safe_dcp_reader_and_planner(directory, whole: bool = False):
     """(storage_reader, planner) for ``torch.distributed.checkpoint.load`` that cannot run code.
 
     torch's own reader unpickles ``.metadata`` without restriction and its planners load every
-    non-tensor entry (optimizer hyper-parameters) with weights-only turned off: ours unpickle the metadata with a class allow-list (the one ``ensure_safe_dcp_metadata`` scans for)
-    and load those entries weights-only. ``whole``: load everything into an empty state dict
+    non-tensor entry (optimizer hyper-parameters) with weights-only turned off: ours unpickle the
+    metadata with a class allow-list (the one ``ensure_safe_dcp_metadata`` scans for) and load
+    those entries weights-only. ``whole``: load everything into an empty state dict
     (what ``dcp_to_torch_save`` does), else into the caller's state dict.
     """
     import pickle

@@ -210,7 +210,8 @@ def init_distributed(use_deepspeed: bool, timeout_s: float = 1800) -> DistInfo:
         if use_deepspeed:
             import deepspeed
 
-            note = op_cache.first_build_note("deepspeed_shm_comm") if device.type == "cpu" and local_rank == 0 else None
+            cpu_main = device.type == "cpu" and local_rank == 0
+            note = op_cache.first_build_note("deepspeed_shm_comm") if cpu_main else None
             if note:  # a silent compile of minutes looks like a hang
                 print(f"note: {note}", file=sys.stderr, flush=True)
             deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))

@@ -11,7 +11,6 @@ Stats come back as a dict; :func:`primary` names the one that picks the best che
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from vitpose_scale.keypoints import KeypointSpec
